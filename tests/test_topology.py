@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOPOLOGIES, fixture_dirs, fixture_topology
+from tests.sysfs import FakeCpu, FakeMachine, smt_machine
+from tuner.errors import TopologyError
+from tuner.topology import (
+    Topology,
+    format_cpulist,
+    load_topology_file,
+    parse_cpulist,
+    parse_cpumask,
+    read_topology,
+)
+
+
+def test_the_shared_fixture_folder_is_present():
+    assert fixture_dirs(), f"no machine fixtures found in {TOPOLOGIES}"
+
+
+def test_reader_reproduces_hwloc_counts_on_real_machines(machine_dir: Path):
+    expected = json.loads((machine_dir / "expected.json").read_text())
+    topo = fixture_topology(machine_dir)
+    assert len(topo.packages) == expected["packages"]
+    assert len(topo.nodes) == expected["numa_nodes"]
+    assert len(topo.cores()) == expected["cores"]
+    assert len(topo.usable_cpus) == expected["pus"]
+    assert set(topo.usable_cpus) == parse_cpulist(expected["pu_os_indexes"])
+    assert list(topo.threads_per_core) == expected["threads_per_core"]
+    assert len(topo.l3_groups) == expected["l3_caches"]
+    got_nodes = {n.id: set(topo.node_usable_cpus(n.id)) for n in topo.nodes}
+    want_nodes = {n["os_index"]: set(parse_cpulist(n["cpus"])) for n in expected["numa_nodes_detail"]}
+    assert got_nodes == want_nodes
+
+
+def test_json_round_trip_on_real_machines(machine_dir: Path):
+    topo = fixture_topology(machine_dir)
+    assert Topology.from_json(topo.to_json()) == topo
+
+
+def test_live_machine_reads_and_round_trips():
+    topo = read_topology("/")
+    assert set(topo.usable_cpus) <= os.sched_getaffinity(0)
+    assert len(topo.usable_cpus) == len(os.sched_getaffinity(0))
+    assert Topology.from_json(topo.to_json()) == topo
+
+
+@pytest.mark.parametrize(
+    "text, cpus",
+    [("0-3,8,10-11", {0, 1, 2, 3, 8, 10, 11}), ("", set()), ("5\n\x00\x00", {5}), ("0-1\n", {0, 1})],
+)
+def test_parse_cpulist(text, cpus):
+    assert parse_cpulist(text) == cpus
+
+
+def test_parse_cpumask_reads_words_most_significant_first():
+    assert parse_cpumask("00000001,00000003\n") == {0, 1, 32}
+    assert parse_cpumask("00000000,00000000") == set()
+
+
+def test_format_cpulist_is_the_inverse_of_parse():
+    for cpus in [{0}, {0, 1, 2, 5}, {3, 5, 7}, set(range(64))]:
+        assert parse_cpulist(format_cpulist(cpus)) == cpus
+
+
+def test_offline_cpus_are_listed_but_not_usable(tmp_path):
+    m = smt_machine(1, 4, 1)
+    m.cpus[2].online = False
+    topo = read_topology(m.write(tmp_path))
+    assert topo.usable_cpus == (0, 1, 3)
+    assert not topo.cpu(2).online
+    assert len(topo.cores()) == 3
+
+
+def test_per_cpu_online_files_when_there_is_no_global_list(tmp_path):
+    m = smt_machine(1, 4, 1)
+    m.write_online_file = False
+    m.cpus[3].online = False
+    topo = read_topology(m.write(tmp_path))
+    assert topo.usable_cpus == (0, 1, 2)
+
+
+def test_old_kernel_with_only_thread_siblings_and_no_node_dir(tmp_path):
+    m = smt_machine(2, 2, 2)
+    m.nodes = None
+    for c in m.cpus:
+        c.use_core_cpus = False
+    topo = read_topology(m.write(tmp_path))
+    assert len(topo.nodes) == 1 and set(topo.nodes[0].cpus) == set(range(8))
+    assert topo.threads_per_core == (2,)
+    assert len(topo.cores()) == 4 and len(topo.packages) == 2
+
+
+def test_no_sibling_masks_at_all_uses_ids(tmp_path):
+    m = smt_machine(1, 2, 2)
+    for c in m.cpus:
+        c.siblings = None
+        c.package_cpus = None
+    topo = read_topology(m.write(tmp_path))
+    assert topo.threads_per_core == (2,)
+    assert [core.cpus for core in topo.cores()] == [(0, 2), (1, 3)]
+
+
+def test_smt4_cores(tmp_path):
+    topo = read_topology(smt_machine(1, 2, 4).write(tmp_path))
+    assert topo.threads_per_core == (4,)
+    assert [core.cpus for core in topo.cores()] == [(0, 2, 4, 6), (1, 3, 5, 7)]
+
+
+def test_hybrid_p_and_e_cores(tmp_path):
+    # 2 P-cores with 2 threads (cpus 0-3), 4 E-cores with 1 thread (cpus 4-7)
+    cpus = [FakeCpu(i, core_id=i // 2, siblings=(i - i % 2, i - i % 2 + 1)) for i in range(4)]
+    cpus += [FakeCpu(i, core_id=4 + i, siblings=(i,)) for i in range(4, 8)]
+    m = FakeMachine(cpus=cpus, nodes={0: tuple(range(8))},
+                    extra={"sys/devices/cpu_core/cpus": "0-3\n", "sys/devices/cpu_atom/cpus": "4-7\n"})
+    topo = read_topology(m.write(tmp_path))
+    assert topo.threads_per_core == (1, 2)
+    assert len(topo.cores()) == 6
+    assert topo.cpu(0).core_type == "P" and topo.cpu(5).core_type == "E"
+
+
+def test_siblings_with_different_core_ids_are_separate_cores(tmp_path):
+    # AMD Bulldozer compute units: thread_siblings pairs cpus, core_id differs
+    cpus = [FakeCpu(i, core_id=i, siblings=(i - i % 2, i - i % 2 + 1)) for i in range(4)]
+    topo = read_topology(FakeMachine(cpus=cpus, nodes={0: (0, 1, 2, 3)}).write(tmp_path))
+    assert len(topo.cores()) == 4 and topo.threads_per_core == (1,)
+
+
+def test_repeated_core_ids_in_different_dies_are_different_cores(tmp_path):
+    cpus = [FakeCpu(i, core_id=i % 2, siblings=(i,), die=i // 2) for i in range(4)]
+    topo = read_topology(FakeMachine(cpus=cpus, nodes={0: (0, 1), 1: (2, 3)}).write(tmp_path))
+    assert len(topo.cores()) == 4
+
+
+def test_sparse_node_numbering_and_distance_matrix(tmp_path):
+    m = smt_machine(2, 2, 1)
+    m.nodes = {0: (0, 1), 4: (2, 3)}
+    topo = read_topology(m.write(tmp_path))
+    assert [n.id for n in topo.nodes] == [0, 4]
+    assert topo.node_usable_cpus(4) == (2, 3)
+    assert topo.distance(0, 4) == 21 and topo.distance(4, 4) == 10
+
+
+def test_nodes_that_all_claim_the_same_cpus_give_each_cpu_one_node(tmp_path):
+    m = smt_machine(1, 4, 1)
+    m.nodes = {0: (0, 1, 2, 3), 1: (0, 1, 2, 3)}
+    topo = read_topology(m.write(tmp_path))
+    assert topo.node_usable_cpus(0) == (0, 1, 2, 3)
+    assert topo.node_usable_cpus(1) == ()
+    assert any("claimed by nodes" in note for note in topo.notes)
+
+
+def test_cpus_outside_any_node_have_no_node(tmp_path):
+    m = smt_machine(1, 4, 1)
+    m.nodes = {0: (0, 1)}
+    topo = read_topology(m.write(tmp_path))
+    assert topo.cpu(3).node is None and topo.cpu(3).usable
+    assert topo.node_usable_cpus(0) == (0, 1)
+
+
+def test_cgroup_v1_cpuset_below_root_restricts_usable_cpus(tmp_path):
+    m = smt_machine(2, 4, 1)
+    m.extra = {
+        "proc/self/cpuset": "/job\n",
+        "proc/mounts": "cgroup /sys/fs/cgroup/cpuset cgroup rw,cpuset 0 0\n",
+        "sys/fs/cgroup/cpuset/job/cpuset.cpus": "2-5\n",
+        "sys/fs/cgroup/cpuset/job/cpuset.mems": "0\n",
+    }
+    topo = read_topology(m.write(tmp_path))
+    assert topo.usable_cpus == (2, 3, 4, 5)
+    assert [n.memory_allowed for n in topo.nodes] == [True, False]
+
+
+def test_cgroup_v2_effective_cpuset_below_root_restricts_usable_cpus(tmp_path):
+    m = smt_machine(2, 4, 1)
+    m.extra = {
+        "proc/self/cgroup": "0::/kubepods/pod1\n",
+        "proc/self/mounts": "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n",
+        "sys/fs/cgroup/kubepods/pod1/cpuset.cpus.effective": "4-7\n",
+    }
+    topo = read_topology(m.write(tmp_path))
+    assert topo.usable_cpus == (4, 5, 6, 7)
+    assert "cgroup" in topo.restriction
+
+
+def test_a_dump_without_cpu_information_is_a_clear_error(tmp_path):
+    with pytest.raises(TopologyError, match="sys/devices/system/cpu"):
+        read_topology(tmp_path)
+
+
+def test_corrupt_topology_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text("{not json")
+    with pytest.raises(TopologyError, match="not valid JSON"):
+        load_topology_file(bad)
+    bad.write_text('{"format": "something-else"}')
+    with pytest.raises(TopologyError, match="placetune-topology"):
+        load_topology_file(bad)
+    with pytest.raises(TopologyError, match="does not exist"):
+        load_topology_file(tmp_path / "missing.json")
+
+
+def test_fingerprint_changes_with_the_usable_set(machine_dir: Path):
+    topo = fixture_topology(machine_dir)
+    assert topo.fingerprint() == Topology.from_json(topo.to_json()).fingerprint()
+    if len(topo.usable_cpus) > 1:
+        assert topo.restrict(topo.usable_cpus[:-1]).fingerprint() != topo.fingerprint()

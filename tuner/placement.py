@@ -1,0 +1,298 @@
+"""Placement planning: which CPUs and memory nodes each worker gets.
+
+``plan(topology, params)`` is pure and deterministic. The rules, in order:
+
+1. Cores are the unit. ``smt=True`` gives a worker every usable PU of each of its cores;
+   ``smt=False`` gives it the lowest-numbered usable PU of each core and leaves the
+   siblings idle. No CPU is ever given to two workers.
+2. ``io_cores`` whole cores are kept for the load generator, taken from the end of the
+   planning order (last node, last cores), so workers keep the low, contiguous cores.
+3. A worker that fits in one NUMA node stays in one node. Workers are spread over the
+   usable nodes by water-filling: each next worker goes to the node with the fewest
+   workers among those with room (ties: most free cores, then lowest id). With
+   ``numa_policy="bind"`` a worker that fits in a node but finds no node with room is
+   infeasible; with the other policies it takes free cores across nodes.
+4. Inside a node a worker takes cores from one L3 group whenever one has room
+   (best fit: the group with the fewest free cores that still fits), else it spans
+   groups, fullest first.
+5. A worker larger than any node spans nodes, in planning order.
+6. Memory: ``bind`` and ``preferred`` use the nodes of the worker's CPUs (a node without
+   memory, or not allowed by the cpuset, is replaced by the nearest one that is);
+   ``interleave`` uses every allowed node with memory; ``none`` sets nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from tuner.errors import Infeasible, UsageError
+from tuner.topology import Core, Topology, format_cpulist
+
+NUMA_POLICIES = ("none", "bind", "interleave", "preferred")
+EXECUTION_MODES = ("sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class Params:
+    """What one trial picks: the placement and the ONNX Runtime session settings.
+
+    ``intra_op_threads=0`` means ONNX Runtime's own default (one thread per physical core of
+    the whole machine, auto-pinned); ``pin=False`` starts workers without CPU affinity. Both
+    exist for the "ORT defaults" baseline; tuned configs always pin and set counts.
+    """
+
+    workers: int = 1
+    cores_per_worker: int = 1
+    smt: bool = False
+    numa_policy: str = "none"
+    io_cores: int = 0
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    execution_mode: str = "sequential"
+    spinning: bool = True
+    graph_optimization: str = "all"
+    pin: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"workers must be >= 1, got {self.workers}")
+        if self.cores_per_worker < 1:
+            raise UsageError(f"cores_per_worker must be >= 1, got {self.cores_per_worker}")
+        if self.io_cores < 0:
+            raise UsageError(f"io_cores must be >= 0, got {self.io_cores}")
+        if self.numa_policy not in NUMA_POLICIES:
+            raise UsageError(
+                f"numa_policy {self.numa_policy!r} is not one of {', '.join(NUMA_POLICIES)}"
+            )
+        if self.execution_mode not in EXECUTION_MODES:
+            raise UsageError(
+                f"execution_mode {self.execution_mode!r} is not one of {', '.join(EXECUTION_MODES)}"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise UsageError("thread counts must be >= 0 (0 = ONNX Runtime's default)")
+        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
+            raise UsageError(
+                f"graph_optimization {self.graph_optimization!r} is not one of "
+                "disable, basic, extended, all"
+            )
+
+    def label(self) -> str:
+        """A short readable name, e.g. ``w2xc1-intra1-bind``."""
+        if not self.pin:
+            return f"w{self.workers}-unpinned-intra{self.intra_op_threads or 'default'}"
+        parts = [f"w{self.workers}xc{self.cores_per_worker}", f"intra{self.intra_op_threads}"]
+        if self.execution_mode == "parallel":
+            parts.append(f"inter{self.inter_op_threads}")
+        if self.smt:
+            parts.append("smt")
+        if self.numa_policy != "none":
+            parts.append(self.numa_policy)
+        if not self.spinning:
+            parts.append("nospin")
+        if self.io_cores:
+            parts.append(f"io{self.io_cores}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Params:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UsageError(
+                f"unknown config key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker's placement: its CPUs (empty = not pinned) and memory policy."""
+
+    index: int
+    cpus: tuple[int, ...]
+    nodes: tuple[int, ...]
+    mem_policy: str
+    mem_nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every worker's CPUs and memory nodes, and the CPUs kept for the load generator."""
+
+    params: Params
+    workers: tuple[WorkerSpec, ...]
+    io_cpus: tuple[int, ...]
+    topology_fingerprint: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for w in self.workers:
+            cpus = format_cpulist(w.cpus) if w.cpus else "any (not pinned)"
+            mem = (
+                f"{w.mem_policy} {format_cpulist(w.mem_nodes)}" if w.mem_policy != "none" else "none"
+            )
+            lines.append(f"worker {w.index}: cpus {cpus}; memory {mem}")
+        lines.append(f"load generator: cpus {format_cpulist(self.io_cpus) or 'shared with workers'}")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "params": self.params.to_dict(),
+            "workers": [
+                {**asdict(w), "cpus": list(w.cpus), "nodes": list(w.nodes), "mem_nodes": list(w.mem_nodes)}
+                for w in self.workers
+            ],
+            "io_cpus": list(self.io_cpus),
+            "topology_fingerprint": self.topology_fingerprint,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        return cls(
+            params=Params.from_dict(data["params"]),
+            workers=tuple(
+                WorkerSpec(w["index"], tuple(w["cpus"]), tuple(w["nodes"]), w["mem_policy"],
+                           tuple(w["mem_nodes"]))
+                for w in data["workers"]
+            ),
+            io_cpus=tuple(data["io_cpus"]),
+            topology_fingerprint=data.get("topology_fingerprint", ""),
+            notes=tuple(data.get("notes", ())),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+def _node_key(node: int | None) -> int:
+    return -1 if node is None else node
+
+
+def plan(topology: Topology, params: Params) -> Plan:
+    """Plan ``params`` on ``topology``; raises Infeasible with the reason when it cannot."""
+    cores = list(topology.cores())
+    if not cores:
+        raise Infeasible("the topology has no usable CPU")
+    if not params.pin:
+        return _unpinned_plan(topology, params, cores)
+
+    if params.io_cores >= len(cores):
+        raise Infeasible(
+            f"io_cores={params.io_cores} leaves no core for workers ({len(cores)} usable cores)"
+        )
+    io = cores[len(cores) - params.io_cores:] if params.io_cores else []
+    free = cores[: len(cores) - params.io_cores]
+    needed = params.workers * params.cores_per_worker
+    if needed > len(free):
+        raise Infeasible(
+            f"{params.workers} worker(s) x {params.cores_per_worker} core(s) need {needed} cores; "
+            f"{len(free)} usable core(s) remain after {params.io_cores} io core(s)"
+        )
+
+    by_node: dict[int, list[Core]] = {}
+    for core in free:
+        by_node.setdefault(_node_key(core.node), []).append(core)
+    largest_node = max(len(v) for v in by_node.values())
+    notes: list[str] = []
+
+    assignments: list[list[Core]] = []
+    if params.cores_per_worker > largest_node:
+        notes.append(
+            f"a worker needs {params.cores_per_worker} cores, more than any node's "
+            f"{largest_node}: workers span nodes"
+        )
+        for w in range(params.workers):
+            chunk = free[w * params.cores_per_worker:(w + 1) * params.cores_per_worker]
+            assignments.append(chunk)
+    else:
+        counts = dict.fromkeys(by_node, 0)
+        for _ in range(params.workers):
+            roomy = [n for n, avail in by_node.items() if len(avail) >= params.cores_per_worker]
+            if roomy:
+                node = min(roomy, key=lambda n: (counts[n], -len(by_node[n]), n))
+                assignments.append(_take_from_node(by_node[node], params.cores_per_worker))
+                counts[node] += 1
+                continue
+            if params.numa_policy == "bind":
+                sizes = ", ".join(f"node {n}: {len(v)}" for n, v in sorted(by_node.items()))
+                raise Infeasible(
+                    f"{params.workers} workers of {params.cores_per_worker} cores cannot each stay "
+                    f"inside one NUMA node (free cores left: {sizes}); use fewer workers, a "
+                    "cores_per_worker that divides the node size, or numa_policy none/interleave"
+                )
+            chunk: list[Core] = []
+            for n in sorted(by_node, key=lambda n: (-len(by_node[n]), n)):
+                while by_node[n] and len(chunk) < params.cores_per_worker:
+                    chunk.append(by_node[n].pop(0))
+            notes.append(f"worker {len(assignments)} spans nodes (no single node had room)")
+            assignments.append(chunk)
+
+    specs = []
+    for index, chunk in enumerate(assignments):
+        chunk = sorted(chunk, key=lambda c: c.cpus[0])
+        cpus = tuple(cpu for core in chunk for cpu in (core.cpus if params.smt else core.cpus[:1]))
+        nodes = tuple(sorted({c.node for c in chunk if c.node is not None}))
+        policy, mem_nodes = _memory(topology, params.numa_policy, nodes)
+        specs.append(WorkerSpec(index, tuple(sorted(cpus)), nodes, policy, mem_nodes))
+    io_cpus = tuple(sorted(cpu for core in io for cpu in core.cpus))
+    return Plan(params, tuple(specs), io_cpus, topology.fingerprint(), tuple(notes))
+
+
+def _take_from_node(avail: list[Core], count: int) -> list[Core]:
+    """Remove and return ``count`` cores of one node, inside one L3 group when any has room."""
+    groups: dict[int, list[Core]] = {}
+    for core in avail:
+        key = core.l3_group if core.l3_group is not None else -1
+        groups.setdefault(key, []).append(core)
+    fitting = [g for g, members in groups.items() if len(members) >= count]
+    if fitting:
+        best = min(fitting, key=lambda g: (len(groups[g]), groups[g][0].cpus[0]))
+        chosen = groups[best][:count]
+    else:
+        chosen = []
+        for g in sorted(groups, key=lambda g: (-len(groups[g]), groups[g][0].cpus[0])):
+            chosen.extend(groups[g][: count - len(chosen)])
+            if len(chosen) == count:
+                break
+    for core in chosen:
+        avail.remove(core)
+    return chosen
+
+
+def _memory(topology: Topology, policy: str, nodes: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    with_memory = [
+        n.id for n in topology.nodes if n.memory_allowed and (n.memory_bytes or 0) > 0
+    ] or [n.id for n in topology.nodes]
+    if policy == "none":
+        return "none", ()
+    if policy == "interleave":
+        return "interleave", tuple(sorted(with_memory))
+    chosen = set()
+    for node in nodes:
+        if node in with_memory:
+            chosen.add(node)
+            continue
+        nearest = min(
+            with_memory, key=lambda m: (topology.distance(node, m) or 10**9, m)
+        )
+        chosen.add(nearest)
+    if not chosen:
+        return "none", ()
+    if policy == "preferred":
+        # MPOL_PREFERRED takes one node: the first of the worker's own.
+        return "preferred", (min(chosen),)
+    return "bind", tuple(sorted(chosen))
+
+
+def _unpinned_plan(topology: Topology, params: Params, cores: list[Core]) -> Plan:
+    if params.numa_policy != "none":
+        raise Infeasible("an unpinned worker cannot have a NUMA memory policy; use numa_policy none")
+    specs = tuple(WorkerSpec(i, (), (), "none", ()) for i in range(params.workers))
+    return Plan(params, specs, (), topology.fingerprint(),
+                ("workers are not pinned: the OS scheduler places them",))

@@ -1,0 +1,96 @@
+"""Rich renderings of topologies and plans for the terminal (no logic lives here)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.tree import Tree
+
+from tuner.placement import Plan
+from tuner.topology import UNKNOWN, Topology, format_cpulist
+
+
+def _gib(num_bytes: int | None) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes else "no memory info"
+
+
+def topology_tree(topology: Topology) -> Group:
+    """Machine > NUMA node > package > L3 group > core > PUs, with unusable PUs marked."""
+    root = Tree(f"[bold]Machine[/] ({topology.source}): {topology.summary()}")
+    if topology.restriction != "none":
+        root.add(f"[yellow]usable CPUs restricted by {topology.restriction}[/]")
+    for note in topology.notes:
+        root.add(f"[dim]note: {note}[/]")
+    cpus_by_node: dict[int | None, list] = {}
+    unknown = [c.id for c in topology.cpus if not c.online and c.package_id == UNKNOWN]
+    for cpu in topology.cpus:
+        if cpu.id in unknown:
+            continue
+        cpus_by_node.setdefault(cpu.node, []).append(cpu)
+    node_labels = {n.id: n for n in topology.nodes}
+    for node_id in sorted(cpus_by_node, key=lambda n: (n is None, n or 0)):
+        node = node_labels.get(node_id) if node_id is not None else None
+        usable = [c.id for c in cpus_by_node[node_id] if c.usable]
+        if node is not None:
+            mem = _gib(node.memory_bytes) + ("" if node.memory_allowed else ", memory not allowed")
+            branch = root.add(
+                f"[bold cyan]NUMA node {node.id}[/] ({mem}; usable cpus {format_cpulist(usable) or '-'})"
+            )
+        else:
+            branch = root.add(f"[bold cyan]CPUs in no NUMA node[/] (usable {format_cpulist(usable) or '-'})")
+        packages: dict[int, dict[int | None, dict[int, list]]] = {}
+        for cpu in cpus_by_node[node_id]:
+            packages.setdefault(cpu.package, {}).setdefault(cpu.l3_group, {}).setdefault(
+                cpu.core, []
+            ).append(cpu)
+        for package, groups in sorted(packages.items()):
+            pkg_ids = {c.package_id for g in groups.values() for core in g.values() for c in core}
+            pkg_branch = branch.add(f"Package {package} (physical id {', '.join(map(str, sorted(pkg_ids)))})")
+            for l3, cores in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+                members = [c.id for core in cores.values() for c in core]
+                if l3 is None:
+                    l3_branch = pkg_branch
+                else:
+                    l3_branch = pkg_branch.add(f"L3 group (cpus {format_cpulist(members)})")
+                for core_index, core_cpus in sorted(cores.items(), key=lambda kv: kv[1][0].id):
+                    pus = []
+                    for c in sorted(core_cpus, key=lambda c: c.id):
+                        if c.usable:
+                            pus.append(f"[green]PU {c.id}[/]")
+                        else:
+                            why = "offline" if not c.online else "not allowed"
+                            pus.append(f"[red]PU {c.id} ({why})[/]")
+                    kind = f" {core_cpus[0].core_type}-core" if core_cpus[0].core_type else ""
+                    l3_branch.add(f"Core {core_index}{kind}: " + "  ".join(pus))
+    if unknown:
+        root.add(f"[red]offline CPUs (topology unknown): {format_cpulist(unknown)}[/]")
+    parts: list = [root]
+    if len(topology.nodes) > 1 and all(n.distances for n in topology.nodes):
+        table = Table(title="NUMA distances", show_edge=False)
+        table.add_column("node")
+        for n in topology.nodes:
+            table.add_column(str(n.id), justify="right")
+        for n in topology.nodes:
+            table.add_row(str(n.id), *(str(d) for d in n.distances or ()))
+        parts.append(table)
+    return Group(*parts)
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title=f"Plan {plan.params.label()}")
+    table.add_column("worker", justify="right")
+    table.add_column("cpus")
+    table.add_column("nodes")
+    table.add_column("memory policy")
+    for w in plan.workers:
+        table.add_row(
+            str(w.index),
+            format_cpulist(w.cpus) or "any (not pinned)",
+            format_cpulist(w.nodes) or "-",
+            f"{w.mem_policy} {format_cpulist(w.mem_nodes)}".strip(),
+        )
+    table.caption = (
+        f"load generator cpus: {format_cpulist(plan.io_cpus) or 'shared with workers'}"
+        + "".join(f"\n{n}" for n in plan.notes)
+    )
+    return table
