@@ -93,21 +93,101 @@ def plan_command(
     console.print(plan_table(result))
 
 
+def _resolve_bound(p99: str | None) -> float | None:
+    from tuner.measure import parse_duration
+
+    return parse_duration(p99, "--p99") if p99 is not None else None
+
+
+ModelOpt = Annotated[str, typer.Option("--model", help="An .onnx file, or onnx:NAME for a model the onnx "
+                                       "package ships (onnx:squeezenet, onnx:resnet50, ...).")]
+ShapeOpt = Annotated[list[str] | None, typer.Option("--shape", help="Fix a dynamic input: NAME=1x3x224x224 "
+                                                    "(repeatable).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch", help="Value for a dynamic first (batch) dimension.")]
+InputsOpt = Annotated[Path | None, typer.Option("--inputs", help="Real inputs: an .npz with one array per "
+                                                "model input.")]
+ScenarioOpt = Annotated[str, typer.Option("--scenario", help="server (open-loop Poisson, rate search) or "
+                                          "offline (closed loop at saturation).")]
+WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
+
+
+@app.command()
+def measure(
+    model: ModelOpt,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    cores_per_worker: Annotated[int, typer.Option(help="Physical cores per worker.")] = 1,
+    smt: Annotated[str, typer.Option(help="on | off: use every SMT sibling of a core.")] = "off",
+    intra_op: Annotated[int, typer.Option("--intra-op", help="ORT intra-op threads (0 = ORT default).")] = 1,
+    inter_op: Annotated[int, typer.Option("--inter-op", help="ORT inter-op threads (parallel mode).")] = 1,
+    execution_mode: Annotated[str, typer.Option(help="sequential | parallel")] = "sequential",
+    numa_policy: Annotated[str, typer.Option(help="none | bind | interleave | preferred")] = "none",
+    spinning: Annotated[str, typer.Option(help="on | off: ORT thread-pool spinning.")] = "on",
+    io_cores: Annotated[int, typer.Option(help="Cores kept for the load generator.")] = 0,
+    config: Annotated[Path | None, typer.Option("--config", help="Read the config from a best_config.json "
+                                                "or YAML instead of the flags above.")] = None,
+    scenario: ScenarioOpt = "server",
+    p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms, 0.02s, 20000us.")] = None,
+    window: WindowOpt = "2s",
+    shape: ShapeOpt = None,
+    batch: BatchOpt = None,
+    inputs: InputsOpt = None,
+    fsroot: FsRoot = None,
+    topology_file: TopologyFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Measure one config: start pinned workers, verify their placement, find the throughput at the bound."""
+    from tuner.measure import MeasureSettings, params_from_config_file, parse_duration
+    from tuner.measure import measure as run_measure
+    from tuner.model import inspect_model, parse_shapes
+    from tuner.render import result_table
+
+    bound = _resolve_bound(p99)
+    settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"))
+    if config is not None:
+        params = params_from_config_file(str(config))
+    else:
+        params = Params(workers=workers, cores_per_worker=cores_per_worker, smt=_on_off(smt, "--smt"),
+                        intra_op_threads=intra_op, inter_op_threads=inter_op, execution_mode=execution_mode,
+                        numa_policy=numa_policy, spinning=_on_off(spinning, "--spinning"), io_cores=io_cores)
+    topo = get_topology(fsroot, topology_file)
+    the_plan = plan(topo, params)
+    info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
+    err = Console(stderr=True)
+    with err.status("starting workers") as status:
+        result = run_measure(the_plan, info, settings, progress=lambda msg: status.update(msg))
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
+    else:
+        console.print(result_table(result))
+    if not result.feasible:
+        raise typer.Exit(3)
+
+
+def _on_off(value: str, flag: str) -> bool:
+    if value not in ("on", "off"):
+        raise UsageError(f"{flag} takes on or off, got {value!r}")
+    return value == "on"
+
+
 def main() -> None:
     """Console-script entry point with the one-line error policy."""
+    import click
+
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PlacetuneError as exc:
         if _state["debug"]:
             raise
         Console(stderr=True).print(f"[red]placetune: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        Console(stderr=True).print("placetune: aborted")
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        Console(stderr=True).print("placetune: interrupted; every worker was stopped")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the unexpected
-        import click
-
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.tree import Tree
 
-from tuner.placement import Plan
+from tuner.placement import Params, Plan
 from tuner.topology import UNKNOWN, Topology, format_cpulist
 
 
@@ -94,3 +94,35 @@ def plan_table(plan: Plan) -> Table:
         + "".join(f"\n{n}" for n in plan.notes)
     )
     return table
+
+
+def result_table(result) -> Group:
+    """A measured TrialResult: the headline numbers, the placement seen, every window."""
+    head = Table(title=f"{result.model['name']}: {Params.from_dict(result.params).label()} "
+                 f"({result.scenario} scenario)", show_header=False)
+    head.add_column("what")
+    head.add_column("value")
+    bound = f"{result.p99_bound_ms:g} ms" if result.p99_bound_ms is not None else "none"
+    verdict = "[green]feasible[/]" if result.feasible else f"[red]infeasible[/]: {result.reason}"
+    head.add_row("P99 bound", bound)
+    head.add_row("result", verdict)
+    head.add_row("throughput", f"{result.throughput:.1f} req/s")
+    head.add_row("latency P50/P90/P99/P99.9",
+                 f"{result.p50_ms:.2f} / {result.p90_ms:.2f} / {result.p99_ms:.2f} / {result.p999_ms:.2f} ms")
+    head.add_row("capacity (closed loop)", f"{result.capacity:.1f} req/s")
+    head.add_row("unloaded P50/P99", f"{result.unloaded_p50_ms:.2f} / {result.unloaded_p99_ms:.2f} ms")
+    head.add_row("CPU use", f"workers {result.cpu_util:.2f} cores "
+                 f"({', '.join(f'{c:.2f}' for c in result.worker_cpu)}); harness {result.harness_cpu:.3f}")
+    for seen in result.placement:
+        head.add_row(f"worker {seen['index']} seen", f"pid {seen['pid']}, {seen['threads']} threads on cpus "
+                     f"{' | '.join(seen['thread_cpus'])}, memory {seen['memory_policy']}")
+    for note in result.notes:
+        head.add_row("note", note)
+    windows = Table(title="windows")
+    for col in ("scenario", "offered/s", "achieved/s", "requests", "P50 ms", "P99 ms", "verdict"):
+        windows.add_column(col, justify="right" if col != "verdict" else "left")
+    for w in result.windows:
+        windows.add_row(w["scenario"], f"{w['offered_rate']:.1f}" if w["offered_rate"] else "-",
+                        f"{w['achieved_rate']:.1f}", str(w["requests"]), f"{w['p50_ms']:.2f}",
+                        f"{w['p99_ms']:.2f}", "pass" if w["passed"] else w["reason"])
+    return Group(head, windows)

@@ -1,0 +1,243 @@
+"""Real ONNX Runtime workers on a real (small, generated) model, short windows; assertions on
+logic, never on speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.models import bad_op_model, conv_net
+from tuner.errors import ModelError, PlacementMismatch, UsageError, WorkerError
+from tuner.launcher import Launcher
+from tuner.loadgen import run_offline_window, run_server_window
+from tuner.measure import MeasureSettings, measure, parse_duration
+from tuner.model import inspect_model
+from tuner.numa import thread_affinities
+from tuner.placement import Params, plan
+from tuner.topology import read_topology
+
+PLACETUNE = [sys.executable, "-m", "tuner.cli"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return inspect_model(str(conv_net(tmp_path_factory.mktemp("m") / "conv.onnx")))
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return read_topology("/")
+
+
+def no_children_left(timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [c for c in psutil.Process().children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+        alive = [c for c in alive if "resource_tracker" not in " ".join(c.cmdline())]
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_every_thread_of_each_worker_runs_only_on_its_planned_cpus(model, topo):
+    n = min(2, len(topo.cores()))
+    for params in (Params(workers=n, cores_per_worker=1, intra_op_threads=1),
+                   Params(workers=1, cores_per_worker=n, intra_op_threads=n)):
+        the_plan = plan(topo, params)
+        with Launcher(the_plan, model) as fleet:
+            for spec, pid in zip(the_plan.workers, fleet.pids, strict=True):
+                threads = thread_affinities(pid)
+                assert threads, "no thread seen in /proc"
+                for cpus in threads.values():
+                    assert cpus <= set(spec.cpus), (spec, cpus)
+            seen = fleet.verify_placement()
+            assert [s.pid for s in seen] == fleet.pids
+    assert no_children_left()
+
+
+def test_a_plan_the_workers_do_not_follow_is_a_mismatch(model, topo):
+    the_plan = plan(topo, Params(workers=1))
+    with Launcher(the_plan, model) as fleet:
+        os.sched_setaffinity(fleet.pids[0], set(topo.usable_cpus))
+        if len(topo.usable_cpus) > 1:
+            with pytest.raises(PlacementMismatch, match="worker 0 thread"):
+                fleet.verify_placement()
+
+
+def test_offered_rate_far_above_capacity_fails_did_not_keep_up(model, topo):
+    with Launcher(plan(topo, Params(workers=1)), model) as fleet:
+        probe = run_offline_window(fleet, 0.3)
+        window = run_server_window(fleet, probe.achieved_rate * 20, 0.3, 200, None,
+                                   probe.mean_service_ms / 1000, np.random.default_rng(1))
+    assert not window.passed and not window.kept_up
+    assert "did not keep up" in window.reason
+
+
+def test_low_rate_latency_is_near_service_time_and_every_request_is_recorded(model, topo):
+    with Launcher(plan(topo, Params(workers=1)), model) as fleet:
+        probe = run_offline_window(fleet, 0.3)
+        rate = probe.achieved_rate * 0.05
+        window = run_server_window(fleet, rate, 0.5, 30, 10.0, probe.mean_service_ms / 1000,
+                                   np.random.default_rng(2))
+        completed = fleet.buffers.completed[:window.requests]
+        assert not np.isnan(completed).any()
+    assert window.completed == window.requests >= 30
+    # generous: a shared, noisy machine; the point is "no queueing", not speed
+    assert window.p99_ms < 50 * probe.p50_ms + 100
+
+
+def test_latency_counts_from_the_scheduled_arrival(model, topo):
+    """A dispatcher that is 300 ms late: every request shows at least that lateness."""
+    with Launcher(plan(topo, Params(workers=1)), model) as fleet:
+        probe = run_offline_window(fleet, 0.2)
+        late = time.monotonic() - 0.3
+        window = run_server_window(fleet, probe.achieved_rate * 0.1, 0.2, 20, None,
+                                   probe.mean_service_ms / 1000, np.random.default_rng(3), start_time=late)
+    assert window.completed == window.requests
+    assert window.p50_ms >= 300 * 0.5  # Poisson offsets shift the later ones; the first are >= 300 ms
+    assert window.p999_ms >= 300
+
+
+def test_burst_latency_grows_with_queue_position(model, topo):
+    """All requests scheduled at once on one worker: the k-th waits for k-1 services."""
+    with Launcher(plan(topo, Params(workers=1)), model) as fleet:
+        run_offline_window(fleet, 0.2)
+        window = run_server_window(fleet, 1e6, 5e-5, 50, None, 0.001, np.random.default_rng(4),
+                                   backlog_limit_s=60.0)
+        lat = fleet.buffers.completed[:50] - fleet.buffers.scheduled[:50]
+    assert window.completed == 50
+    assert lat[-1] > lat[len(lat) // 2] > lat[0]
+
+
+def test_measure_gives_a_full_result(model, topo):
+    the_plan = plan(topo, Params(workers=1, intra_op_threads=1))
+    result = measure(the_plan, model, MeasureSettings(p99_bound_s=1.0, window_s=0.3, min_requests=100,
+                                                      warmup_s=0.1, search_steps=2))
+    assert result.feasible and result.throughput > 0
+    assert result.windows[0]["scenario"] == "offline"
+    assert all(w["scenario"] == "server" for w in result.windows[1:])
+    assert result.placement[0]["thread_cpus"]
+    assert json.loads(json.dumps(result.to_dict()))["params"]["workers"] == 1
+    assert no_children_left()
+
+
+def test_unloaded_latency_over_the_bound_stops_early(model, topo):
+    result = measure(plan(topo, Params()), model,
+                     MeasureSettings(p99_bound_s=1e-6, window_s=0.2, warmup_s=0.1))
+    assert not result.feasible and "unloaded P99" in result.reason
+    assert len(result.windows) == 1
+
+
+def test_a_worker_killed_mid_window_is_an_error_and_nothing_is_left(model, topo):
+    with Launcher(plan(topo, Params(workers=1)), model) as fleet:
+        probe = run_offline_window(fleet, 0.2)
+        victim = fleet.pids[0]
+
+        def kill_soon():
+            time.sleep(0.2)
+            os.kill(victim, signal.SIGKILL)
+
+        import threading
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        with pytest.raises(WorkerError, match="killed by signal 9"):
+            run_server_window(fleet, probe.achieved_rate * 0.2, 3.0, 50, None, 0.001,
+                              np.random.default_rng(5))
+    assert no_children_left()
+
+
+def test_a_model_the_workers_cannot_load_is_a_model_error(tmp_path, topo):
+    path = tmp_path / "good.onnx"
+    info = inspect_model(str(conv_net(path)))
+    path.write_bytes(b"corrupted after inspection")
+    with pytest.raises(ModelError, match="worker 0 could not start"), Launcher(plan(topo, Params()), info):
+        pass
+    assert no_children_left()
+
+
+def test_inspect_refuses_a_model_ort_cannot_load(tmp_path):
+    with pytest.raises(ModelError, match="cannot load"):
+        inspect_model(str(bad_op_model(tmp_path / "bad.onnx")))
+    (tmp_path / "junk.onnx").write_text("not onnx")
+    with pytest.raises(ModelError, match="cannot load"):
+        inspect_model(str(tmp_path / "junk.onnx"))
+
+
+def test_dynamic_dims_need_a_shape_or_batch(tmp_path):
+    path = str(conv_net(tmp_path / "dyn.onnx", dynamic_batch=True))
+    with pytest.raises(UsageError, match="--shape x=Nx3x32x32 or --batch N"):
+        inspect_model(path)
+    assert inspect_model(path, batch=4).inputs[0].shape == (4, 3, 32, 32)
+    assert inspect_model(path, shapes={"x": (2, 3, 32, 32)}).inputs[0].shape == (2, 3, 32, 32)
+    with pytest.raises(UsageError, match="does not have"):
+        inspect_model(path, shapes={"nope": (1,)})
+
+
+@pytest.mark.parametrize("text, seconds", [("20ms", 0.02), ("0.02s", 0.02), ("20000us", 0.02), ("2m", 120)])
+def test_parse_duration_accepts_units(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["20", "-5ms", "0ms", "abc", "20 ms", "1e9s", ""])
+def test_parse_duration_refuses_bad_values(text):
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(PLACETUNE + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, **kw)
+
+
+def test_cli_measure_json(model):
+    proc = _cli(["measure", "--model", model.path, "--p99", "1s", "--window", "0.3s", "--json"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["feasible"] and result["model"]["sha256"] == model.sha256
+    assert no_children_left()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signalled_measuring_parent_leaves_no_worker(model, sig):
+    proc = _cli(["measure", "--model", model.path, "--p99", "1s", "--window", "20s"])
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(
+        [c for c in parent.children() if "resource_tracker" not in " ".join(c.cmdline())]
+    ) < 1:
+        time.sleep(0.1)
+    workers = [c for c in parent.children(recursive=True)]
+    assert workers, "the measuring parent never started a worker"
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, alive
+
+
+def test_cli_model_errors_are_one_line(tmp_path):
+    bad = bad_op_model(tmp_path / "bad.onnx")
+    for args, code, text in [
+        (["--model", str(tmp_path / "missing.onnx")], 2, "does not exist"),
+        (["--model", str(tmp_path)], 2, "is a directory"),
+        (["--model", str(bad)], 1, "cannot load"),
+        (["--model", str(bad), "--p99", "20"], 2, "not a duration"),
+    ]:
+        proc = _cli(["measure", *args])
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, (args, err)
+        assert text in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,259 @@
+"""Start and stop a Plan's workers; verify their placement from /proc.
+
+``Launcher`` is a context manager: whatever happens inside (an exception, Ctrl-C, SIGTERM,
+a worker dying), every worker is terminated and reaped on exit. Workers also carry
+PR_SET_PDEATHSIG=SIGKILL, so they die with the tuner even if it is killed with -9.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing import connection, shared_memory
+
+from tuner.errors import ModelError, PlacementMismatch, WorkerError
+from tuner.model import ModelInfo
+from tuner.numa import expected_policy_token, memory_policy_seen, thread_affinities
+from tuner.placement import Plan
+from tuner.topology import format_cpulist
+from tuner.worker import ABORT, ABORT_STOP, SharedBuffers, WorkerConfig, worker_main
+
+DEFAULT_MAX_REQUESTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PlacementSeen:
+    """One worker's placement as read from /proc after it started."""
+
+    index: int
+    pid: int
+    planned_cpus: tuple[int, ...]
+    threads: int
+    thread_cpus: tuple[str, ...]  # distinct Cpus_allowed_list values over its threads
+    memory_policy: str
+    expected_memory_policy: str
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index, "pid": self.pid, "planned_cpus": format_cpulist(self.planned_cpus),
+            "threads": self.threads, "thread_cpus": list(self.thread_cpus),
+            "memory_policy": self.memory_policy, "expected_memory_policy": self.expected_memory_policy,
+        }
+
+
+class _SigtermAsInterrupt:
+    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread, so teardown runs."""
+
+    def __enter__(self):
+        self._previous = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _handle(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+class Launcher:
+    """Workers of one plan, ready to serve windows. Use as ``with Launcher(...) as fleet:``."""
+
+    def __init__(self, plan: Plan, model: ModelInfo, start_timeout_s: float = 120.0,
+                 max_requests: int = DEFAULT_MAX_REQUESTS):
+        self.plan = plan
+        self.model = model
+        self.start_timeout_s = start_timeout_s
+        self.max_requests = max_requests
+        self._ctx = mp.get_context("spawn")
+        self.processes: list = []
+        self.conns: list = []
+        self.pids: list[int] = []
+        self.shm: shared_memory.SharedMemory | None = None
+        self.buffers: SharedBuffers | None = None
+        self.lock = None
+        self._sigterm = _SigtermAsInterrupt()
+
+    # ---- lifetime
+    def __enter__(self) -> Launcher:
+        self._sigterm.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def _start(self) -> None:
+        self.shm = shared_memory.SharedMemory(create=True, size=SharedBuffers.size(self.max_requests))
+        self.buffers = SharedBuffers(self.shm.buf, self.max_requests)
+        self.buffers.control[:] = 0
+        self.lock = self._ctx.Lock()
+        params = self.plan.params
+        for spec in self.plan.workers:
+            cfg = WorkerConfig(
+                index=spec.index, cpus=spec.cpus, mem_policy=spec.mem_policy, mem_nodes=spec.mem_nodes,
+                model_path=self.model.path, model_info=self.model.to_dict(),
+                intra_op_threads=params.intra_op_threads, inter_op_threads=params.inter_op_threads,
+                execution_mode=params.execution_mode, spinning=params.spinning,
+                graph_optimization=params.graph_optimization, pin=params.pin,
+                max_requests=self.max_requests,
+            )
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(target=worker_main, args=(cfg, child, self.shm.name, self.lock),
+                                     name=f"placetune-worker-{spec.index}", daemon=True)
+            proc.start()
+            child.close()
+            self.processes.append(proc)
+            self.conns.append(parent)
+        deadline = time.monotonic() + self.start_timeout_s
+        self.pids = [0] * len(self.processes)
+        pending = set(range(len(self.processes)))
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                late = ", ".join(str(i) for i in sorted(pending))
+                raise WorkerError(f"worker(s) {late} did not load the model within {self.start_timeout_s:.0f}s "
+                                  "(raise --start-timeout for very large models)")
+            waitables = {self.conns[i]: i for i in pending}
+            waitables.update({self.processes[i].sentinel: i for i in pending})
+            for ready in connection.wait(list(waitables), timeout=remaining):
+                i = waitables[ready]
+                if ready is self.processes[i].sentinel and not self.conns[i].poll():
+                    raise WorkerError(f"worker {i} exited during start-up (exit code "
+                                      f"{self.processes[i].exitcode})")
+                try:
+                    message = self.conns[i].recv()
+                except EOFError:
+                    raise WorkerError(f"worker {i} exited during start-up") from None
+                if message[0] == "error":
+                    raise ModelError(f"worker {i} could not start: {message[1]}")
+                self.pids[i] = message[1]
+                pending.discard(i)
+
+    def close(self) -> None:
+        """Stop every worker (politely, then by force) and release shared memory. Idempotent."""
+        if self.buffers is not None:
+            self.buffers.control[ABORT] = ABORT_STOP
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 2.0
+        for proc in self.processes:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self.processes:
+            proc.join(timeout=5.0)
+        for conn in self.conns:
+            conn.close()
+        self.processes, self.conns = [], []
+        if self.shm is not None:
+            self.buffers = None
+            try:
+                self.shm.close()
+                self.shm.unlink()
+            except (FileNotFoundError, BufferError):
+                pass
+            self.shm = None
+        self._sigterm.__exit__(None, None, None)
+
+    # ---- verification
+    def verify_placement(self) -> list[PlacementSeen]:
+        """Read each worker's threads' affinity and memory policy from /proc; a mismatch with the
+        plan raises PlacementMismatch."""
+        seen = []
+        problems = []
+        for spec, pid in zip(self.plan.workers, self.pids, strict=True):
+            affinities = thread_affinities(pid)
+            policy = memory_policy_seen(pid)
+            expected = expected_policy_token(spec.mem_policy, spec.mem_nodes)
+            distinct = sorted({format_cpulist(a) for a in affinities.values()})
+            seen.append(PlacementSeen(spec.index, pid, spec.cpus, len(affinities), tuple(distinct),
+                                      policy, expected))
+            if self.plan.params.pin and spec.cpus:
+                for tid, cpus in affinities.items():
+                    if not cpus <= set(spec.cpus):
+                        problems.append(f"worker {spec.index} thread {tid} may run on cpus "
+                                        f"{format_cpulist(cpus)}, plan says {format_cpulist(spec.cpus)}")
+            if policy != expected and policy != "unknown":
+                problems.append(f"worker {spec.index} memory policy is {policy}, plan says {expected}")
+        if problems:
+            raise PlacementMismatch("; ".join(problems))
+        return seen
+
+    # ---- windows
+    def check_alive(self) -> None:
+        for i, proc in enumerate(self.processes):
+            if not proc.is_alive():
+                code = proc.exitcode
+                how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
+                raise WorkerError(f"worker {i} (pid {self.pids[i]}) {how}")
+
+    def run_window(self, end_time: float, bound_s: float | None, backlog_limit_s: float | None,
+                   timeout_s: float) -> list[int]:
+        """Tell every worker to serve the window already written to shared memory; wait for all.
+        Returns requests served per worker. A dead or hung worker raises WorkerError."""
+        for conn in self.conns:
+            conn.send(("window", end_time, bound_s, backlog_limit_s))
+        served = [0] * len(self.conns)
+        pending = set(range(len(self.conns)))
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.buffers.control[ABORT] = ABORT_STOP
+                late = ", ".join(f"{i} (pid {self.pids[i]})" for i in sorted(pending))
+                raise WorkerError(f"worker(s) {late} did not finish the window within {timeout_s:.1f}s "
+                                  "(hung or stopped?)")
+            waitables = {self.conns[i]: i for i in pending}
+            waitables.update({self.processes[i].sentinel: i for i in pending})
+            for ready in connection.wait(list(waitables), timeout=min(remaining, 0.5)):
+                i = waitables[ready]
+                if ready is self.processes[i].sentinel:
+                    self.buffers.control[ABORT] = ABORT_STOP
+                    self.check_alive()
+                try:
+                    message = self.conns[i].recv()
+                except EOFError:
+                    self.buffers.control[ABORT] = ABORT_STOP
+                    self.check_alive()
+                    raise WorkerError(f"worker {i} closed its pipe during the window") from None
+                if message[0] == "done":
+                    served[i] = message[1]
+                    pending.discard(i)
+        return served
+
+    def cpu_seconds(self) -> list[float]:
+        """CPU time (user+system) each worker has used so far."""
+        import psutil
+
+        result = []
+        for pid in self.pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                result.append(t.user + t.system)
+            except psutil.Error:
+                result.append(float("nan"))
+        return result
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system

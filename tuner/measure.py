@@ -1,0 +1,240 @@
+"""One config in, one honest result out: warm-up, capacity probe, rate search.
+
+Server scenario:
+1. start the plan's workers (pinned, memory policy set, model loaded) and verify their
+   placement from /proc;
+2. warm-up (closed loop, excluded);
+3. capacity probe (closed loop): capacity C and the unloaded service-time percentiles; if the
+   unloaded P99 already exceeds the bound the config is infeasible and we stop here;
+4. rate search: open-loop Poisson windows; the first at 0.9 C, then bisection between the
+   highest passing and lowest failing rate, for ``search_steps`` windows;
+5. the result is the passing window with the highest achieved rate.
+
+Offline scenario: one closed-loop window after the warm-up; feasible when its P99 meets the bound.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tuner.errors import UsageError
+from tuner.launcher import Launcher, PlacementSeen
+from tuner.loadgen import WindowResult, run_offline_window, run_server_window
+from tuner.model import ModelInfo
+from tuner.placement import Params, Plan
+
+SCENARIOS = ("server", "offline")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    scenario: str = "server"
+    p99_bound_s: float | None = None
+    window_s: float = 2.0  # minimum duration of a window
+    min_requests: int = 1000  # minimum requests in a server window (P99 needs ~1000)
+    warmup_s: float = 0.5
+    search_steps: int = 5
+    seed: int = 0
+    start_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise UsageError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
+        if self.window_s <= 0:
+            raise UsageError("--window must be positive")
+        if self.p99_bound_s is not None and self.p99_bound_s <= 0:
+            raise UsageError("the P99 bound must be positive")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one config achieved, with everything needed to trust (or doubt) the number."""
+
+    params: dict
+    plan: dict
+    scenario: str
+    p99_bound_ms: float | None
+    feasible: bool
+    reason: str  # why not feasible, "" otherwise
+    throughput: float  # req/s at the bound (server) or at saturation (offline)
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    offered_rate: float
+    achieved_rate: float
+    capacity: float  # closed-loop req/s
+    unloaded_p50_ms: float
+    unloaded_p99_ms: float
+    cpu_util: float  # mean CPU use of all workers in the result window, in cores
+    worker_cpu: list[float]
+    harness_cpu: float
+    placement: list[dict]
+    windows: list[dict]
+    model: dict
+    machine: dict
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialResult:
+        return cls(**d)
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """``"20ms"``, ``"0.02s"``, ``"20000us"``, ``"2m"`` -> seconds. A bare number is refused:
+    the unit must be explicit."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(us|ms|s|m|h)", text.strip()) if text else None
+    if not match or text != text.strip():
+        raise UsageError(
+            f"{what} {text!r} is not a duration with a unit; write e.g. 20ms, 0.02s, 20000us"
+        )
+    value = float(match.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    if value <= 0:
+        raise UsageError(f"{what} {text!r} must be greater than zero")
+    if value > 86400:
+        raise UsageError(f"{what} {text!r} is longer than a day; check the unit")
+    return value
+
+
+def machine_metadata() -> dict:
+    cpu_model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith(("model name", "cpu model")):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime as ort
+
+    return {
+        "hostname": platform.node(), "cpu_model": cpu_model, "kernel": platform.release(),
+        "python": platform.python_version(), "onnxruntime": ort.__version__,
+        "affinity": len(os.sched_getaffinity(0)),
+    }
+
+
+ProgressFn = Callable[[str], None]
+
+
+def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
+            progress: ProgressFn | None = None) -> TrialResult:
+    """Measure one planned config. Workers never outlive this call."""
+    say = progress or (lambda _msg: None)
+    began = time.monotonic()
+    rng = np.random.default_rng(settings.seed)
+    bound = settings.p99_bound_s
+    windows: list[WindowResult] = []
+    notes: list[str] = []
+    with Launcher(plan, model, start_timeout_s=settings.start_timeout_s) as fleet:
+        seen = fleet.verify_placement() if plan.params.pin else _unpinned_seen(fleet)
+        say("warm-up")
+        run_offline_window(fleet, settings.warmup_s)
+        say("capacity probe")
+        probe = run_offline_window(fleet, settings.window_s, bound)
+        windows.append(probe)
+        capacity = probe.achieved_rate
+        result_window = probe
+        feasible, reason = probe.passed, probe.reason
+        if settings.scenario == "server":
+            if bound is not None and probe.p99_ms > bound * 1000:
+                feasible = False
+                reason = (f"unloaded P99 {probe.p99_ms:.2f} ms already exceeds the "
+                          f"{bound * 1000:g} ms bound")
+            else:
+                best, windows_run = _rate_search(fleet, settings, capacity, probe, rng, say)
+                windows.extend(windows_run)
+                if best is None:
+                    feasible = False
+                    last = windows_run[-1] if windows_run else probe
+                    reason = f"no offered rate passed (lowest tried: {last.reason})"
+                    result_window = min(windows_run, key=lambda w: w.offered_rate) if windows_run else probe
+                else:
+                    feasible, reason, result_window = True, "", best
+        fleet.check_alive()
+    if probe.requests < 1000:
+        notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
+    throughput = result_window.achieved_rate if feasible else 0.0
+    return TrialResult(
+        params=plan.params.to_dict(), plan=plan.to_dict(), scenario=settings.scenario,
+        p99_bound_ms=bound * 1000 if bound is not None else None, feasible=feasible, reason=reason,
+        throughput=float(throughput), p50_ms=result_window.p50_ms, p90_ms=result_window.p90_ms,
+        p99_ms=result_window.p99_ms, p999_ms=result_window.p999_ms,
+        offered_rate=result_window.offered_rate, achieved_rate=result_window.achieved_rate,
+        capacity=float(capacity), unloaded_p50_ms=probe.p50_ms, unloaded_p99_ms=probe.p99_ms,
+        cpu_util=float(sum(result_window.worker_cpu)), worker_cpu=list(result_window.worker_cpu),
+        harness_cpu=result_window.harness_cpu, placement=[s.to_dict() for s in seen],
+        windows=[w.to_dict() for w in windows], model=model.to_dict(), machine=machine_metadata(),
+        duration_s=time.monotonic() - began, notes=notes,
+    )
+
+
+def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:
+    from tuner.numa import memory_policy_seen, thread_affinities
+    from tuner.topology import format_cpulist
+
+    seen = []
+    for spec, pid in zip(fleet.plan.workers, fleet.pids, strict=True):
+        aff = thread_affinities(pid)
+        seen.append(PlacementSeen(spec.index, pid, (), len(aff),
+                                  tuple(sorted({format_cpulist(a) for a in aff.values()})),
+                                  memory_policy_seen(pid), "default"))
+    return seen
+
+
+def _rate_search(fleet: Launcher, settings: MeasureSettings, capacity: float, probe: WindowResult,
+                 rng: np.random.Generator, say: ProgressFn) -> tuple[WindowResult | None, list[WindowResult]]:
+    service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
+    lo, hi = 0.0, capacity * 1.05
+    rate = capacity * 0.9
+    best: WindowResult | None = None
+    windows = []
+    for step in range(settings.search_steps):
+        if rate <= 0:
+            break
+        say(f"window {step + 1}/{settings.search_steps} at {rate:.1f} req/s")
+        window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
+                                   settings.p99_bound_s, service_s, rng)
+        windows.append(window)
+        if window.passed:
+            lo = rate
+            if best is None or window.achieved_rate > best.achieved_rate:
+                best = window
+        else:
+            hi = rate
+        rate = (lo + hi) / 2
+        if hi - lo < 0.01 * capacity:
+            break
+    return best, windows
+
+
+def params_from_config_file(path: str) -> Params:
+    """Read Params from a best_config.json / .yaml (its ``params`` section) or a bare params mapping."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {p} does not exist")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except Exception as exc:
+        raise UsageError(f"--config {p} is not valid JSON/YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {p} must hold a mapping of parameters")
+    return Params.from_dict(data.get("params", data))

@@ -1,0 +1,204 @@
+"""The worker process: pin, set the memory policy, THEN load the model, then serve windows.
+
+Requests are not sent to workers one by one. The load generator writes each window's
+arrival schedule into shared memory; an idle worker claims the next request (one lock
+acquisition), sleeps until its scheduled arrival if it is still in the future, runs it,
+and writes the completion time next to it. That is one shared FIFO queue with no
+dispatcher process and no per-request message: the harness costs one lock and one
+clock read per request (see experiments/overhead).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+
+# numpy (and its OpenBLAS thread pool) is imported only after the worker has pinned itself:
+# threads inherit the affinity of the thread that creates them.
+
+# Shared control words (int64) at the start of the control block.
+NEXT, N_REQUESTS, OVER_BOUND, ABORT, MODE, OVER_ALLOWED = range(6)
+CONTROL_WORDS = 8
+ABORT_OVER_BOUND, ABORT_BACKLOG, ABORT_STOP = 1, 2, 3
+MODE_SERVER, MODE_OFFLINE = 0, 1
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    index: int
+    cpus: tuple[int, ...]
+    mem_policy: str
+    mem_nodes: tuple[int, ...]
+    model_path: str
+    model_info: dict
+    intra_op_threads: int
+    inter_op_threads: int
+    execution_mode: str
+    spinning: bool
+    graph_optimization: str
+    pin: bool
+    max_requests: int
+
+
+class SharedBuffers:
+    """Views on the shared block: control words, schedule, completion times, worker ids."""
+
+    def __init__(self, buf, max_requests: int):
+        import numpy as np
+
+        offset = 0
+        self.control = np.ndarray((CONTROL_WORDS,), dtype=np.int64, buffer=buf, offset=offset)
+        offset += CONTROL_WORDS * 8
+        self.scheduled = np.ndarray((max_requests,), dtype=np.float64, buffer=buf, offset=offset)
+        offset += max_requests * 8
+        self.completed = np.ndarray((max_requests,), dtype=np.float64, buffer=buf, offset=offset)
+        offset += max_requests * 8
+        self.started = np.ndarray((max_requests,), dtype=np.float64, buffer=buf, offset=offset)
+        offset += max_requests * 8
+        self.worker = np.ndarray((max_requests,), dtype=np.int16, buffer=buf, offset=offset)
+
+    @staticmethod
+    def size(max_requests: int) -> int:
+        return CONTROL_WORDS * 8 + max_requests * (8 * 3 + 2)
+
+
+def _session_options(cfg: WorkerConfig):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[cfg.graph_optimization]
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if cfg.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    if cfg.pin or cfg.intra_op_threads:
+        options.intra_op_num_threads = cfg.intra_op_threads
+    if cfg.execution_mode == "parallel" and cfg.inter_op_threads:
+        options.inter_op_num_threads = cfg.inter_op_threads
+    spin = "1" if cfg.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    affinities = intra_op_affinities(cfg.cpus, cfg.intra_op_threads) if cfg.pin else ""
+    if affinities:
+        options.add_session_config_entry("session.intra_op_thread_affinities", affinities)
+    return options
+
+
+def intra_op_affinities(cpus: tuple[int, ...], intra_op_threads: int) -> str:
+    """ORT's ``session.intra_op_thread_affinities``: one entry per intra-op thread other than
+    the calling thread, processor ids 1-based. Thread k gets cpus[k mod n]; the calling thread
+    keeps cpus[0]."""
+    if intra_op_threads <= 1 or not cpus:
+        return ""
+    return ";".join(str(cpus[k % len(cpus)] + 1) for k in range(1, intra_op_threads))
+
+
+def _pin_every_thread(cpus: tuple[int, ...]) -> None:
+    """Pin every thread that already exists (a parent's __main__ re-imported by 'spawn' may have
+    started some, e.g. OpenBLAS's pool), then the calling thread; later threads inherit it."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
+    os.sched_setaffinity(0, cpus)
+
+
+def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
+    """Entry point of a worker process (started with the 'spawn' method)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and tears us down
+    from tuner.numa import PR_SET_PDEATHSIG, PR_SET_TIMERSLACK, prctl, set_mempolicy
+
+    try:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the tuner, even after kill -9
+        if os.getppid() == 1:
+            return
+        prctl(PR_SET_TIMERSLACK, 1)  # wake at the scheduled arrival, not 50 us later
+        # 1) pin and set the memory policy BEFORE the model is loaded (first touch)
+        if cfg.pin and cfg.cpus:
+            _pin_every_thread(cfg.cpus)
+        set_mempolicy(cfg.mem_policy, cfg.mem_nodes)
+        # 2) then create the session
+        import onnxruntime as ort
+
+        from tuner.model import ModelInfo, make_inputs
+
+        session = ort.InferenceSession(cfg.model_path, _session_options(cfg),
+                                       providers=["CPUExecutionProvider"])
+        feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
+        session.run(None, feeds)
+        if cfg.pin and cfg.cpus:
+            os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                   traceback.format_exc()))
+        return
+
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        buffers = SharedBuffers(shm.buf, cfg.max_requests)
+        conn.send(("ready", os.getpid(), sorted(os.sched_getaffinity(0))))
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                break
+            if message[0] == "window":
+                _, end_time, bound_s, backlog_limit_s = message
+                served = _serve(session, feeds, buffers, lock, cfg.index, end_time, bound_s, backlog_limit_s)
+                conn.send(("done", served))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        del buffers
+        shm.close()
+
+
+def _serve(session, feeds, b: SharedBuffers, lock, index: int, end_time: float,
+           bound_s: float | None, backlog_limit_s: float | None) -> int:
+    """Serve one window; returns how many requests this worker completed."""
+    control, scheduled, completed, started, worker = b.control, b.scheduled, b.completed, b.started, b.worker
+    run = session.run
+    clock = time.monotonic
+    sleep = time.sleep
+    offline = control[MODE] == MODE_OFFLINE
+    served = 0
+    while not control[ABORT]:
+        with lock:
+            i = int(control[NEXT])
+            if i >= control[N_REQUESTS]:
+                break
+            control[NEXT] = i + 1
+        if offline:
+            now = clock()
+            if now >= end_time:
+                break
+            scheduled[i] = now
+        else:
+            due = scheduled[i]
+            now = clock()
+            if due > now:
+                sleep(due - now)
+            elif backlog_limit_s is not None and now - due > backlog_limit_s:
+                control[ABORT] = ABORT_BACKLOG
+        started[i] = clock()
+        run(None, feeds)
+        done = clock()
+        completed[i] = done
+        worker[i] = index
+        served += 1
+        if bound_s is not None and done - scheduled[i] > bound_s:
+            with lock:
+                control[OVER_BOUND] += 1
+                if control[OVER_BOUND] > control[OVER_ALLOWED] and not control[ABORT]:
+                    control[ABORT] = ABORT_OVER_BOUND
+    return served
