@@ -165,6 +165,63 @@ def measure(
         raise typer.Exit(3)
 
 
+@app.command()
+def optimize(
+    model: ModelOpt,
+    p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms.")] = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Total trials in the study (baselines "
+                                                 "included); a resumed study runs only the rest.")] = 20,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long, "
+                                                "e.g. 10m.")] = None,
+    space: Annotated[str, typer.Option("--space", help="default | latency | throughput | a YAML path.")] = "default",
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe | nsga2 | random | grid")] = "tpe",
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed.")] = None,
+    scenario: ScenarioOpt = "server",
+    window: WindowOpt = "2s",
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file "
+                                                "placetune.db in the working directory).")] = None,
+    study_name: Annotated[str | None, typer.Option("--study-name", help="Default: from model, bound, "
+                                                   "scenario.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
+    revalidate: Annotated[int, typer.Option("--revalidate", help="Re-measure the best K configs at the end.")] = 3,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
+    shape: ShapeOpt = None,
+    batch: BatchOpt = None,
+    inputs: InputsOpt = None,
+    fsroot: FsRoot = None,
+    topology_file: TopologyFile = None,
+) -> None:
+    """Run (or resume) an Optuna study over placements; write the best feasible config.
+
+    Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
+    """
+    from tuner import optimize_view
+    from tuner.measure import MeasureSettings, parse_duration
+    from tuner.model import inspect_model, parse_shapes
+    from tuner.space import load_space
+    from tuner.study import SAMPLERS, StudyConfig, default_study_name
+
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if n_trials is not None and n_trials < 1:
+        raise UsageError("--n-trials must be at least 1")
+    timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    bound = _resolve_bound(p99)
+    settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
+                               seed=seed or 0)
+    topo = get_topology(fsroot, topology_file)
+    resolved = load_space(space, topo)
+    info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
+    storage_url = storage or f"sqlite:///{Path('placetune.db').resolve()}"
+    name = study_name or default_study_name(info, bound * 1000 if bound else None, scenario)
+    cfg = StudyConfig(model=info, topology=topo, space=resolved, settings=settings, storage=storage_url,
+                      study_name=name, sampler=sampler, seed=seed, n_trials=n_trials, timeout_s=timeout_s,
+                      force=force)
+    code = optimize_view.run(cfg, console, revalidate=revalidate, out=out)
+    if code:
+        raise typer.Exit(code)
+
+
 def _on_off(value: str, flag: str) -> bool:
     if value not in ("on", "off"):
         raise UsageError(f"{flag} takes on or off, got {value!r}")
@@ -185,7 +242,8 @@ def main() -> None:
         Console(stderr=True).print(f"[red]placetune: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        Console(stderr=True).print("placetune: interrupted; every worker was stopped")
+        Console(stderr=True).print("placetune: interrupted; every worker was stopped "
+                                   "(an optimize study resumes when you re-run the same command)")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the unexpected
         if isinstance(exc, click.exceptions.ClickException):

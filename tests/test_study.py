@@ -1,0 +1,152 @@
+"""A real short study in CI (small generated model, a handful of trials, short windows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+
+from tests.conftest import fixture_dirs, fixture_topology
+from tests.models import conv_net
+from tuner.errors import UsageError
+from tuner.placement import Params, plan
+from tuner.space import check, load_space
+from tuner.study import baselines, pareto_front
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "tuner.cli"]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return str(conv_net(tmp_path_factory.mktemp("study") / "conv.onnx"))
+
+
+def _optimize(workdir: Path, model: str, n_trials: int, extra: list[str] = ()) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "optimize", "--model", model, "--p99", "2s", "--n-trials", str(n_trials), "--window", "0.2s",
+         "--seed", "3", "--revalidate", "1", *extra],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+    )
+
+
+def _load(workdir: Path) -> optuna.Study:
+    storage = f"sqlite:///{workdir / 'placetune.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def test_a_short_real_study_runs_baselines_and_writes_a_config_that_remeasures(tmp_path, model_path):
+    proc = _optimize(tmp_path, model_path, 5)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err + out
+    study = _load(tmp_path)
+    finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
+    assert len(finished) == 5
+    ran = {t.user_attrs.get("baseline") for t in study.trials} - {None}
+    assert "ort_default" in ran and any("one_per_core" in name for name in ran)
+    front = pareto_front(study)
+    assert front
+    for t in front:
+        assert t.user_attrs["result"]["feasible"]
+        assert not any(o.values[0] > t.values[0] and o.values[1] < t.values[1] for o in front)
+    config = json.loads((tmp_path / "best_config.json").read_text())
+    assert config["revalidation"] and config["params"]
+    again = subprocess.run([*CLI, "measure", "--model", model_path, "--config", "best_config.json",
+                            "--p99", "2s", "--window", "0.2s", "--json"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["params"] == config["params"]
+
+
+def test_an_interrupted_study_resumes_with_the_same_command(tmp_path, model_path):
+    proc = _optimize(tmp_path, model_path, 5, ["--revalidate", "0"])
+    seen = []
+    for line in proc.stdout:  # wait for the first finished trial's line, then Ctrl-C
+        seen.append(line)
+        if line.startswith("#"):
+            break
+    time.sleep(1.0)  # inside the next trial
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    before = _load(tmp_path)
+    done_before = [t.number for t in before.trials if t.state.name == "COMPLETE"]
+    assert 1 <= len(done_before) < 5
+    proc = _optimize(tmp_path, model_path, 5, ["--revalidate", "0"])
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err + out
+    after = _load(tmp_path)
+    finished = [t for t in after.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 5
+    assert set(done_before) <= {t.number for t in finished}
+    labels = [t.user_attrs.get("baseline") for t in finished if t.user_attrs.get("baseline")]
+    assert len(labels) == len(set(labels)), "a baseline ran twice"
+    children = [c for c in psutil.Process().children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    assert not [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+
+
+def test_resuming_with_another_bound_is_refused(tmp_path, model_path):
+    proc = _optimize(tmp_path, model_path, 1, ["--revalidate", "0", "--study-name", "s"])
+    proc.communicate(timeout=300)
+    proc = subprocess.run([*CLI, "optimize", "--model", model_path, "--p99", "3s", "--n-trials", "2",
+                           "--study-name", "s"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "different setup" in proc.stderr and "p99_bound_ms" in proc.stderr
+
+
+FIXTURES = fixture_dirs()
+
+
+@pytest.mark.parametrize("machine", FIXTURES, ids=lambda p: p.name)
+def test_space_collapses_what_the_machine_cannot_vary(machine):
+    topo = fixture_topology(machine)
+    space = load_space("default", topo)
+    assert (len(space.choices["smt"]) == 2) == topo.smt
+    assert (len(space.choices["numa_policy"]) > 1) == (len(topo.usable_nodes) > 1)
+    assert max(space.choices["workers"]) == len(topo.cores())
+    assert space.choices["inter_op_threads"] == (1,)  # sequential only in the default space
+
+
+def test_planner_infeasible_params_are_flagged_before_measurement():
+    topo = fixture_topology(next(p for p in FIXTURES if p.name.startswith("2arm")))
+    space = load_space("default", topo)
+    assert "need 4 cores" in check(space, topo, {"workers": 2, "cores_per_worker": 2})
+    assert check(space, topo, {"workers": 2, "cores_per_worker": 1}) is None
+
+
+def test_bad_search_spaces_are_usage_errors(tmp_path):
+    topo = fixture_topology(FIXTURES[0])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dimensions:\n  wrokers: [1]\n")
+    with pytest.raises(UsageError, match="unknown dimension"):
+        load_space(str(bad), topo)
+    bad.write_text("dimensions: [1, 2\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_space(str(bad), topo)
+    bad.write_text("dimensions:\n  workers: {min: 1000, max: 1000}\n  cores_per_worker: [1000]\n")
+    with pytest.raises(UsageError, match="no combination"):
+        load_space(str(bad), topo)
+    with pytest.raises(UsageError, match="not found"):
+        load_space("nope", topo)
+
+
+@pytest.mark.parametrize("machine", FIXTURES, ids=lambda p: p.name)
+def test_baselines_are_plannable_and_distinct(machine):
+    topo = fixture_topology(machine)
+    found = baselines(topo)
+    assert found[0][0].startswith("ort_default")
+    assert len({p for _, p in found}) == len(found)
+    for _, params in found:
+        plan(topo, params)
+    assert all(isinstance(p, Params) for _, p in found)

@@ -1,0 +1,130 @@
+"""What ``placetune optimize`` shows while it runs and at the end (rendering and re-validation)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tuner.measure import measure
+from tuner.placement import Params, plan
+from tuner.study import (
+    StudyConfig,
+    _finished,
+    baseline_results,
+    best_config_document,
+    best_trial,
+    feasible_trials,
+    open_study,
+    pareto_front,
+    run_study,
+)
+
+
+def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path) -> int:
+    """Run the study with a progress bar; print the Pareto table, ratios, re-validation. Returns
+    the exit code (3 when nothing met the bound)."""
+    study = open_study(cfg)
+    already = len(_finished(study))
+    console.print(f"study [bold]{cfg.study_name}[/] in {cfg.storage} ({already} trial(s) already finished)")
+    fixed = ", ".join(f"{k}={v}" for k, v in cfg.space.fixed.items())
+    console.print(f"space {cfg.space.name}: {cfg.space.size()} combinations; fixed on this machine: {fixed}")
+    best_so_far = {"throughput": 0.0}
+    total = cfg.n_trials or max(already + 1, 1)
+    with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("trials", total=total, completed=min(already, total), status="")
+
+        def on_progress(message: str) -> None:
+            progress.update(task, status=message)
+
+        def on_trial(trial, info: dict) -> None:
+            if info["feasible"] and info["throughput"] > best_so_far["throughput"]:
+                best_so_far["throughput"] = info["throughput"]
+            tag = f" [cyan]baseline {info['baseline']}[/]" if info["baseline"] else ""
+            verdict = "[green]feasible[/]" if info["feasible"] else f"[red]{info['reason']}[/]"
+            p99 = f"{info['p99_ms']:.2f} ms" if math.isfinite(info["p99_ms"]) else "-"
+            progress.console.print(
+                f"#{info['number']:>3} {info['label'] or '-':<28}{tag} {info['throughput']:8.1f} req/s  P99 {p99:>10}"
+                f"  {verdict}  best {best_so_far['throughput']:.1f} req/s", highlight=False)
+            progress.update(task, completed=min(len(_finished(trial_study[0])), total), status="")
+
+        trial_study = [study]
+        study = run_study(cfg, on_trial, on_progress)
+        trial_study[0] = study
+    return _report(cfg, study, console, revalidate, out)
+
+
+def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Path) -> int:
+    best = best_trial(study)
+    bound = cfg.settings.p99_bound_s
+    if best is None:
+        measured = [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs]
+        lowest = min(measured, key=lambda t: t.user_attrs["result"]["unloaded_p99_ms"], default=None)
+        msg = "no config met the bound"
+        if bound:
+            msg = f"no config met P99 <= {bound * 1000:g} ms"
+        if lowest is not None:
+            r = lowest.user_attrs["result"]
+            msg += (f"; the lowest P99 seen was {r['unloaded_p99_ms']:.2f} ms (unloaded) with "
+                    f"{lowest.user_attrs.get('label')}: relax --p99 or try --space latency")
+        console.print(f"[red]{msg}[/]")
+        return 3
+    table = Table(title="Pareto front (feasible trials: throughput vs P99)")
+    for col in ("trial", "config", "throughput req/s", "P50 ms", "P99 ms", "baseline"):
+        table.add_column(col)
+    for t in pareto_front(study):
+        r = t.user_attrs["result"]
+        table.add_row(str(t.number), t.user_attrs.get("label", ""), f"{r['throughput']:.1f}", f"{r['p50_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", t.user_attrs.get("baseline", ""))
+    console.print(table)
+    result = best.user_attrs["result"]
+    console.print(f"best: [bold]{best.user_attrs.get('label')}[/] (trial {best.number}) "
+                  f"{result['throughput']:.1f} req/s, P99 {result['p99_ms']:.2f} ms")
+    ratios = Table(title="best vs baselines at the same bound")
+    ratios.add_column("baseline")
+    ratios.add_column("throughput req/s")
+    ratios.add_column("best / baseline")
+    for name, r in sorted(baseline_results(study).items()):
+        if r["feasible"] and r["throughput"] > 0:
+            ratios.add_row(name, f"{r['throughput']:.1f}", f"{result['throughput'] / r['throughput']:.2f}x")
+        else:
+            ratios.add_row(name, "infeasible", f"({r['reason']})")
+    console.print(ratios)
+    document = best_config_document(study, best)
+    if revalidate > 0:
+        document["revalidation"] = _revalidate(cfg, study, console, revalidate)
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    console.print(f"best config written to {out} (use: placetune measure --model ... --config {out})")
+    return 0
+
+
+def _revalidate(cfg: StudyConfig, study, console: Console, k: int) -> list[dict]:
+    """Re-measure the best K distinct feasible configs once more; show the spread between runs."""
+    ranked: dict[str, object] = {}
+    for t in sorted(feasible_trials(study), key=lambda t: -t.values[0]):
+        ranked.setdefault(t.user_attrs.get("label"), t)
+    table = Table(title=f"re-validation of the best {min(k, len(ranked))} config(s)")
+    for col in ("config", "study req/s", "re-measured req/s", "spread", "re-measured P99 ms"):
+        table.add_column(col)
+    rows = []
+    for label, t in list(ranked.items())[:k]:
+        params = Params.from_dict(t.user_attrs["result"]["params"])
+        again = measure(plan(cfg.topology, params), cfg.model, cfg.settings)
+        first = t.user_attrs["result"]["throughput"]
+        values = [first, again.throughput]
+        spread = (max(values) - min(values)) / statistics.mean(values) if statistics.mean(values) else math.inf
+        table.add_row(label, f"{first:.1f}", f"{again.throughput:.1f}", f"{spread:.1%}", f"{again.p99_ms:.2f}")
+        rows.append({"label": label, "study_throughput": first, "remeasured_throughput": again.throughput,
+                     "remeasured_p99_ms": again.p99_ms, "remeasured_feasible": again.feasible, "spread": spread})
+    console.print(table)
+    if any(r["spread"] > 0.10 for r in rows):
+        console.print("[yellow]warning: re-measured throughput differs by more than 10%: the machine is noisy; "
+                      "use longer --window or more trials before trusting small differences[/]")
+    return rows
