@@ -233,6 +233,7 @@ class Launcher:
                     message = self.conns[i].recv()
                 except EOFError:
                     self.buffers.control[ABORT] = ABORT_STOP
+                    self.processes[i].join(timeout=5.0)  # the pipe closes a moment before the exit is seen
                     self.check_alive()
                     raise WorkerError(f"worker {i} closed its pipe during the window") from None
                 if message[0] == "done":
