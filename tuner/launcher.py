@@ -8,7 +8,6 @@ PR_SET_PDEATHSIG=SIGKILL, so they die with the tuner even if it is killed with -
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -253,8 +252,3 @@ class Launcher:
             except psutil.Error:
                 result.append(float("nan"))
         return result
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
