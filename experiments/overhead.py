@@ -4,7 +4,9 @@ load generator, against session.run in a plain loop in one process.
     .venv/bin/python -m experiments.overhead [--out experiments/results/overhead-HOST-DATE.json]
 
 Reports, for 1 and 2 workers: the closed-loop request rate (dispatch ceiling), the highest open-loop
-rate that kept up, and P50/P99 at a low rate, each beside the plain loop's numbers from the same run.
+rate that kept up, and P50/P99 at a low rate (100 req/s), each beside the plain loop's numbers from the
+same run: a busy loop for the closed-loop figures, a loop that sleeps until each Poisson arrival for
+the open-loop ones (so the OS's wake-up cost is not charged to the harness).
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ def plain_loop(model_path: str, seconds: float) -> dict:
     lat = np.array(latencies)
     return {"rate": len(lat) / seconds, "p50_us": float(np.percentile(lat, 50) * 1e6),
             "p99_us": float(np.percentile(lat, 99) * 1e6)}
+
+
+def plain_sleep_loop(model_path: str, rate: float, seconds: float) -> dict:
+    """The same open-loop schedule served in one process: sleep until each Poisson arrival, run, and
+    time from the scheduled arrival. What the OS costs to wake an idle server, without the harness."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones((1, 16), dtype=np.float32)}
+    for _ in range(1000):
+        session.run(None, feeds)
+    rng = np.random.default_rng(0)
+    arrivals = time.monotonic() + 0.05 + np.cumsum(rng.exponential(1 / rate, int(rate * seconds)))
+    latencies = []
+    for due in arrivals:
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        session.run(None, feeds)
+        latencies.append(time.monotonic() - due)
+    lat = np.array(latencies)
+    return {"rate": rate, "p50_us": float(np.percentile(lat, 50) * 1e6), "p99_us": float(np.percentile(lat, 99) * 1e6)}
 
 
 def harness(model_path: str, workers: int, seconds: float) -> dict:
@@ -84,10 +110,13 @@ def main() -> None:
         model = str(null_model(Path(tmp) / "null.onnx"))
         result = {"host": platform.node(), "date": date.today().isoformat(), "seconds": args.seconds,
                   "plain_loop": plain_loop(model, args.seconds),
+                  "plain_sleep_loop_100rps": plain_sleep_loop(model, 100.0, args.seconds),
                   "harness": [harness(model, w, args.seconds) for w in (1, 2)]}
     plain = result["plain_loop"]
     for h in result["harness"]:
         h["added_p50_us_closed_loop"] = h["closed_loop_p50_us"] - plain["p50_us"]
+        h["added_p50_us_open_loop_100rps"] = h["open_loop_100rps_p50_us"] - result["plain_sleep_loop_100rps"]["p50_us"]
+        h["added_p99_us_open_loop_100rps"] = h["open_loop_100rps_p99_us"] - result["plain_sleep_loop_100rps"]["p99_us"]
     text = json.dumps(result, indent=1)
     print(text)
     out = Path(args.out or f"experiments/results/overhead-{result['host']}-{result['date']}.json")
