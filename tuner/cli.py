@@ -108,6 +108,11 @@ InputsOpt = Annotated[Path | None, typer.Option("--inputs", help="Real inputs: a
                                                 "model input.")]
 ScenarioOpt = Annotated[str, typer.Option("--scenario", help="server (open-loop Poisson, rate search) or "
                                           "offline (closed loop at saturation).")]
+MlflowUriOpt = Annotated[str | None, typer.Option("--mlflow-uri", help="MLflow tracking URI (default: "
+                                                 "sqlite mlflow.db beside the study's storage).")]
+ExperimentOpt = Annotated[str, typer.Option("--mlflow-experiment", help="MLflow experiment name.")]
+MemLimitOpt = Annotated[str | None, typer.Option("--worker-memory-limit", help="Address-space limit per worker "
+                                                "(RLIMIT_AS), e.g. 4G; a worker over it fails its trial.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
 
 
@@ -128,6 +133,7 @@ def measure(
     scenario: ScenarioOpt = "server",
     p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms, 0.02s, 20000us.")] = None,
     window: WindowOpt = "2s",
+    worker_memory_limit: MemLimitOpt = None,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -136,13 +142,15 @@ def measure(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Measure one config: start pinned workers, verify their placement, find the throughput at the bound."""
-    from tuner.measure import MeasureSettings, params_from_config_file, parse_duration
+    from tuner.measure import MeasureSettings, params_from_config_file, parse_duration, parse_size
     from tuner.measure import measure as run_measure
     from tuner.model import inspect_model, parse_shapes
     from tuner.render import result_table
 
     bound = _resolve_bound(p99)
-    settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"))
+    settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
+                               worker_memory_limit=parse_size(worker_memory_limit, "--worker-memory-limit")
+                               if worker_memory_limit else 0)
     if config is not None:
         params = params_from_config_file(str(config))
     else:
@@ -185,6 +193,12 @@ def optimize(
     force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
     revalidate: Annotated[int, typer.Option("--revalidate", help="Re-measure the best K configs at the end.")] = 3,
     out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
+    mlflow_uri: MlflowUriOpt = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+    experiment: ExperimentOpt = "placetune",
+    lock_wait: Annotated[str, typer.Option("--lock-wait", help="How long to wait for another tuner measuring "
+                                           "these CPUs before giving up.")] = "1h",
+    worker_memory_limit: MemLimitOpt = None,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -196,10 +210,11 @@ def optimize(
     Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
     """
     from tuner import optimize_view
-    from tuner.measure import MeasureSettings, parse_duration
+    from tuner.measure import MeasureSettings, parse_duration, parse_size
     from tuner.model import inspect_model, parse_shapes
     from tuner.space import load_space
     from tuner.study import SAMPLERS, StudyConfig, default_study_name
+    from tuner.study import storage_url as study_storage_url
 
     if sampler not in SAMPLERS:
         raise UsageError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -208,18 +223,156 @@ def optimize(
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     bound = _resolve_bound(p99)
     settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
-                               seed=seed or 0)
+                               seed=seed or 0,
+                               worker_memory_limit=parse_size(worker_memory_limit, "--worker-memory-limit")
+                               if worker_memory_limit else 0)
+    lock_wait_s = parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0
     topo = get_topology(fsroot, topology_file)
     resolved = load_space(space, topo)
     info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
-    storage_url = storage or f"sqlite:///{Path('placetune.db').resolve()}"
+    storage_url = study_storage_url(storage)
     name = study_name or default_study_name(info, bound * 1000 if bound else None, scenario)
     cfg = StudyConfig(model=info, topology=topo, space=resolved, settings=settings, storage=storage_url,
                       study_name=name, sampler=sampler, seed=seed, n_trials=n_trials, timeout_s=timeout_s,
-                      force=force)
-    code = optimize_view.run(cfg, console, revalidate=revalidate, out=out)
+                      force=force, lock_wait_s=lock_wait_s)
+    tracker = None
+    if not no_mlflow:
+        from tuner.tracking import Tracker, default_uri
+
+        uri = mlflow_uri or default_uri(storage_url)
+        hint = f"placetune log --study {name} --storage {storage_url} --mlflow-uri {uri}"
+        tracker = Tracker(uri, experiment, warn=_warn, retry_hint=hint)
+    code = optimize_view.run(cfg, console, revalidate=revalidate, out=out, tracker=tracker)
     if code:
         raise typer.Exit(code)
+
+
+StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name (default: the only study in the "
+                                              "storage).")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file "
+                                                "placetune.db in the working directory).")]
+
+
+def _warn(message: str) -> None:
+    Console(stderr=True).print(f"[yellow]placetune: warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Export this best_config.json instead of a "
+                                                "study's best.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json | yaml | numactl | env | systemd | docker | k8s")] = "json",
+    p99: Annotated[str | None, typer.Option("--p99", help="Pick the best config for another P99 bound from "
+                                            "every window the study measured (no re-run).")] = None,
+    config_path: Annotated[str, typer.Option("--config-path", help="Where deployed workers will find the JSON "
+                                             "config (PLACETUNE_CONFIG).")] = "best_config.json",
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: stdout).")] = None,
+) -> None:
+    """Export a study's best config for deployment: JSON/YAML, a numactl launch script, an env file,
+    systemd units, docker run lines, or a Kubernetes pod spec fragment."""
+    from tuner import export as exporter
+    from tuner.deploy import load_config
+    from tuner.study import best_config_document, best_trial, load_study
+
+    if fmt not in exporter.FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
+    if config is not None:
+        if study is not None or p99 is not None:
+            raise UsageError("--config exports a file as it is; it does not take --study or --p99")
+        document = load_config(config)
+    else:
+        the_study = load_study(storage, study)
+        if p99 is not None:
+            from tuner.envelope import best_for_bound
+
+            choice = best_for_bound(the_study, _resolve_bound(p99) * 1000)
+            trial = the_study.trials[choice.point.trial]
+            document = best_config_document(the_study, trial)
+            document.update(p99_bound_ms=choice.bound_ms, throughput=choice.point.throughput,
+                            p50_ms=choice.point.p50_ms, p99_ms=choice.point.p99_ms,
+                            selected_from="envelope", envelope_note=choice.note)
+            if choice.note:
+                _warn(choice.note)
+        else:
+            trial = best_trial(the_study)
+            if trial is None:
+                raise UsageError(f"study {the_study.study_name!r} has no feasible trial to export; relax --p99 "
+                                 "and run 'placetune optimize', or export another bound with --p99")
+            document = best_config_document(the_study, trial)
+    text = exporter.render(document, fmt, config_path)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        if fmt in ("numactl", "docker"):
+            out.chmod(0o755)
+        Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
+
+
+@app.command()
+def report(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+) -> None:
+    """A study's Pareto table, best vs baselines, parameter importances and plots.
+    Exit code 3 when no trial met the bound."""
+    from rich.table import Table
+
+    from tuner import report as reporting
+    from tuner.study import load_study
+
+    the_study = load_study(storage, study)
+    frame = reporting.trials_frame(the_study)
+    console.print(reporting.summary_text(the_study), highlight=False)
+    table = Table(title="Pareto front (feasible trials: throughput vs P99)")
+    for col in ("trial", "config", "throughput req/s", "P50 ms", "P99 ms", "baseline"):
+        table.add_column(col)
+    for _, row in frame[frame.pareto].sort_values("throughput", ascending=False).iterrows():
+        table.add_row(str(row.trial), row.label, f"{row.throughput:.1f}", f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}",
+                      row.baseline)
+    console.print(table)
+    imp = reporting.importances(the_study)
+    if isinstance(imp, dict):
+        itable = Table(title="parameter importances (throughput, optuna.importance)")
+        itable.add_column("param")
+        itable.add_column("importance")
+        for k, v in imp.items():
+            itable.add_row(k, f"{v:.3f}")
+        console.print(itable)
+    else:
+        console.print(f"importances: {imp}", highlight=False)
+    states = frame.state.value_counts().to_dict()
+    console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items()), highlight=False)
+    if html_out is not None:
+        html_out.write_text(reporting.html_report(the_study))
+        console.print(f"HTML report written to {html_out}", highlight=False)
+    if reporting.summary(the_study)["best"] is None:
+        raise typer.Exit(3)
+
+
+@app.command("log")
+def log_command(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    mlflow_uri: MlflowUriOpt = None,
+    experiment: ExperimentOpt = "placetune",
+) -> None:
+    """Log a study to MLflow from its Optuna storage (after an outage, or a --no-mlflow run).
+    Idempotent: runs already there are not duplicated."""
+    from tuner.study import load_study, storage_url
+    from tuner.tracking import Tracker, default_uri
+
+    the_study = load_study(storage, study)
+    if "study_uuid" not in the_study.user_attrs:
+        the_study.set_user_attr("study_uuid", __import__("uuid").uuid4().hex)
+    uri = mlflow_uri or default_uri(storage_url(storage))
+    tracker = Tracker(uri, experiment)
+    added = tracker.sync(the_study)
+    console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
+                  f"(experiment {experiment}); {len(tracker._children)} in all", highlight=False)
 
 
 def _on_off(value: str, flag: str) -> bool:
@@ -230,8 +383,15 @@ def _on_off(value: str, flag: str) -> bool:
 
 def main() -> None:
     """Console-script entry point with the one-line error policy."""
+    import signal
+
     import click
 
+    def _terminate(signum, frame):
+        _state["signal"] = signum
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
@@ -242,9 +402,10 @@ def main() -> None:
         Console(stderr=True).print(f"[red]placetune: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        Console(stderr=True).print("placetune: interrupted; every worker was stopped "
-                                   "(an optimize study resumes when you re-run the same command)")
-        sys.exit(130)
+        how = "terminated (SIGTERM)" if _state.get("signal") == signal.SIGTERM else "interrupted"
+        Console(stderr=True).print(f"placetune: {how}; every worker was stopped; the trial in progress was "
+                                   "abandoned (an optimize study resumes when you re-run the same command)")
+        sys.exit(143 if _state.get("signal") == signal.SIGTERM else 130)
     except Exception as exc:  # click usage errors and the unexpected
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
@@ -253,6 +414,13 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if _state["debug"]:
             raise
+        if type(exc).__module__.startswith("sqlalchemy"):
+            text = str(exc).splitlines()[0][:300]
+            hint = ("another process holds the SQLite file locked; retry when it is done, or use a server "
+                    "database (--storage postgresql://...)") if "locked" in text else "check --storage"
+            Console(stderr=True).print(f"[red]placetune: error:[/] storage: {text}: {hint}", highlight=False,
+                                       soft_wrap=True)
+            sys.exit(1)
         Console(stderr=True).print(
             f"[red]placetune: internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug "
             "for the traceback)", highlight=False, soft_wrap=True,

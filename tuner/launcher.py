@@ -64,14 +64,19 @@ class _SigtermAsInterrupt:
         return False
 
 
+def _limit_text(limit: int) -> str:
+    return f"--worker-memory-limit {limit / 2**20:.0f} MiB" if limit else "no placetune limit set"
+
+
 class Launcher:
     """Workers of one plan, ready to serve windows. Use as ``with Launcher(...) as fleet:``."""
 
-    def __init__(self, plan: Plan, model: ModelInfo, start_timeout_s: float = 120.0,
+    def __init__(self, plan: Plan, model: ModelInfo, start_timeout_s: float = 120.0, memory_limit: int = 0,
                  max_requests: int = DEFAULT_MAX_REQUESTS):
         self.plan = plan
         self.model = model
         self.start_timeout_s = start_timeout_s
+        self.memory_limit = memory_limit
         self.max_requests = max_requests
         self._ctx = mp.get_context("spawn")
         self.processes: list = []
@@ -109,7 +114,7 @@ class Launcher:
                 intra_op_threads=params.intra_op_threads, inter_op_threads=params.inter_op_threads,
                 execution_mode=params.execution_mode, spinning=params.spinning,
                 graph_optimization=params.graph_optimization, pin=params.pin,
-                max_requests=self.max_requests,
+                max_requests=self.max_requests, memory_limit=self.memory_limit,
             )
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(target=worker_main, args=(cfg, child, self.shm.name, self.lock),
@@ -138,6 +143,9 @@ class Launcher:
                     message = self.conns[i].recv()
                 except EOFError:
                     raise WorkerError(f"worker {i} exited during start-up") from None
+                if message[0] == "oom":
+                    raise WorkerError(f"worker {i} ran out of memory while loading the model "
+                                      f"({_limit_text(self.memory_limit)}): {message[1]}")
                 if message[0] == "error":
                     raise ModelError(f"worker {i} could not start: {message[1]}")
                 self.pids[i] = message[1]
@@ -202,7 +210,12 @@ class Launcher:
         for i, proc in enumerate(self.processes):
             if not proc.is_alive():
                 code = proc.exitcode
-                how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
+                how = f"exited ({code})"
+                if code is not None and code < 0:
+                    name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+                    how = f"was killed by {name}"
+                    if -code == signal.SIGKILL:
+                        how += " (the kernel's OOM killer, a memory cgroup limit, or kill -9)"
                 raise WorkerError(f"worker {i} (pid {self.pids[i]}) {how}")
 
     def run_window(self, end_time: float, bound_s: float | None, backlog_limit_s: float | None,
@@ -238,6 +251,11 @@ class Launcher:
                 if message[0] == "done":
                     served[i] = message[1]
                     pending.discard(i)
+                elif message[0] in ("error", "oom"):
+                    self.buffers.control[ABORT] = ABORT_STOP
+                    what = (f"ran out of memory ({_limit_text(self.memory_limit)})" if message[0] == "oom"
+                            else "failed")
+                    raise WorkerError(f"worker {i} (pid {self.pids[i]}) {what} during the window: {message[1]}")
         return served
 
     def cpu_seconds(self) -> list[float]:

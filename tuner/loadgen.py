@@ -58,6 +58,8 @@ class WindowResult:
     reason: str  # why it failed, "" when it passed
     worker_cpu: tuple[float, ...]  # CPU use of each worker in cores (1.0 = one core busy)
     harness_cpu: float  # CPU use of the tuner process itself in cores
+    service_p50_ms: float = math.nan  # time inside session.run: the same work every request, so its
+    service_p99_ms: float = math.nan  # spread is interference (a noisy machine), not queueing
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -204,4 +206,6 @@ def _summarise(fleet: Launcher, scenario: str, offered_rate: float, count: int |
         mean_service_ms=float(service.mean() * 1000) if service.size else math.inf,
         duration_s=float(elapsed), kept_up=bool(kept_up), passed=not reason, reason=reason,
         worker_cpu=worker_cpu, harness_cpu=float(harness_cpu),
+        service_p50_ms=float(np.percentile(service, 50) * 1000) if service.size else math.nan,
+        service_p99_ms=float(np.percentile(service, 99) * 1000) if service.size else math.nan,
     )

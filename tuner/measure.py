@@ -44,6 +44,7 @@ class MeasureSettings:
     search_steps: int = 5
     seed: int = 0
     start_timeout_s: float = 120.0
+    worker_memory_limit: int = 0  # bytes of address space per worker (RLIMIT_AS); 0 = none
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -108,6 +109,17 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return value
 
 
+def parse_size(text: str, what: str = "size") -> int:
+    """``"512M"``, ``"2G"``, ``"2GiB"``, ``"1500MB"`` -> bytes (binary units)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT])(i?B)?", text.strip(), re.IGNORECASE) if text else None
+    if not match:
+        raise UsageError(f"{what} {text!r} is not a size; write e.g. 512M, 2G, 2GiB")
+    value = int(float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2).upper()) + 1))
+    if value < 64 * 2**20:
+        raise UsageError(f"{what} {text!r} is below 64 MiB: no ONNX Runtime worker starts in that")
+    return value
+
+
 def machine_metadata() -> dict:
     cpu_model = ""
     try:
@@ -138,7 +150,8 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     bound = settings.p99_bound_s
     windows: list[WindowResult] = []
     notes: list[str] = []
-    with Launcher(plan, model, start_timeout_s=settings.start_timeout_s) as fleet:
+    with Launcher(plan, model, start_timeout_s=settings.start_timeout_s,
+                  memory_limit=settings.worker_memory_limit) as fleet:
         seen = fleet.verify_placement() if plan.params.pin else _unpinned_seen(fleet)
         say("warm-up")
         run_offline_window(fleet, settings.warmup_s)
@@ -164,6 +177,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
                 else:
                     feasible, reason, result_window = True, "", best
         fleet.check_alive()
+    notes += noise_notes(result_window)
     if probe.requests < 1000:
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
     throughput = result_window.achieved_rate if feasible else 0.0
@@ -179,6 +193,19 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         windows=[w.to_dict() for w in windows], model=model.to_dict(), machine=machine_metadata(),
         duration_s=time.monotonic() - began, notes=notes,
     )
+
+
+NOISE_RATIO = 3.0  # service-time P99 / P50 above this in one window: interference
+
+
+def noise_notes(window: WindowResult) -> list[str]:
+    """Within-window variance: every request does the same work, so a wide service-time spread
+    means the CPUs were disturbed (other load, CPU steal), and the result is less trustworthy."""
+    p50, p99 = window.service_p50_ms, window.service_p99_ms
+    if math.isfinite(p50) and math.isfinite(p99) and p50 > 0 and p99 / p50 > NOISE_RATIO:
+        return [f"noisy machine: inside session.run, P99 was {p99 / p50:.1f}x P50 ({p99:.2f} vs {p50:.2f} ms) "
+                "for identical requests; other load or CPU steal disturbed this measurement"]
+    return []
 
 
 def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:

@@ -129,6 +129,9 @@ def inspect_model(
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several types (Fail, InvalidGraph, InvalidProtobuf ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "InvalidProtobuf" in type(exc).__name__ or "protobuf parsing failed" in first.lower():
+            raise UsageError(f"{path} is not an ONNX model (it does not parse as one); give an .onnx file "
+                             "exported by torch.onnx, tf2onnx or similar") from None
         raise ModelError(f"ONNX Runtime cannot load {path}: {first[:300]}") from None
     shapes = dict(shapes or {})
     names = [i.name for i in session.get_inputs()]

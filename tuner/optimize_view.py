@@ -26,10 +26,14 @@ from tuner.study import (
 )
 
 
-def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path) -> int:
-    """Run the study with a progress bar; print the Pareto table, ratios, re-validation. Returns
-    the exit code (3 when nothing met the bound)."""
+def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=None) -> int:
+    """Run the study with a progress bar; print the Pareto table, ratios, re-validation; log to
+    MLflow through ``tracker`` when given. Returns the exit code (3 when nothing met the bound)."""
     study = open_study(cfg)
+    if tracker is not None:
+        tracker.start(study)
+        if tracker.enabled:
+            console.print(f"MLflow: {tracker.uri} (experiment {tracker.experiment_name})")
     already = len(_finished(study))
     console.print(f"study [bold]{cfg.study_name}[/] in {cfg.storage} ({already} trial(s) already finished)")
     fixed = ", ".join(f"{k}={v}" for k, v in cfg.space.fixed.items())
@@ -54,11 +58,21 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path) -> int:
                 f"#{info['number']:>3} {info['label'] or '-':<28}{tag} {info['throughput']:8.1f} req/s  P99 {p99:>10}"
                 f"  {verdict}  best {best_so_far['throughput']:.1f} req/s", highlight=False)
             progress.update(task, completed=min(len(_finished(trial_study[0])), total), status="")
+            if tracker is not None:
+                tracker.log_trial(trial_study[0], trial)
 
         trial_study = [study]
-        study = run_study(cfg, on_trial, on_progress)
+        try:
+            study = run_study(cfg, on_trial, on_progress)
+        except BaseException:
+            if tracker is not None:
+                tracker.finish(study, "KILLED")
+            raise
         trial_study[0] = study
-    return _report(cfg, study, console, revalidate, out)
+    code = _report(cfg, study, console, revalidate, out)
+    if tracker is not None:
+        tracker.finish(study)
+    return code
 
 
 def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Path) -> int:

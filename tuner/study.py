@@ -12,8 +12,10 @@ import fcntl
 import hashlib
 import math
 import os
+import socket
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from tuner.errors import StudyMismatch, UsageError
+from tuner.errors import PlacementMismatch, PlacetuneError, StudyMismatch, UsageError, WorkerError
 from tuner.measure import MeasureSettings, TrialResult, measure
 from tuner.model import ModelInfo
 from tuner.placement import Params, plan
@@ -72,6 +74,7 @@ class StudyConfig:
     n_trials: int | None = 20
     timeout_s: float | None = None
     force: bool = False
+    lock_wait_s: float = 3600.0
 
 
 def default_study_name(model: ModelInfo, bound_ms: float | None, scenario: str) -> str:
@@ -95,7 +98,7 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
     """Create or resume the study; refuse to resume with another model/topology/bound/scenario."""
     try:
         storage = optuna.storages.RDBStorage(cfg.storage, heartbeat_interval=10, grace_period=40,
-                                             engine_kwargs={"pool_pre_ping": True})
+                                             engine_kwargs=engine_kwargs(cfg.storage))
     except Exception as exc:
         raise UsageError(f"--storage {cfg.storage}: cannot open ({str(exc).splitlines()[0][:200]})") from None
     study = optuna.create_study(
@@ -121,8 +124,47 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
         study.set_user_attr("model", cfg.model.to_dict())
         study.set_user_attr("topology", cfg.topology.to_dict())
         study.set_user_attr("space", {k: list(v) for k, v in cfg.space.choices.items()})
+    if "study_uuid" not in study.user_attrs:
+        study.set_user_attr("study_uuid", uuid.uuid4().hex)
     optuna.storages.fail_stale_trials(study)
     return study
+
+
+def load_study(storage: str | None, name: str | None) -> optuna.Study:
+    """An existing study, for export/report/log; the only one in the storage when no name is given."""
+    url = storage_url(storage)
+    if storage is None and not Path("placetune.db").is_file():
+        raise UsageError("no placetune.db here: give --storage URL (the study's Optuna storage) or run this "
+                         "where 'placetune optimize' ran")
+    try:
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
+    except Exception as exc:
+        raise UsageError(f"--storage {url}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+    if name is None:
+        if len(names) != 1:
+            listed = ", ".join(names) if names else "none"
+            raise UsageError(f"{len(names)} studies in {url} ({listed}): choose one with --study NAME")
+        name = names[0]
+    if name not in names:
+        raise UsageError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=rdb)
+
+
+SQLITE_BUSY_TIMEOUT_S = 60.0
+
+
+def engine_kwargs(url: str) -> dict:
+    """SQLAlchemy options: a SQLite file locked by another process is waited for (up to a minute)
+    instead of failing at once; server databases get connection health checks."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+def storage_url(storage: str | None) -> str:
+    """``--storage`` or the default SQLite file in the working directory."""
+    return storage or f"sqlite:///{Path('placetune.db').resolve()}"
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -149,6 +191,7 @@ class HostLock:
 
     def __init__(self, topology: Topology, wait_s: float = 3600.0):
         key = hashlib.sha256(format_cpulist(topology.usable_cpus).encode()).hexdigest()[:12]
+        self.key = f"{socket.gethostname()}:{key}"
         self.path = Path(tempfile.gettempdir()) / f"placetune-{key}.lock"
         self.wait_s = wait_s
         self._fd: int | None = None
@@ -164,9 +207,14 @@ class HostLock:
                 return self
             except BlockingIOError:
                 if time.monotonic() > deadline:
+                    try:
+                        holder = Path(self.path).read_text().strip() or "?"
+                    except OSError:
+                        holder = "?"
                     os.close(self._fd)
-                    raise UsageError(f"another placetune holds {self.path} (these CPUs are being measured); "
-                                     "wait for it or stop it") from None
+                    raise PlacetuneError(f"another placetune (pid {holder}) is measuring these CPUs "
+                                         f"(lock {self.path}); overlapping trials would poison both "
+                                         "measurements: wait for it (--lock-wait) or stop it") from None
                 time.sleep(0.5)
 
     def __exit__(self, *exc) -> bool:
@@ -180,10 +228,16 @@ class HostLock:
 TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
 
 
-def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[[str], None]):
+TRIAL_FAULTS = (WorkerError, PlacementMismatch)  # the trial fails, the study goes on
+
+
+def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[[str], None],
+                   host_key: str = ""):
     bound_ms = cfg.settings.p99_bound_s * 1000 if cfg.settings.p99_bound_s else None
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
+        trial.set_user_attr("host", host_key)
+        trial.set_user_attr("tuner_pid", os.getpid())
         if "baseline" in trial.user_attrs:
             params = Params.from_dict(trial.user_attrs["params"])
         else:
@@ -192,6 +246,10 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
             reason = check(cfg.space, cfg.topology, values)
             params = cfg.space.params(values) if reason is None else None
             if reason is not None:
+                try:
+                    trial.set_user_attr("label", cfg.space.params(values).label())
+                except UsageError:
+                    pass
                 trial.set_user_attr("plan_infeasible", reason)
                 trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
                 raise optuna.TrialPruned(f"planner: {reason}")
@@ -202,7 +260,11 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
             result = TrialResult.from_dict(previous)
             trial.set_user_attr("reused_from", previous.get("_trial", -1))
         else:
-            result = measure(plan(cfg.topology, params), cfg.model, cfg.settings, progress=on_progress)
+            try:
+                result = measure(plan(cfg.topology, params), cfg.model, cfg.settings, progress=on_progress)
+            except TRIAL_FAULTS as exc:
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                raise
         stored = result.to_dict()
         stored["_trial"] = trial.number
         trial.set_user_attr("result", stored)
@@ -229,8 +291,10 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
     study = open_study(cfg)
     enqueue_baselines(study, cfg.topology)
     started = time.monotonic()
-    objective = make_objective(cfg, study, on_progress)
-    with HostLock(cfg.topology):
+    lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
+    objective = make_objective(cfg, study, on_progress, lock.key)
+    with lock:
+        fail_orphaned_trials(study, lock.key)
         while True:
             finished = len(_finished(study))
             if cfg.n_trials is not None and finished >= cfg.n_trials:
@@ -239,11 +303,26 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
                 break
             if stop_flag is not None and stop_flag():
                 break
-            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False,
+            study.optimize(objective, n_trials=1, catch=TRIAL_FAULTS, gc_after_trial=False,
                            callbacks=[lambda s, t: on_trial(t, summarize_trial(t))])
             if cfg.sampler == "grid" and _grid_exhausted(study, cfg.space):
                 break
     return study
+
+
+def fail_orphaned_trials(study: optuna.Study, host_key: str) -> list[int]:
+    """Trials left RUNNING by a tuner of this host (same usable CPUs) that was killed: we hold
+    the host lock, so nothing here is still measuring them. Mark them FAILED now instead of
+    waiting for the heartbeat's grace period (which still covers other hosts)."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == host_key and t.user_attrs.get("tuner_pid") != os.getpid():
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                               f"its tuner (pid {t.user_attrs.get('tuner_pid')}) was killed "
+                                               "mid-trial; failed on resume")
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+    return failed
 
 
 def _grid_exhausted(study: optuna.Study, space: SearchSpace) -> bool:
@@ -263,7 +342,9 @@ def summarize_trial(t: optuna.trial.FrozenTrial) -> dict:
         info.update(feasible=result["feasible"], reason=result["reason"], throughput=result["throughput"],
                     p99_ms=result["p99_ms"], params=result["params"])
     else:
-        info.update(feasible=False, reason=t.state.name.lower(), throughput=0.0, p99_ms=math.inf)
+        reason = t.user_attrs.get("fail_reason", t.state.name.lower())
+        info.update(feasible=False, reason=f"trial failed: {reason}" if t.state.name == "FAIL" else reason,
+                    throughput=0.0, p99_ms=math.inf)
     return info
 
 

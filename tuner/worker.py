@@ -41,6 +41,7 @@ class WorkerConfig:
     graph_optimization: str
     pin: bool
     max_requests: int
+    memory_limit: int = 0  # RLIMIT_AS in bytes; 0 = none
 
 
 class SharedBuffers:
@@ -66,50 +67,11 @@ class SharedBuffers:
 
 
 def _session_options(cfg: WorkerConfig):
-    import onnxruntime as ort
+    from tuner.deploy import session_options
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[cfg.graph_optimization]
-    options.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if cfg.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
-    )
-    if cfg.pin or cfg.intra_op_threads:
-        options.intra_op_num_threads = cfg.intra_op_threads
-    if cfg.execution_mode == "parallel" and cfg.inter_op_threads:
-        options.inter_op_num_threads = cfg.inter_op_threads
-    spin = "1" if cfg.spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    affinities = intra_op_affinities(cfg.cpus, cfg.intra_op_threads) if cfg.pin else ""
-    if affinities:
-        options.add_session_config_entry("session.intra_op_thread_affinities", affinities)
-    return options
-
-
-def intra_op_affinities(cpus: tuple[int, ...], intra_op_threads: int) -> str:
-    """ORT's ``session.intra_op_thread_affinities``: one entry per intra-op thread other than
-    the calling thread, processor ids 1-based. Thread k gets cpus[k mod n]; the calling thread
-    keeps cpus[0]."""
-    if intra_op_threads <= 1 or not cpus:
-        return ""
-    return ";".join(str(cpus[k % len(cpus)] + 1) for k in range(1, intra_op_threads))
-
-
-def _pin_every_thread(cpus: tuple[int, ...]) -> None:
-    """Pin every thread that already exists (a parent's __main__ re-imported by 'spawn' may have
-    started some, e.g. OpenBLAS's pool), then the calling thread; later threads inherit it."""
-    for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(task), cpus)
-        except (ProcessLookupError, PermissionError):
-            pass
-    os.sched_setaffinity(0, cpus)
+    return session_options(intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
+                           execution_mode=cfg.execution_mode, spinning=cfg.spinning,
+                           graph_optimization=cfg.graph_optimization, pin=cfg.pin, cpus=cfg.cpus)
 
 
 def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
@@ -124,8 +86,14 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
         prctl(PR_SET_TIMERSLACK, 1)  # wake at the scheduled arrival, not 50 us later
         # 1) pin and set the memory policy BEFORE the model is loaded (first touch)
         if cfg.pin and cfg.cpus:
-            _pin_every_thread(cfg.cpus)
+            from tuner.deploy import pin_every_thread
+
+            pin_every_thread(cfg.cpus)
         set_mempolicy(cfg.mem_policy, cfg.mem_nodes)
+        if cfg.memory_limit:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (cfg.memory_limit, cfg.memory_limit))
         # 2) then create the session
         import onnxruntime as ort
 
@@ -138,8 +106,7 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
         if cfg.pin and cfg.cpus:
             os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
     except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                   traceback.format_exc()))
+        conn.send((_kind(exc), _one_line(exc), traceback.format_exc()))
         return
 
     from multiprocessing import shared_memory
@@ -154,13 +121,30 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
                 break
             if message[0] == "window":
                 _, end_time, bound_s, backlog_limit_s = message
-                served = _serve(session, feeds, buffers, lock, cfg.index, end_time, bound_s, backlog_limit_s)
+                try:
+                    served = _serve(session, feeds, buffers, lock, cfg.index, end_time, bound_s, backlog_limit_s)
+                except Exception as exc:
+                    conn.send((_kind(exc), _one_line(exc), traceback.format_exc()))
+                    break
                 conn.send(("done", served))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
     finally:
         del buffers
         shm.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _kind(exc: BaseException) -> str:
+    """'oom' for an allocation failure (Python's MemoryError, ORT's bad_alloc), else 'error'."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "bad_alloc" in text or "failed to allocate" in text:
+        return "oom"
+    return "error"
 
 
 def _serve(session, feeds, b: SharedBuffers, lock, index: int, end_time: float,

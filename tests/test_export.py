@@ -1,0 +1,250 @@
+"""Exports parse, the numactl script really places workers, deploy.apply pins and configures, and
+the envelope picks the best config for another bound."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+
+from tests.models import conv_net
+from tuner import export
+from tuner.envelope import best_for_bound, envelope, envelope_points
+from tuner.errors import UsageError
+from tuner.placement import Params, plan
+from tuner.topology import parse_cpulist, read_topology
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "tuner.cli"]
+
+
+def config_document(params: Params, topology=None) -> dict:
+    """A best-config document for a plan on this machine, as 'placetune optimize' writes it."""
+    the_plan = plan(topology or read_topology("/"), params)
+    return {"format": "placetune-config/1", "study": "test", "trial": 0, "label": params.label(),
+            "params": params.to_dict(), "plan": the_plan.to_dict(), "scenario": "server", "p99_bound_ms": 20.0,
+            "throughput": 100.0, "p50_ms": 1.0, "p99_ms": 5.0,
+            "model": {"name": "conv", "path": "conv.onnx", "sha256": "0" * 64},
+            "topology_fingerprint": the_plan.topology_fingerprint, "machine": {}}
+
+
+def two_workers() -> Params:
+    n = len(read_topology("/").cores())
+    return Params(workers=min(2, n), cores_per_worker=1, intra_op_threads=1)
+
+
+def _thread_cpus(pid: int) -> set[str]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                out.add(line.split(":", 1)[1].strip())
+    return out
+
+
+@pytest.fixture
+def multi_node_document(machine_dir) -> dict:
+    from tests.conftest import fixture_topology
+
+    topo = fixture_topology(machine_dir)
+    nodes = topo.usable_nodes
+    if len(nodes) < 2:
+        pytest.skip("single-node fixture")
+    cores = len(topo.cores())
+    return config_document(Params(workers=len(nodes), cores_per_worker=max(1, cores // len(nodes) // 2),
+                                  intra_op_threads=2, numa_policy="bind"), topo)
+
+
+def test_json_and_yaml_round_trip_the_document():
+    doc = config_document(two_workers())
+    assert json.loads(export.render(doc, "json")) == doc
+    assert yaml.safe_load(export.render(doc, "yaml")) == doc
+
+
+def test_shell_exports_pass_bash_n(tmp_path, multi_node_document):
+    for fmt in ("numactl", "docker"):
+        script = tmp_path / f"{fmt}.sh"
+        script.write_text(export.render(multi_node_document, fmt))
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    text = export.render(multi_node_document, "numactl")
+    for w in multi_node_document["plan"]["workers"]:
+        assert f"PLACETUNE_WORKER_INDEX={w['index']} " in text
+    assert text.count("--membind=") == len(multi_node_document["plan"]["workers"])
+    docker = export.render(multi_node_document, "docker")
+    assert docker.count("--cpuset-mems=") == len(multi_node_document["plan"]["workers"])
+
+
+def test_systemd_template_and_drop_ins_have_the_placement_keys(multi_node_document):
+    files = export.split_files(export.render(multi_node_document, "systemd"))
+    text = files.pop("placetune@.service")
+    template = configparser.ConfigParser(strict=False, interpolation=None)
+    template.read_string(text)
+    assert template["Service"]["ExecStart"] and template["Install"]["WantedBy"]
+    environment = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("Environment=")]
+    assert "PLACETUNE_WORKER_INDEX=%i" in environment
+    assert any(e.startswith("PLACETUNE_CONFIG=") for e in environment)
+    workers = multi_node_document["plan"]["workers"]
+    assert len(files) == len(workers)
+    for w in workers:
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.read_string(files[f"placetune@{w['index']}.service.d/placement.conf"])
+        assert [int(c) for c in unit["Service"]["CPUAffinity"].split()] == w["cpus"]
+        assert unit["Service"]["NUMAPolicy"] == "bind"
+        assert [int(n) for n in unit["Service"]["NUMAMask"].split()] == w["mem_nodes"]
+
+
+def test_k8s_fragment_is_yaml_with_integer_cpus_requests_equal_limits(multi_node_document):
+    text = export.render(multi_node_document, "k8s")
+    assert "cannot express" in text
+    spec = yaml.safe_load(text)["spec"]
+    workers = multi_node_document["plan"]["workers"]
+    assert len(spec["containers"]) == len(workers)
+    for container, w in zip(spec["containers"], workers, strict=True):
+        res = container["resources"]
+        assert res["requests"] == res["limits"]
+        assert int(res["requests"]["cpu"]) == len(w["cpus"])
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["PLACETUNE_WORKER_INDEX"] == str(w["index"])
+
+
+def test_env_file_lines_are_key_value(multi_node_document):
+    lines = [line for line in export.render(multi_node_document, "env").splitlines() if not line.startswith("#")]
+    keys = dict(line.split("=", 1) for line in lines)
+    assert keys["PLACETUNE_WORKERS"] == str(len(multi_node_document["plan"]["workers"]))
+    assert "PLACETUNE_CPUS_0" in keys and "PLACETUNE_NUMACTL_0" in keys
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(UsageError, match="not one of"):
+        export.render(config_document(two_workers()), "helm")
+
+
+@pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl missing: run .ci/system-deps")
+def test_numactl_script_starts_each_worker_on_its_planned_cpus(tmp_path):
+    doc = config_document(two_workers())
+    model = conv_net(tmp_path / "conv.onnx")
+    doc["model"]["path"] = str(model)
+    (tmp_path / "best_config.json").write_text(json.dumps(doc))
+    script = tmp_path / "launch.sh"
+    done = subprocess.run([*CLI, "export", "--config", str(tmp_path / "best_config.json"), "--format", "numactl",
+                           "--config-path", str(tmp_path / "best_config.json"), "--out", str(script)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    port = 18500 + os.getpid() % 1000
+    launcher = subprocess.Popen(["bash", str(script), sys.executable, str(REPO / "examples" / "serve.py"),
+                                 "--model", str(model), "--port", str(port)],
+                                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        workers = doc["plan"]["workers"]
+        seen = {}
+        deadline = time.monotonic() + 120
+        while len(seen) < len(workers) and time.monotonic() < deadline:
+            for w in workers:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port + w['index']}/health", timeout=2) as r:
+                        seen[w["index"]] = json.loads(r.read())
+                except OSError:
+                    pass
+            time.sleep(0.3)
+        assert len(seen) == len(workers), launcher.stdout.read() if launcher.poll() is not None else "timeout"
+        for w in workers:
+            health = seen[w["index"]]
+            assert set().union(*(parse_cpulist(c) for c in _thread_cpus(health["pid"]))) == set(w["cpus"])
+            assert health["intra_op_num_threads"] == doc["params"]["intra_op_threads"]
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{port + w['index']}/infer", data=b"", method="POST"), timeout=10) as r:
+                assert json.loads(r.read())["shapes"] == [[1, 10]]
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        assert len(children) >= len(workers)
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=30)
+    time.sleep(0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_deploy_apply_pins_the_process_and_returns_the_measured_options(tmp_path):
+    n = len(read_topology("/").cores())
+    params = Params(workers=1, cores_per_worker=n, intra_op_threads=n, spinning=False, graph_optimization="basic")
+    doc = config_document(params)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code = (
+        "import json, os\n"
+        "from tuner import deploy\n"
+        f"o = deploy.apply({str(path)!r}, 0)\n"
+        "import onnxruntime as ort, numpy\n"
+        "cpus = set()\n"
+        "for t in os.listdir('/proc/self/task'):\n"
+        "    cpus |= os.sched_getaffinity(int(t))\n"
+        "print(json.dumps({'cpus': sorted(cpus), 'intra': o.intra_op_num_threads,\n"
+        "    'spin': o.get_session_config_entry('session.intra_op.allow_spinning'),\n"
+        "    'opt': str(o.graph_optimization_level)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["cpus"] == doc["plan"]["workers"][0]["cpus"]
+    assert seen["intra"] == n and seen["spin"] == "0" and seen["opt"].endswith("ENABLE_BASIC")
+
+
+def test_deploy_apply_reads_the_environment_and_refuses_a_bad_index(tmp_path):
+    doc = config_document(two_workers())
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(doc))
+    code = "from tuner import deploy\ndeploy.apply()\nimport os\nprint(sorted(os.sched_getaffinity(0)))"
+    env = {**os.environ, "PLACETUNE_CONFIG": str(path), "PLACETUNE_WORKER_INDEX": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == doc["plan"]["workers"][0]["cpus"]
+    env["PLACETUNE_WORKER_INDEX"] = "7"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode != 0 and "out of range" in done.stderr
+
+
+def _window(p99: float, rate: float, kept_up: bool = True, scenario: str = "server") -> dict:
+    return {"scenario": scenario, "offered_rate": rate, "achieved_rate": rate, "requests": 100, "completed": 100,
+            "p50_ms": p99 / 3, "p90_ms": p99 / 2, "p99_ms": p99, "p999_ms": p99, "kept_up": kept_up}
+
+
+def _synthetic_study(windows_by_label: dict[str, list[dict]], bound: float = 20.0) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("scenario", "server")
+    study.set_user_attr("p99_bound_ms", bound)
+    for label, windows in windows_by_label.items():
+        trial = optuna.trial.create_trial(values=[1.0, 1.0], user_attrs={"label": label,
+                                                                         "result": {"windows": windows}})
+        study.add_trial(trial)
+    return study
+
+
+def test_envelope_picks_the_best_config_for_each_bound():
+    study = _synthetic_study({
+        "latency": [_window(2.0, 100), _window(4.0, 150), _window(30.0, 400, kept_up=False)],
+        "throughput": [_window(8.0, 200), _window(18.0, 300), _window(25.0, 350, scenario="offline")],
+    })
+    assert len(envelope_points(study)) == 4  # not kept up and the offline probe do not count
+    assert [p.label for p in envelope(envelope_points(study))] == ["latency", "latency", "throughput", "throughput"]
+    assert best_for_bound(study, 5.0).point.label == "latency"
+    assert best_for_bound(study, 5.0).note == ""
+    choice = best_for_bound(study, 10.0)
+    assert (choice.point.label, choice.point.throughput, choice.note) == ("throughput", 200, "")
+    assert "above what was measured" in best_for_bound(study, 19.0).note
+    looser = best_for_bound(study, 50.0)
+    assert looser.point.throughput == 300 and "lower bound" in looser.note
+    with pytest.raises(UsageError, match="below what was measured"):
+        best_for_bound(study, 1.0)

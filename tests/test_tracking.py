@@ -1,0 +1,144 @@
+"""MLflow tracking against a real `mlflow server` on loopback (sqlite backend in a temp dir)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.models import conv_net
+from tuner.tracking import METRIC_KEYS, PARAM_KEYS
+
+CLI = [sys.executable, "-m", "tuner.cli"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return str(conv_net(tmp_path_factory.mktemp("tracking") / "conv.onnx"))
+
+
+def _optimize(workdir: Path, model: str, bound: str, uri: str, experiment: str, n_trials: int = 3):
+    return subprocess.run(
+        [*CLI, "optimize", "--model", model, "--p99", bound, "--n-trials", str(n_trials), "--window", "0.2s",
+         "--seed", "3", "--revalidate", "0", "--mlflow-uri", uri, "--mlflow-experiment", experiment],
+        cwd=workdir, capture_output=True, text=True, timeout=600, env=ENV)
+
+
+def _runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_two_studies_on_two_bounds_are_two_comparable_parent_runs(tmp_path, model_path, mlflow_server):
+    for bound in ("2s", "1s"):
+        done = _optimize(tmp_path, model_path, bound, mlflow_server, "two-bounds")
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert "warning" not in done.stderr
+    client, parents, children = _runs(mlflow_server, "two-bounds")
+    assert len(parents) == 2
+    assert {p.data.params["p99_bound_ms"] for p in parents} == {"2000.0", "1000.0"}
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        assert parent.info.run_name.endswith(f"p99-{float(parent.data.params['p99_bound_ms']):g}ms-server")
+        note = parent.data.tags["mlflow.note.content"]
+        assert "conv" in note and "P99 <=" in note and "Best:" in note
+        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert len(mine) == 3
+        assert len({c.data.tags["placetune.trial"] for c in mine}) == 3
+        assert any(c.data.tags.get("pareto") == "true" for c in mine)
+        assert all(c.data.tags.get("pareto") in ("true", "false") for c in mine)
+        assert any(c.data.tags.get("baseline") == "ort_default" for c in mine)
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"trials.csv", "pareto.png", "pareto.html", "envelope.png", "topology.json", "best_config.json",
+                "best_config.yaml", "summary.md"} <= artifacts
+        assert parent.data.metrics["best_throughput"] > 0
+    names = {frozenset(c.data.params) for c in children}
+    assert len(names) == 1, "every child run has the same param names"
+    assert set(PARAM_KEYS) | {"scenario", "p99_bound_ms", "model_name", "model_sha256"} <= set(next(iter(names)))
+    for c in children:
+        assert "feasible" in c.data.metrics
+        assert "-" in c.info.run_name and c.info.run_name.startswith("w")  # readable: w2xc1-intra1, ...
+        if c.data.metrics["feasible"] == 1.0:
+            assert set(METRIC_KEYS) <= set(c.data.metrics)
+
+
+def test_server_down_study_completes_then_log_fills_mlflow_once(tmp_path, model_path, mlflow_server):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    done = _optimize(tmp_path, model_path, "2s", dead, "after-outage")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("unreachable") == 1 and "placetune log" in done.stderr
+    log = [*CLI, "log", "--mlflow-uri", mlflow_server, "--mlflow-experiment", "after-outage"]
+    first = subprocess.run(log, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
+    assert first.returncode == 0, first.stderr
+    assert "3 trial run(s) added" in first.stdout
+    second = subprocess.run(log, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
+    assert second.returncode == 0, second.stderr
+    assert "0 trial run(s) added" in second.stdout
+    _, parents, children = _runs(mlflow_server, "after-outage")
+    assert len(parents) == 1 and len(children) == 3
+    down = subprocess.run([*CLI, "log", "--mlflow-uri", dead], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert down.returncode == 1 and "cannot log to MLflow" in down.stderr and "Traceback" not in down.stderr
+    report = subprocess.run([*CLI, "report", "--html", "report.html"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=ENV)
+    assert report.returncode == 0, report.stderr
+    assert "Pareto front" in report.stdout and "ort_default" in report.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<img alt=") == 2 and "plotly" in page.lower()
+    for fmt in ("yaml", "numactl"):
+        exported = subprocess.run([*CLI, "export", "--format", fmt], cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=120, env=ENV)
+        assert exported.returncode == 0 and exported.stdout, exported.stderr
+    below = subprocess.run([*CLI, "export", "--p99", "1us"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env=ENV)
+    assert below.returncode == 2 and "below what was measured" in below.stderr
+    above = subprocess.run([*CLI, "export", "--p99", "60s"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env=ENV)
+    assert above.returncode == 0 and "lower bound" in above.stderr
+    missing = subprocess.run([*CLI, "report", "--study", "nope"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120, env=ENV)
+    assert missing.returncode == 2 and "no study 'nope'" in missing.stderr

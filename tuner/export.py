@@ -1,0 +1,253 @@
+"""The best config, in the form a deployment takes.
+
+Every format is generated from one best-config document (``placetune-config/1``: params, plan,
+what was measured). The launch formats start N copies of the user's serving command, worker i
+on the CPUs and memory nodes the plan gave worker i, with these variables set:
+
+- ``PLACETUNE_WORKER_INDEX``, ``PLACETUNE_WORKERS``, ``PLACETUNE_CONFIG`` (read by ``tuner.deploy.apply``),
+- ``PLACETUNE_INTRA_OP_THREADS``, ``PLACETUNE_INTER_OP_THREADS``, ``OMP_NUM_THREADS``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import yaml
+
+from tuner.errors import UsageError
+from tuner.topology import format_cpulist
+
+FORMATS = ("json", "yaml", "numactl", "env", "systemd", "docker", "k8s")
+
+
+def render(document: dict, fmt: str, config_path: str = "best_config.json") -> str:
+    """The text of one export format. ``config_path`` is where the deployment will find the JSON."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return {
+        "json": lambda: json.dumps(document, indent=1) + "\n",
+        "yaml": lambda: yaml.safe_dump(document, sort_keys=False),
+        "numactl": lambda: numactl_script(document, config_path),
+        "env": lambda: env_file(document, config_path),
+        "systemd": lambda: systemd_unit(document, config_path),
+        "docker": lambda: docker_script(document, config_path),
+        "k8s": lambda: k8s_fragment(document, config_path),
+    }[fmt]()
+
+
+def _summary(document: dict) -> str:
+    bound = document.get("p99_bound_ms")
+    bound_text = f"P99 bound {bound:g} ms" if bound else "no P99 bound"
+    return (f"{document.get('label')} from study {document.get('study')} trial {document.get('trial')}: "
+            f"{document.get('throughput', 0):.1f} req/s, P99 {document.get('p99_ms', 0):.2f} ms ({bound_text}, "
+            f"scenario {document.get('scenario')}); model {document['model']['name']} "
+            f"sha256 {document['model']['sha256'][:12]}; topology {document.get('topology_fingerprint', '')[:12]}")
+
+
+def worker_env(document: dict, index: int, config_path: str) -> dict[str, str]:
+    params = document["params"]
+    env = {
+        "PLACETUNE_WORKER_INDEX": str(index),
+        "PLACETUNE_WORKERS": str(len(document["plan"]["workers"])),
+        "PLACETUNE_CONFIG": config_path,
+        "PLACETUNE_INTER_OP_THREADS": str(params["inter_op_threads"]),
+    }
+    if params["intra_op_threads"]:
+        env["PLACETUNE_INTRA_OP_THREADS"] = str(params["intra_op_threads"])
+        env["OMP_NUM_THREADS"] = str(params["intra_op_threads"])
+    return env
+
+
+def numactl_args(worker: dict, pinned: bool) -> list[str]:
+    """numactl options for one worker: --physcpubind and the memory policy."""
+    args = []
+    if pinned and worker["cpus"]:
+        args.append(f"--physcpubind={format_cpulist(worker['cpus'])}")
+    nodes = format_cpulist(worker["mem_nodes"])
+    policy = worker["mem_policy"]
+    if policy == "bind":
+        args.append(f"--membind={nodes}")
+    elif policy == "interleave":
+        args.append(f"--interleave={nodes}")
+    elif policy == "preferred":
+        args.append(f"--preferred={worker['mem_nodes'][0]}")
+    return args
+
+
+def numactl_script(document: dict, config_path: str) -> str:
+    pinned = document["params"].get("pin", True)
+    workers = document["plan"]["workers"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# placetune launch script: {_summary(document)}",
+        "#",
+        "# Usage: ./launch.sh COMMAND [ARGS...]",
+        f"# Starts {len(workers)} copy(ies) of COMMAND, worker i on its CPUs and memory nodes (numactl), each with",
+        "# PLACETUNE_WORKER_INDEX, PLACETUNE_CONFIG and thread-count variables set; in Python,",
+        "# tuner.deploy.apply() reads them and returns the measured ONNX Runtime session options.",
+        "# Ctrl-C or SIGTERM stops every worker; the script exits when all workers have exited.",
+        "set -euo pipefail",
+        'if [ "$#" -eq 0 ]; then echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; fi',
+        f"export PLACETUNE_CONFIG=\"${{PLACETUNE_CONFIG:-{config_path}}}\"",
+        'NUMACTL="${NUMACTL:-numactl}"',
+    ]
+    if any(numactl_args(w, pinned) for w in workers):
+        lines += [
+            'if ! command -v "$NUMACTL" >/dev/null 2>&1; then',
+            '  echo "$0: numactl not found: install it (apt install numactl / dnf install numactl)" >&2; exit 1',
+            "fi",
+        ]
+    lines += [
+        "pids=()",
+        'stop() { trap - INT TERM; for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; '
+        'wait; exit 130; }',
+        "trap stop INT TERM",
+    ]
+    for w in workers:
+        env = worker_env(document, w["index"], "$PLACETUNE_CONFIG")
+        env_text = " ".join(f"{k}={v if v.startswith('$') else shlex.quote(v)}"
+                            for k, v in env.items() if k != "PLACETUNE_CONFIG")
+        args = numactl_args(w, pinned)
+        launcher = f'"$NUMACTL" {" ".join(args)} -- ' if args else ""
+        lines.append(f"# worker {w['index']}: cpus {format_cpulist(w['cpus']) or 'any'}, memory "
+                     f"{w['mem_policy']} {format_cpulist(w['mem_nodes'])}".rstrip())
+        lines.append(f'env {env_text} {launcher}"$@" &')
+        lines.append("pids+=($!)")
+    lines += [
+        "status=0",
+        'for pid in "${pids[@]}"; do wait "$pid" || status=$?; done',
+        'exit "$status"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def env_file(document: dict, config_path: str) -> str:
+    """KEY=VALUE lines: the common settings, then each worker's with a _<index> suffix."""
+    workers = document["plan"]["workers"]
+    common = worker_env(document, 0, config_path)
+    common.pop("PLACETUNE_WORKER_INDEX")
+    lines = [f"# {_summary(document)}"]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in common.items()]
+    for w in workers:
+        i = w["index"]
+        lines.append(f"PLACETUNE_CPUS_{i}={shlex.quote(format_cpulist(w['cpus']))}")
+        lines.append(f"PLACETUNE_MEM_POLICY_{i}={w['mem_policy']}")
+        lines.append(f"PLACETUNE_MEM_NODES_{i}={shlex.quote(format_cpulist(w['mem_nodes']))}")
+        numactl = " ".join(numactl_args(w, document["params"].get("pin", True)))
+        lines.append(f"PLACETUNE_NUMACTL_{i}={shlex.quote(numactl)}")
+    return "\n".join(lines) + "\n"
+
+
+_SYSTEMD_POLICY = {"bind": "bind", "interleave": "interleave", "preferred": "preferred"}
+
+
+def systemd_unit(document: dict, config_path: str) -> str:
+    """A template unit ``placetune@.service`` (instance = worker index) and one drop-in per worker
+    with its CPUAffinity/NUMAPolicy/NUMAMask, as files separated by ``# === path ===`` lines."""
+    params = document["params"]
+    workers = document["plan"]["workers"]
+    files = []
+    template = [
+        f"# {_summary(document)}",
+        "# Install: copy the files below to /etc/systemd/system/, set ExecStart, then",
+        "#   systemctl daemon-reload && systemctl enable --now " + " ".join(f"placetune@{w['index']}"
+                                                                           for w in workers),
+        "[Unit]",
+        "Description=placetune-placed inference worker %i",
+        "After=network.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        "ExecStart=/usr/local/bin/your-server --port 80%i",
+        "Environment=PLACETUNE_WORKER_INDEX=%i",
+        f"Environment=PLACETUNE_WORKERS={len(workers)}",
+        f"Environment=PLACETUNE_CONFIG={config_path}",
+        f"Environment=PLACETUNE_INTER_OP_THREADS={params['inter_op_threads']}",
+    ]
+    if params["intra_op_threads"]:
+        template += [f"Environment=PLACETUNE_INTRA_OP_THREADS={params['intra_op_threads']}",
+                     f"Environment=OMP_NUM_THREADS={params['intra_op_threads']}"]
+    template += ["Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
+    files.append(("placetune@.service", "\n".join(template)))
+    for w in workers:
+        body = [f"# worker {w['index']}", "[Service]"]
+        if params.get("pin", True) and w["cpus"]:
+            body.append(f"CPUAffinity={' '.join(str(c) for c in w['cpus'])}")
+        if w["mem_policy"] in _SYSTEMD_POLICY:
+            body.append(f"NUMAPolicy={_SYSTEMD_POLICY[w['mem_policy']]}")
+            body.append(f"NUMAMask={' '.join(str(n) for n in w['mem_nodes'])}")
+        files.append((f"placetune@{w['index']}.service.d/placement.conf", "\n".join(body) + "\n"))
+    return "".join(f"# === {path} ===\n{text}" for path, text in files)
+
+
+def split_files(text: str) -> dict[str, str]:
+    """The files of a multi-file export (systemd), by path."""
+    out: dict[str, str] = {}
+    current = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# === ") and line.rstrip().endswith(" ==="):
+            current = line.strip()[6:-4]
+            out[current] = ""
+        elif current is not None:
+            out[current] += line
+    return out
+
+
+def docker_script(document: dict, config_path: str) -> str:
+    pinned = document["params"].get("pin", True)
+    workers = document["plan"]["workers"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# placetune docker launch: {_summary(document)}",
+        "# Usage: ./docker-run.sh IMAGE [COMMAND...]   (the config must be at PLACETUNE_CONFIG inside the image,",
+        "# or mount it: DOCKER_OPTS='-v $PWD/best_config.json:/etc/placetune/best_config.json:ro')",
+        "# Docker binds CPUs (--cpuset-cpus) and memory nodes (--cpuset-mems, i.e. bind); it cannot",
+        "# interleave or prefer: those policies become a bind to the same nodes.",
+        "set -euo pipefail",
+        'if [ "$#" -eq 0 ]; then echo "usage: $0 IMAGE [COMMAND...]" >&2; exit 2; fi',
+        'IMAGE="$1"; shift',
+        "read -r -a opts <<< \"${DOCKER_OPTS:-}\"",
+    ]
+    for w in workers:
+        env = worker_env(document, w["index"], config_path)
+        flags = [f"--name placetune-worker-{w['index']}"]
+        if pinned and w["cpus"]:
+            flags.append(f"--cpuset-cpus={format_cpulist(w['cpus'])}")
+        if w["mem_policy"] != "none" and w["mem_nodes"]:
+            flags.append(f"--cpuset-mems={format_cpulist(w['mem_nodes'])}")
+        flags += [f"-e {k}={shlex.quote(v)}" for k, v in env.items()]
+        lines.append(f'docker run -d {" ".join(flags)} "${{opts[@]}}" "$IMAGE" "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def k8s_fragment(document: dict, config_path: str) -> str:
+    params = document["params"]
+    workers = document["plan"]["workers"]
+    containers = []
+    for w in workers:
+        cpus = len(w["cpus"]) if w["cpus"] else max(1, params.get("cores_per_worker", 1))
+        env = [{"name": k, "value": v} for k, v in worker_env(document, w["index"], config_path).items()]
+        containers.append({
+            "name": f"worker-{w['index']}",
+            "image": "your-serving-image",
+            "env": env,
+            "resources": {"requests": {"cpu": str(cpus), "memory": "2Gi"},
+                          "limits": {"cpu": str(cpus), "memory": "2Gi"}},
+        })
+    header = [
+        f"# {_summary(document)}",
+        "# Pod spec fragment: one container per worker, integer CPU requests == limits (Guaranteed QoS),",
+        "# so the kubelet's static CPU manager (--cpu-manager-policy=static) gives each container",
+        "# exclusive cores. Set memory to your worker's real need (requests must equal limits).",
+        "# What Kubernetes cannot express: WHICH cores a container gets (the CPU manager picks them),",
+        "# SMT siblings (set the policy option full-pcpus-only for whole cores), and memory policy",
+        "# (use the topology manager, --topology-manager-policy=single-numa-node, to keep each",
+        "# container's CPUs and memory on one NUMA node; interleave cannot be expressed).",
+        "# Measured placement: " + "; ".join(
+            f"worker {w['index']} cpus {format_cpulist(w['cpus']) or 'any'} mem {w['mem_policy']} "
+            f"{format_cpulist(w['mem_nodes'])}".rstrip() for w in workers),
+    ]
+    body = yaml.safe_dump({"spec": {"containers": containers}}, sort_keys=False)
+    return "\n".join(header) + "\n" + body

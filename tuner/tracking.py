@@ -1,0 +1,287 @@
+"""MLflow tracking, on the MLflow client directly: one parent run per study, one nested child run
+per trial, artifacts on the parent.
+
+Idempotent: runs carry ``placetune.study_uuid`` (and children ``placetune.trial``), so logging a
+study twice (``placetune log`` after an outage, a resumed study) adds only what is missing.
+If the tracking server cannot be reached, the study goes on: one warning, tracking is switched off
+for the rest of the run, and ``placetune log`` fills MLflow afterwards from the Optuna storage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+
+from tuner.errors import PlacetuneError, UsageError
+
+EXPERIMENT = "placetune"
+TAG_STUDY = "placetune.study_uuid"
+TAG_TRIAL = "placetune.trial"
+PARAM_KEYS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads", "execution_mode",
+              "numa_policy", "spinning", "io_cores", "pin", "graph_optimization")
+METRIC_KEYS = ("throughput", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_util")
+_STATUS = {optuna.trial.TrialState.COMPLETE: "FINISHED", optuna.trial.TrialState.PRUNED: "KILLED",
+           optuna.trial.TrialState.FAIL: "FAILED"}
+
+
+def default_uri(storage_url: str) -> str:
+    """A local MLflow store beside the Optuna storage: ``mlflow.db`` next to a SQLite study file,
+    else in the working directory."""
+    if storage_url.startswith("sqlite:///"):
+        directory = Path(storage_url[len("sqlite:///"):]).resolve().parent
+    else:
+        directory = Path.cwd()
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def _short(exc: BaseException) -> str:
+    """One readable line for an MLflow client error (not urllib3's retry essay)."""
+    text = str(exc).strip()
+    if "Max retries exceeded" in text or "Connection refused" in text or "NewConnectionError" in text:
+        return "cannot connect"
+    if "timed out" in text.lower():
+        return "timed out"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _ms(dt) -> int | None:
+    return int(dt.timestamp() * 1000) if dt is not None else None
+
+
+class Tracker:
+    """Logs one study to MLflow. Every public method is safe to call when tracking failed: it
+    does nothing after the first failure (which is reported once through ``warn``)."""
+
+    def __init__(self, uri: str, experiment: str = EXPERIMENT, warn: Callable[[str], None] | None = None,
+                 retry_hint: str = ""):
+        if uri.startswith(("http://", "https://")):
+            # fail fast instead of MLflow's minutes of retries against a dead server
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.uri = uri
+        self.experiment_name = experiment
+        self.warn = warn or (lambda msg: None)
+        self.retry_hint = retry_hint
+        self.enabled = True
+        self._client = None
+        self._experiment_id: str | None = None
+        self._parent: str | None = None
+        self._children: dict[int, str] = {}  # trial number -> run id
+        self._logged_states: dict[int, str] = {}
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        if self.enabled:
+            self.enabled = False
+            self.warn(f"MLflow at {self.uri} is unreachable ({_short(exc)}); the study goes on without tracking"
+                      + (f"; afterwards run: {self.retry_hint}" if self.retry_hint else ""))
+
+    def _safe(self, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self._fail(exc)
+            return None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                location = None
+                if self.uri.startswith("sqlite:///"):
+                    location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+        return self._experiment_id
+
+    # -- the study ---------------------------------------------------------------------------------
+    def start(self, study: optuna.Study) -> None:
+        """Find or create the parent run of ``study`` and learn which trials are already logged."""
+        self._safe(self._start, study)
+
+    def _start(self, study: optuna.Study) -> None:
+        from mlflow.entities import Param, RunTag
+
+        uuid = study.user_attrs["study_uuid"]
+        experiment = self._experiment()
+        runs = self.client.search_runs([experiment], filter_string=f"tags.`{TAG_STUDY}` = '{uuid}'",
+                                       max_results=50000)
+        for run in runs:
+            if "mlflow.parentRunId" in run.data.tags:
+                number = int(run.data.tags[TAG_TRIAL])
+                self._children[number] = run.info.run_id
+                self._logged_states[number] = run.info.status
+            else:
+                self._parent = run.info.run_id
+        model = study.user_attrs.get("model", {})
+        if self._parent is None:
+            run = self.client.create_run(
+                experiment, run_name=study.study_name,
+                tags={TAG_STUDY: uuid, "placetune.study": study.study_name, "placetune.kind": "study"},
+            )
+            self._parent = run.info.run_id
+            bound = study.user_attrs.get("p99_bound_ms")
+            self.client.log_batch(self._parent, params=[
+                Param("study", study.study_name), Param("model_name", str(model.get("name"))),
+                Param("model_sha256", str(model.get("sha256"))), Param("p99_bound_ms", str(bound)),
+                Param("scenario", str(study.user_attrs.get("scenario"))),
+                Param("topology_fingerprint", str(study.user_attrs.get("topology_fingerprint"))),
+            ], tags=[RunTag("placetune.host", socket.gethostname())])
+        else:
+            self.client.update_run(self._parent, status="RUNNING")
+        self._describe(study, best=None)
+
+    def _describe(self, study: optuna.Study, best: dict | None) -> None:
+        model = study.user_attrs.get("model", {})
+        bound = study.user_attrs.get("p99_bound_ms")
+        text = (f"**{study.study_name}**: model `{model.get('name')}` (sha256 {str(model.get('sha256'))[:12]}), "
+                f"{'P99 <= ' + format(bound, 'g') + ' ms' if bound else 'no P99 bound'}, "
+                f"scenario {study.user_attrs.get('scenario')}. ")
+        if best is None:
+            text += "Best so far: none yet."
+        else:
+            text += (f"Best: **{best['label']}** (trial {best['trial']}) {best['throughput']:.1f} req/s at "
+                     f"P99 {best['p99_ms']:.2f} ms.")
+        self.client.set_tag(self._parent, "mlflow.note.content", text)
+
+    def log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """One child run for a finished trial (skipped when it is already logged)."""
+        self._safe(self._log_trial, study, trial)
+
+    def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        from tuner.report import trial_params
+
+        status = _STATUS.get(trial.state)
+        if status is None or self._parent is None:
+            return
+        if trial.number in self._children and self._logged_states.get(trial.number) == status:
+            return
+        result = trial.user_attrs.get("result") or {}
+        label = trial.user_attrs.get("label") or f"trial-{trial.number}"
+        model = study.user_attrs.get("model", {})
+        now = int(time.time() * 1000)
+        if trial.number in self._children:  # logged in another state earlier (a re-run): refresh it
+            run_id = self._children[trial.number]
+        else:
+            tags = {"mlflow.parentRunId": self._parent, TAG_STUDY: study.user_attrs["study_uuid"],
+                    TAG_TRIAL: str(trial.number), "placetune.kind": "trial"}
+            run = self.client.create_run(self._experiment(), start_time=_ms(trial.datetime_start) or now,
+                                         tags=tags, run_name=label)
+            run_id = run.info.run_id
+            params = trial_params(trial)
+            bound = study.user_attrs.get("p99_bound_ms")
+            self.client.log_batch(run_id, params=[
+                *(Param(k, str(params.get(k))) for k in PARAM_KEYS),
+                Param("scenario", str(study.user_attrs.get("scenario"))), Param("p99_bound_ms", str(bound)),
+                Param("model_name", str(model.get("name"))), Param("model_sha256", str(model.get("sha256"))),
+                Param("trial", str(trial.number)),
+            ])
+        metrics = [Metric("feasible", 1.0 if result.get("feasible") else 0.0, now, 0)]
+        for key in METRIC_KEYS:
+            value = result.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                metrics.append(Metric(key, float(value), now, 0))
+        for step, w in enumerate(result.get("windows", [])):
+            for key, name in (("offered_rate", "window_offered"), ("achieved_rate", "window_achieved"),
+                              ("p50_ms", "window_p50_ms"), ("p99_ms", "window_p99_ms")):
+                if math.isfinite(w.get(key, math.nan)):
+                    metrics.append(Metric(name, float(w[key]), now, step))
+        tags = [RunTag("state", trial.state.name)]
+        if "baseline" in trial.user_attrs:
+            tags.append(RunTag("baseline", trial.user_attrs["baseline"]))
+        reason = result.get("reason") or trial.user_attrs.get("plan_infeasible") or trial.user_attrs.get(
+            "fail_reason", "")
+        if reason:
+            tags.append(RunTag("reason", str(reason)[:5000]))
+        if "host" in trial.user_attrs:
+            tags.append(RunTag("host", trial.user_attrs["host"]))
+        for i in range(0, len(metrics), 900):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags if i == 0 else [])
+        self.client.set_terminated(run_id, status=status, end_time=_ms(trial.datetime_complete) or now)
+        self._children[trial.number] = run_id
+        self._logged_states[trial.number] = status
+
+    def finish(self, study: optuna.Study, status: str = "FINISHED") -> None:
+        """Pareto tags on every child, summary metrics, artifacts and description on the parent."""
+        self._safe(self._finish, study, status)
+
+    def _finish(self, study: optuna.Study, status: str) -> None:
+        from tuner import report
+        from tuner.study import pareto_front
+
+        front = {t.number for t in pareto_front(study)}
+        for number, run_id in self._children.items():
+            self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
+        s = report.summary(study)
+        now = int(time.time() * 1000)
+        from mlflow.entities import Metric
+
+        metrics = [Metric("trials", float(s["trials"]), now, 0)]
+        if s["best"]:
+            metrics += [Metric("best_throughput", s["best"]["throughput"], now, 0),
+                        Metric("best_p99_ms", s["best"]["p99_ms"], now, 0)]
+            for name, b in s["baselines"].items():
+                if b["best_ratio"] is not None:
+                    metrics.append(Metric(f"ratio_vs_{name.replace('+', '_')}", b["best_ratio"], now, 0))
+        self.client.log_batch(self._parent, metrics=metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            report.trials_frame(study).to_csv(out / "trials.csv", index=False)
+            (out / "summary.md").write_text(report.summary_text(study) + "\n")
+            (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+            (out / "topology.json").write_text(json.dumps(study.user_attrs.get("topology", {}), indent=1) + "\n")
+            if front:
+                (out / "pareto.png").write_bytes(report.pareto_png(study))
+                (out / "envelope.png").write_bytes(report.envelope_png(study))
+                (out / "pareto.html").write_text(report.pareto_html(study))
+            document = report.best_config_or_none(study)
+            if document is not None:
+                import yaml
+
+                (out / "best_config.json").write_text(json.dumps(document, indent=1) + "\n")
+                (out / "best_config.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+            self.client.log_artifacts(self._parent, str(out))
+        self._describe(study, s["best"])
+        self.client.set_terminated(self._parent, status=status)
+
+    def sync(self, study: optuna.Study) -> int:
+        """Log every finished trial not yet in MLflow, then finish the parent; returns how many
+        child runs were added. Raises when MLflow cannot be reached."""
+        self.warn, warn = (lambda msg: None), self.warn
+        try:
+            self._start(study)
+            before = len(self._children)
+            for trial in study.get_trials(deepcopy=False):
+                self._log_trial(study, trial)
+            added = len(self._children) - before
+            self._finish(study, "FINISHED")
+            return added
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise PlacetuneError(f"cannot log to MLflow at {self.uri} ({_short(exc)}); check --mlflow-uri and "
+                                 "that the server is up, then run this again") from None
+        finally:
+            self.warn = warn
