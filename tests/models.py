@@ -58,3 +58,21 @@ def bad_op_model(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def memory_hog_model(path: Path, side: int = 4096) -> Path:
+    """Small to load, large to run: expands a [1, 1] input to [side, side] floats (64 MiB at 4096)
+    before reducing it, so a worker under a memory limit fails in session.run, not at load."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])
+    shape = numpy_helper.from_array(np.array([side, side], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("Expand", ["x", "shape"], ["big"]),
+        helper.make_node("Relu", ["big"], ["big2"]),
+        helper.make_node("ReduceSum", ["big2"], ["y"], keepdims=1),
+    ]
+    graph = helper.make_graph(nodes, "hog", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

@@ -381,6 +381,16 @@ def _on_off(value: str, flag: str) -> bool:
     return value == "on"
 
 
+def _interrupted() -> None:
+    import signal
+
+    term = _state.get("signal") == signal.SIGTERM
+    how = "terminated (SIGTERM)" if term else "interrupted"
+    Console(stderr=True).print(f"placetune: {how}; every worker was stopped; the trial in progress was "
+                               "abandoned (an optimize study resumes when you re-run the same command)")
+    sys.exit(143 if term else 130)
+
+
 def main() -> None:
     """Console-script entry point with the one-line error policy."""
     import signal
@@ -394,6 +404,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (and our SIGTERM) into exit code 130
+            _interrupted()
         if isinstance(code, int) and code:
             sys.exit(code)
     except PlacetuneError as exc:
@@ -402,10 +414,7 @@ def main() -> None:
         Console(stderr=True).print(f"[red]placetune: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        how = "terminated (SIGTERM)" if _state.get("signal") == signal.SIGTERM else "interrupted"
-        Console(stderr=True).print(f"placetune: {how}; every worker was stopped; the trial in progress was "
-                                   "abandoned (an optimize study resumes when you re-run the same command)")
-        sys.exit(143 if _state.get("signal") == signal.SIGTERM else 130)
+        _interrupted()
     except Exception as exc:  # click usage errors and the unexpected
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()

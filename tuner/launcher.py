@@ -54,8 +54,9 @@ class _SigtermAsInterrupt:
             pass
         return self
 
-    @staticmethod
-    def _handle(signum, frame):
+    def _handle(self, signum, frame):
+        if callable(self._previous):  # an application handler (the CLI's) decides what to raise
+            self._previous(signum, frame)
         raise KeyboardInterrupt(f"signal {signum}")
 
     def __exit__(self, *exc):
@@ -137,15 +138,15 @@ class Launcher:
             for ready in connection.wait(list(waitables), timeout=remaining):
                 i = waitables[ready]
                 if ready is self.processes[i].sentinel and not self.conns[i].poll():
-                    raise WorkerError(f"worker {i} exited during start-up (exit code "
-                                      f"{self.processes[i].exitcode})")
+                    raise WorkerError(f"worker {i} {self._how_it_ended(i)} during start-up")
                 try:
                     message = self.conns[i].recv()
                 except EOFError:
-                    raise WorkerError(f"worker {i} exited during start-up") from None
+                    self.processes[i].join(timeout=5.0)
+                    raise WorkerError(f"worker {i} {self._how_it_ended(i)} during start-up") from None
                 if message[0] == "oom":
-                    raise WorkerError(f"worker {i} ran out of memory while loading the model "
-                                      f"({_limit_text(self.memory_limit)}): {message[1]}")
+                    raise WorkerError(f"worker {i} ran out of memory during start-up "
+                                      f"({_limit_text(self.memory_limit)}): {message[1][:300]}")
                 if message[0] == "error":
                     raise ModelError(f"worker {i} could not start: {message[1]}")
                 self.pids[i] = message[1]
@@ -206,17 +207,25 @@ class Launcher:
         return seen
 
     # ---- windows
+    def _how_it_ended(self, i: int) -> str:
+        code = self.processes[i].exitcode
+        if code is None:
+            return "closed its pipe"
+        if code >= 0:
+            return f"exited (code {code})" + (f" under {_limit_text(self.memory_limit)} (out of memory?)"
+                                              if self.memory_limit and code else "")
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        how = f"was killed by {name}"
+        if -code == signal.SIGKILL:
+            how += " (the kernel's OOM killer, a memory cgroup limit, or kill -9)"
+        elif -code == signal.SIGABRT and self.memory_limit:
+            how += f" (an allocation failure under {_limit_text(self.memory_limit)}?)"
+        return how
+
     def check_alive(self) -> None:
         for i, proc in enumerate(self.processes):
             if not proc.is_alive():
-                code = proc.exitcode
-                how = f"exited ({code})"
-                if code is not None and code < 0:
-                    name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-                    how = f"was killed by {name}"
-                    if -code == signal.SIGKILL:
-                        how += " (the kernel's OOM killer, a memory cgroup limit, or kill -9)"
-                raise WorkerError(f"worker {i} (pid {self.pids[i]}) {how}")
+                raise WorkerError(f"worker {i} (pid {self.pids[i]}) {self._how_it_ended(i)}")
 
     def run_window(self, end_time: float, bound_s: float | None, backlog_limit_s: float | None,
                    timeout_s: float) -> list[int]:
@@ -255,7 +264,7 @@ class Launcher:
                     self.buffers.control[ABORT] = ABORT_STOP
                     what = (f"ran out of memory ({_limit_text(self.memory_limit)})" if message[0] == "oom"
                             else "failed")
-                    raise WorkerError(f"worker {i} (pid {self.pids[i]}) {what} during the window: {message[1]}")
+                    raise WorkerError(f"worker {i} (pid {self.pids[i]}) {what} during the window: {message[1][:300]}")
         return served
 
     def cpu_seconds(self) -> list[float]:

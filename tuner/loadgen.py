@@ -37,6 +37,7 @@ from tuner.worker import (
 )
 
 KEEP_UP_RATIO = 0.99
+HANG_GRACE_S = 30.0  # a closed-loop window this much past its end has a hung (or stopped) worker
 START_DELAY_S = 0.02  # lets every worker receive "window" before the first arrival
 
 
@@ -142,7 +143,7 @@ def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None
     fleet.buffers.scheduled[:count] = np.nan
     cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
     start = time.monotonic()
-    fleet.run_window(start + duration_s, None, None, timeout_s=duration_s + 120.0)
+    fleet.run_window(start + duration_s, None, None, timeout_s=duration_s + HANG_GRACE_S)
     wall = time.monotonic() - wall_before
     return _summarise(fleet, "offline", 0.0, None, start, cpu_before, own_before, wall, bound_s, 0.0)
 

@@ -103,9 +103,9 @@ def parse_duration(text: str, what: str = "duration") -> float:
         )
     value = float(match.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
     if value <= 0:
-        raise UsageError(f"{what} {text!r} must be greater than zero")
+        raise UsageError(f"{what} {text!r} must be greater than zero; write e.g. 20ms, 0.02s, 20000us")
     if value > 86400:
-        raise UsageError(f"{what} {text!r} is longer than a day; check the unit")
+        raise UsageError(f"{what} {text!r} is longer than a day; check the unit (e.g. 20ms, 0.02s, 20000us)")
     return value
 
 

@@ -229,6 +229,7 @@ TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
 
 
 TRIAL_FAULTS = (WorkerError, PlacementMismatch)  # the trial fails, the study goes on
+MAX_CONSECUTIVE_FAILURES = 3  # then something is wrong with the setup, not with one config
 
 
 def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[[str], None],
@@ -293,6 +294,7 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
     started = time.monotonic()
     lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
     objective = make_objective(cfg, study, on_progress, lock.key)
+    failures = 0
     with lock:
         fail_orphaned_trials(study, lock.key)
         while True:
@@ -303,8 +305,16 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
                 break
             if stop_flag is not None and stop_flag():
                 break
+            ended: list[optuna.trial.FrozenTrial] = []
             study.optimize(objective, n_trials=1, catch=TRIAL_FAULTS, gc_after_trial=False,
-                           callbacks=[lambda s, t: on_trial(t, summarize_trial(t))])
+                           callbacks=[lambda s, t, ended=ended: (ended.append(t), on_trial(t, summarize_trial(t)))])
+            last = ended[-1] if ended else None
+            if last is None:
+                continue
+            failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
+                                     "fix the cause and re-run the same command to resume the study")
             if cfg.sampler == "grid" and _grid_exhausted(study, cfg.space):
                 break
     return study

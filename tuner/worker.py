@@ -69,9 +69,11 @@ class SharedBuffers:
 def _session_options(cfg: WorkerConfig):
     from tuner.deploy import session_options
 
-    return session_options(intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
-                           execution_mode=cfg.execution_mode, spinning=cfg.spinning,
-                           graph_optimization=cfg.graph_optimization, pin=cfg.pin, cpus=cfg.cpus)
+    options = session_options(intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
+                              execution_mode=cfg.execution_mode, spinning=cfg.spinning,
+                              graph_optimization=cfg.graph_optimization, pin=cfg.pin, cpus=cfg.cpus)
+    options.log_severity_level = 4  # a failing run is reported through the pipe, once
+    return options
 
 
 def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
@@ -97,6 +99,7 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
         # 2) then create the session
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
         from tuner.model import ModelInfo, make_inputs
 
         session = ort.InferenceSession(cfg.model_path, _session_options(cfg),
@@ -135,14 +138,22 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The exception in one short line; ONNX Runtime's source locations and signatures dropped."""
+    import re
+
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    text = text.splitlines()[0] if text else ""
+    if "Status Message:" in text:
+        text = text.rsplit("Status Message:", 1)[1].strip()
+    text = re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\)\s+", "", text)
+    return f"{type(exc).__name__}: {text[:240]}"
 
 
 def _kind(exc: BaseException) -> str:
     """'oom' for an allocation failure (Python's MemoryError, ORT's bad_alloc), else 'error'."""
     text = str(exc).lower()
-    if isinstance(exc, MemoryError) or "bad_alloc" in text or "failed to allocate" in text:
+    if isinstance(exc, MemoryError) or any(sign in text for sign in (
+            "bad_alloc", "failed to allocate", "failed to map segment", "cannot allocate memory")):
         return "oom"
     return "error"
 

@@ -1,0 +1,191 @@
+"""Bad input through the real CLI: one line saying what is wrong and how to fix it, exit code 2
+for usage errors and 1 for runtime errors, no traceback, no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.models import bad_op_model, conv_net
+
+CLI = [sys.executable, "-m", "tuner.cli"]
+ENV = {**os.environ, "COLUMNS": "300", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    out = {"dir": d, "conv": conv_net(d / "conv.onnx"), "dynamic": conv_net(d / "dyn.onnx", dynamic_batch=True),
+           "badop": bad_op_model(d / "badop.onnx")}
+    (d / "text.onnx").write_text("this is not a model\n")
+    out["text"] = d / "text.onnx"
+    out["truncated"] = d / "truncated.onnx"
+    out["truncated"].write_bytes(out["conv"].read_bytes()[:200])
+    (d / "model_dir").mkdir()
+    out["model_dir"] = d / "model_dir"
+    np.savez(d / "wrong.npz", y=np.zeros((1, 3), dtype=np.float32))
+    out["wrong_npz"] = d / "wrong.npz"
+    (d / "garbage.npz").write_bytes(b"PK\x03\x04 not really")
+    out["garbage_npz"] = d / "garbage.npz"
+    (d / "broken.yaml").write_text("dimensions: {workers: [1, 2]\n")
+    (d / "unknown.yaml").write_text("dimensions:\n  workerz: [1, 2]\n")
+    (d / "impossible.yaml").write_text("dimensions:\n  workers: [64]\n  cores_per_worker: [64]\n")
+    (d / "topo.json").write_text("{not json")
+    (d / "empty_root").mkdir()
+    return out
+
+
+def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    done = subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    after = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not after, f"processes left behind: {after}"
+    return done
+
+
+def assert_one_line(done: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    err = done.stderr.strip()
+    assert done.returncode == code, (done.returncode, done.stderr, done.stdout[-2000:])
+    assert "Traceback" not in done.stderr
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle.lower() in err.lower(), (needle, err)
+
+
+P99_CASES = [
+    ("20", "not a duration with a unit"), ("-5ms", "not a duration"), ("0ms", "greater than zero"),
+    ("abc", "not a duration"), ("20 ms", "not a duration"), ("1e9s", "not a duration"),
+    ("100000s", "longer than a day"),
+]
+
+
+@pytest.mark.parametrize("value,message", P99_CASES)
+def test_bad_p99_values_are_refused(files, value, message):
+    done = run(["optimize", "--model", str(files["conv"]), "--p99", value], files["dir"])
+    assert_one_line(done, 2, "--p99", message, "20ms")
+
+
+def test_good_p99_spellings_are_accepted():
+    from tuner.measure import parse_duration
+
+    assert parse_duration("20ms") == parse_duration("0.02s") == parse_duration("20000us") == pytest.approx(0.02)
+
+
+MODEL_CASES = [
+    ("missing.onnx", 2, "does not exist"),
+    ("model_dir", 2, "is a directory"),
+    ("text", 2, "not an ONNX model"),
+    ("truncated", 2, "not an ONNX model"),
+    ("badop", 1, "ONNX Runtime cannot load"),
+    ("onnx:nosuchmodel", 2, "unknown bundled model"),
+]
+
+
+@pytest.mark.parametrize("model,code,message", MODEL_CASES)
+def test_bad_models_fail_fast_with_one_line(files, model, code, message):
+    path = str(files[model]) if model in files else model
+    for command in (["measure", "--window", "0.1s"], ["optimize", "--p99", "20ms", "--n-trials", "2"]):
+        done = run([command[0], "--model", path, *command[1:]], files["dir"])
+        assert_one_line(done, code, message)
+    assert not (files["dir"] / "placetune.db").exists() or model != "badop"
+
+
+def test_dynamic_dims_without_shape_say_how_to_fix(files):
+    done = run(["measure", "--model", str(files["dynamic"])], files["dir"])
+    assert_one_line(done, 2, "--shape", "--batch")
+
+
+def test_shape_for_an_input_that_does_not_exist(files):
+    done = run(["measure", "--model", str(files["conv"]), "--shape", "nope=1x3x32x32"], files["dir"])
+    assert_one_line(done, 2, "nope")
+
+
+def test_malformed_shape(files):
+    done = run(["measure", "--model", str(files["dynamic"]), "--shape", "x=1xAx3"], files["dir"])
+    assert_one_line(done, 2, "--shape")
+
+
+@pytest.mark.parametrize("npz", ["wrong_npz", "garbage_npz", "missing.npz"])
+def test_bad_npz_inputs(files, npz):
+    path = str(files.get(npz, files["dir"] / npz))
+    done = run(["measure", "--model", str(files["conv"]), "--inputs", path], files["dir"])
+    assert_one_line(done, 2, "--inputs")
+
+
+@pytest.mark.parametrize("space,message", [
+    ("broken.yaml", "not valid YAML"), ("unknown.yaml", "unknown dimension"),
+    ("impossible.yaml", "no combination"), ("nosuchspace", "not found"),
+])
+def test_bad_search_spaces(files, space, message):
+    arg = str(files["dir"] / space) if space.endswith(".yaml") else space
+    done = run(["optimize", "--model", str(files["conv"]), "--p99", "20ms", "--space", arg], files["dir"])
+    assert_one_line(done, 2, message)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--n-trials", "0"], "--n-trials"), (["--timeout", "soon"], "--timeout"), (["--sampler", "cmaes"], "--sampler"),
+    (["--window", "0s"], "--window"), (["--worker-memory-limit", "lots"], "--worker-memory-limit"),
+    (["--lock-wait", "forever"], "--lock-wait"),
+])
+def test_bad_optimize_flags(files, args, message):
+    done = run(["optimize", "--model", str(files["conv"]), "--p99", "20ms", *args], files["dir"])
+    assert_one_line(done, 2, message)
+
+
+@pytest.mark.parametrize("storage,message", [
+    ("notaurl", "--storage"), ("postgresql://nobody@127.0.0.1:1/none", "--storage"),
+    ("sqlite:////nonexistent/dir/x.db", "--storage"),
+])
+def test_bad_storage(files, storage, message):
+    done = run(["optimize", "--model", str(files["conv"]), "--p99", "20ms", "--storage", storage], files["dir"])
+    assert_one_line(done, 2, message)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fsroot", "/nonexistent/root"], "--fsroot"), (["--topology", "/nonexistent/topo.json"], "does not exist"),
+    (["--topology", "{dir}/topo.json"], "topo.json"), (["--fsroot", "{dir}/empty_root"], "empty_root"),
+])
+def test_bad_topology_sources(files, args, message):
+    args = [a.replace("{dir}", str(files["dir"])) for a in args]
+    done = run(["topology", *args], files["dir"])
+    assert_one_line(done, 2, message)
+
+
+def test_study_commands_on_a_missing_study(files, tmp_path):
+    for command in (["export"], ["report"], ["log"]):
+        done = run(command, tmp_path)
+        assert_one_line(done, 2, "placetune.db")
+    run(["optimize", "--model", str(files["conv"]), "--p99", "1us", "--n-trials", "1", "--window", "0.1s",
+         "--revalidate", "0", "--no-mlflow"], tmp_path)
+    for command in (["export", "--study", "nope"], ["report", "--study", "nope"], ["log", "--study", "nope"]):
+        done = run(command, tmp_path)
+        assert_one_line(done, 2, "no study 'nope'")
+
+
+def test_a_bound_below_every_unloaded_latency_says_what_was_seen(files, tmp_path):
+    done = run(["optimize", "--model", str(files["conv"]), "--p99", "1us", "--n-trials", "2", "--window", "0.1s",
+                "--revalidate", "0", "--no-mlflow"], tmp_path, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "no config met P99 <= 0.001 ms" in done.stdout and "relax --p99" in done.stdout
+    exported = run(["export"], tmp_path)
+    assert_one_line(exported, 2, "no feasible trial")
+    reported = run(["report"], tmp_path)
+    assert reported.returncode == 3 and "No config met the bound" in reported.stdout
+    logged = run(["log", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"], tmp_path, timeout=300)
+    assert logged.returncode == 0 and "2 trial run(s) added" in logged.stdout, logged.stderr
+
+
+def test_export_of_a_config_that_is_not_one(files):
+    (files["dir"] / "cfg.json").write_text(json.dumps({"params": {}}))
+    done = run(["export", "--config", str(files["dir"] / "cfg.json"), "--format", "numactl"], files["dir"])
+    assert_one_line(done, 2, "not a placetune config")
+    done = run(["export", "--format", "helm", "--config", str(files["dir"] / "cfg.json")], files["dir"])
+    assert_one_line(done, 2, "--format")
