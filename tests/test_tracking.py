@@ -3,52 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import free_port as _free_port
 from tests.models import conv_net
 from tuner.tracking import METRIC_KEYS, PARAM_KEYS
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
-    yield uri
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +54,8 @@ def test_two_studies_on_two_bounds_are_two_comparable_parent_runs(tmp_path, mode
         note = parent.data.tags["mlflow.note.content"]
         assert "conv" in note and "P99 <=" in note and "Best:" in note
         mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
-        assert len(mine) == 3
-        assert len({c.data.tags["placetune.trial"] for c in mine}) == 3
+        assert len(mine) == parent.data.metrics["trials"] >= 3
+        assert len({c.data.tags["placetune.trial"] for c in mine}) == len(mine)
         assert any(c.data.tags.get("pareto") == "true" for c in mine)
         assert all(c.data.tags.get("pareto") in ("true", "false") for c in mine)
         assert any(c.data.tags.get("baseline") == "ort_default" for c in mine)
@@ -114,12 +81,17 @@ def test_server_down_study_completes_then_log_fills_mlflow_once(tmp_path, model_
     log = [*CLI, "log", "--mlflow-uri", mlflow_server, "--mlflow-experiment", "after-outage"]
     first = subprocess.run(log, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
     assert first.returncode == 0, first.stderr
-    assert "3 trial run(s) added" in first.stdout
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'placetune.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    n = len(optuna.load_study(study_name=summary.study_name, storage=storage).trials)
+    assert f"{n} trial run(s) added" in first.stdout
     second = subprocess.run(log, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
     assert second.returncode == 0, second.stderr
     assert "0 trial run(s) added" in second.stdout
     _, parents, children = _runs(mlflow_server, "after-outage")
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1 and len(children) == n
     down = subprocess.run([*CLI, "log", "--mlflow-uri", dead], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env=ENV)
     assert down.returncode == 1 and "cannot log to MLflow" in down.stderr and "Traceback" not in down.stderr

@@ -177,8 +177,9 @@ def measure(
 def optimize(
     model: ModelOpt,
     p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms.")] = None,
-    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Total trials in the study (baselines "
-                                                 "included); a resumed study runs only the rest.")] = 20,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Configs to measure in all (baselines "
+                                                 "included; planner-rejected and repeated configs are free); "
+                                                 "a resumed study measures only the rest.")] = 20,
     timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long, "
                                                 "e.g. 10m.")] = None,
     space: Annotated[str, typer.Option("--space", help="default | latency | throughput | a YAML path.")] = "default",
@@ -196,6 +197,11 @@ def optimize(
     mlflow_uri: MlflowUriOpt = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
     experiment: ExperimentOpt = "placetune",
+    allow_heterogeneous: Annotated[bool, typer.Option("--allow-heterogeneous", help="Join a shared study from "
+                                                      "a host whose topology differs; the fingerprint is recorded "
+                                                      "per trial and the report groups by it.")] = False,
+    heartbeat: Annotated[str, typer.Option("--heartbeat", help="Trial heartbeat interval; a trial whose tuner "
+                                           "is silent for 3 intervals is failed and re-queued.")] = "10s",
     lock_wait: Annotated[str, typer.Option("--lock-wait", help="How long to wait for another tuner measuring "
                                            "these CPUs before giving up.")] = "1h",
     worker_memory_limit: MemLimitOpt = None,
@@ -234,7 +240,8 @@ def optimize(
     name = study_name or default_study_name(info, bound * 1000 if bound else None, scenario)
     cfg = StudyConfig(model=info, topology=topo, space=resolved, settings=settings, storage=storage_url,
                       study_name=name, sampler=sampler, seed=seed, n_trials=n_trials, timeout_s=timeout_s,
-                      force=force, lock_wait_s=lock_wait_s)
+                      force=force, lock_wait_s=lock_wait_s, allow_heterogeneous=allow_heterogeneous,
+                      heartbeat_s=parse_duration(heartbeat, "--heartbeat"))
     tracker = None
     if not no_mlflow:
         from tuner.tracking import Tracker, default_uri
@@ -334,6 +341,14 @@ def report(
         table.add_row(str(row.trial), row.label, f"{row.throughput:.1f}", f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}",
                       row.baseline)
     console.print(table)
+    groups = reporting.by_fingerprint(frame)
+    if groups is not None:
+        gtable = Table(title="by topology fingerprint (heterogeneous fleet: compare within a row only)")
+        for col in groups.columns:
+            gtable.add_column(col)
+        for _, row in groups.iterrows():
+            gtable.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row))
+        console.print(gtable)
     imp = reporting.importances(the_study)
     if isinstance(imp, dict):
         itable = Table(title="parameter importances (throughput, optuna.importance)")
@@ -373,6 +388,93 @@ def log_command(
     added = tracker.sync(the_study)
     console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
                   f"(experiment {experiment}); {len(tracker._children)} in all", highlight=False)
+
+
+fleet_app = typer.Typer(help="One study shared by many hosts (PostgreSQL storage).", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("status")
+def fleet_status(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Hosts in a shared study: trials per host, running trials and their age, best so far."""
+    import time as _time
+
+    from rich.table import Table
+
+    from tuner.study import best_trial, load_study, measured_trials
+
+    the_study = load_study(storage, study)
+    trials = the_study.get_trials(deepcopy=False)
+    hosts: dict[str, dict] = {}
+    for t in trials:
+        host = t.user_attrs.get("host") or "(not started)"
+        h = hosts.setdefault(host, {"hostname": t.user_attrs.get("hostname", ""), "fingerprint": set(),
+                                    "COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0,
+                                    "measured": 0, "last": None})
+        h[t.state.name] = h.get(t.state.name, 0) + 1
+        if t.user_attrs.get("topology_fingerprint"):
+            h["fingerprint"].add(t.user_attrs["topology_fingerprint"])
+        stamp = t.datetime_complete or t.datetime_start
+        if stamp is not None and (h["last"] is None or stamp > h["last"]):
+            h["last"] = stamp
+    for t in measured_trials(the_study):
+        hosts[t.user_attrs.get("host") or "(not started)"]["measured"] += 1
+    table = Table(title=f"study {the_study.study_name}: {len(trials)} trials, "
+                        f"{len(measured_trials(the_study))} configs measured")
+    for col in ("host (name:cpuset)", "fingerprint", "measured", "complete", "pruned", "failed", "running",
+                "last activity"):
+        table.add_column(col)
+    now = _time.time()
+    for host, h in sorted(hosts.items()):
+        last = f"{now - h['last'].timestamp():.0f}s ago" if h["last"] else "-"
+        table.add_row(host, ",".join(sorted(h["fingerprint"])) or "-", str(h["measured"]), str(h["COMPLETE"]),
+                      str(h["PRUNED"]), str(h["FAIL"]), str(h["RUNNING"]), last)
+    console.print(table)
+    running = [t for t in trials if t.state.name == "RUNNING"]
+    if running:
+        rt = Table(title="running trials")
+        for col in ("trial", "config", "host", "age", "last heartbeat"):
+            rt.add_column(col)
+        for t in running:
+            heartbeat = _heartbeat_age(the_study, t)
+            rt.add_row(str(t.number), t.user_attrs.get("label", "-"), t.user_attrs.get("hostname", "-"),
+                       f"{now - t.datetime_start.timestamp():.0f}s" if t.datetime_start else "-", heartbeat)
+        console.print(rt)
+    waiting = sum(1 for t in trials if t.state.name == "WAITING")
+    if waiting:
+        console.print(f"{waiting} trial(s) queued (baselines or re-queued after a host died)", highlight=False)
+    best = best_trial(the_study)
+    if best is not None:
+        r = best.user_attrs["result"]
+        console.print(f"best so far: {best.user_attrs.get('label')} (trial {best.number}, "
+                      f"{best.user_attrs.get('hostname', '?')}) {r['throughput']:.1f} req/s, P99 {r['p99_ms']:.2f} ms",
+                      highlight=False)
+    else:
+        console.print("best so far: none feasible yet", highlight=False)
+
+
+def _heartbeat_age(study, trial) -> str:
+    """How long ago the trial's tuner last sent a heartbeat (Optuna's trial_heartbeats table)."""
+    try:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        storage = getattr(study._storage, "_backend", study._storage)
+        with storage.scoped_session() as session:
+            beat = session.query(models.TrialHeartbeatModel).filter_by(trial_id=trial._trial_id).one_or_none()
+            if beat is None:
+                return "-"
+            now = session.execute(sqlalchemy.select(sqlalchemy.func.current_timestamp())).scalar()
+            if isinstance(now, str):
+                import datetime
+
+                now = datetime.datetime.fromisoformat(now)
+            return f"{(now - beat.heartbeat).total_seconds():.0f}s ago"
+    except Exception as exc:  # an Optuna internals change must not break the status view
+        return f"? ({type(exc).__name__})"
 
 
 def _on_off(value: str, flag: str) -> bool:

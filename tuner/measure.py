@@ -21,7 +21,7 @@ import platform
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -90,7 +90,8 @@ class TrialResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialResult:
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})  # stored copies carry extra keys (_trial)
 
 
 def parse_duration(text: str, what: str = "duration") -> float:

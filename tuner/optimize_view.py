@@ -14,12 +14,14 @@ from rich.table import Table
 from tuner.measure import measure
 from tuner.placement import Params, plan
 from tuner.study import (
+    MAX_FREE_STREAK,
     StudyConfig,
-    _finished,
+    StudyMutex,
     baseline_results,
     best_config_document,
     best_trial,
     feasible_trials,
+    measured_trials,
     open_study,
     pareto_front,
     run_study,
@@ -31,11 +33,12 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
     MLflow through ``tracker`` when given. Returns the exit code (3 when nothing met the bound)."""
     study = open_study(cfg)
     if tracker is not None:
-        tracker.start(study)
+        with StudyMutex(cfg.storage, cfg.study_name):  # one parent run per study, even for a fleet
+            tracker.start(study)
         if tracker.enabled:
             console.print(f"MLflow: {tracker.uri} (experiment {tracker.experiment_name})")
-    already = len(_finished(study))
-    console.print(f"study [bold]{cfg.study_name}[/] in {cfg.storage} ({already} trial(s) already finished)")
+    already = len(measured_trials(study))
+    console.print(f"study [bold]{cfg.study_name}[/] in {cfg.storage} ({already} config(s) already measured)")
     fixed = ", ".join(f"{k}={v}" for k, v in cfg.space.fixed.items())
     console.print(f"space {cfg.space.name}: {cfg.space.size()} combinations; fixed on this machine: {fixed}")
     best_so_far = {"throughput": 0.0}
@@ -57,21 +60,27 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
             progress.console.print(
                 f"#{info['number']:>3} {info['label'] or '-':<28}{tag} {info['throughput']:8.1f} req/s  P99 {p99:>10}"
                 f"  {verdict}  best {best_so_far['throughput']:.1f} req/s", highlight=False)
-            progress.update(task, completed=min(len(_finished(trial_study[0])), total), status="")
-            if tracker is not None:
-                tracker.log_trial(trial_study[0], trial)
+            progress.update(task, completed=min(len(measured_trials(trial_study[0])), total), status="")
+            if tracker is not None and tracker.enabled:
+                with StudyMutex(cfg.storage, cfg.study_name):  # another host's finish() may be logging too
+                    tracker.log_trial(trial_study[0], trial)
 
         trial_study = [study]
         try:
             study = run_study(cfg, on_trial, on_progress)
         except BaseException:
             if tracker is not None:
-                tracker.finish(study, "KILLED")
+                with StudyMutex(cfg.storage, cfg.study_name):
+                    tracker.finish(study, "KILLED")
             raise
         trial_study[0] = study
+    if study.user_attrs.get("space_exhausted") and len(measured_trials(study)) < total:
+        console.print(f"[yellow]the sampler found no new plannable config in {MAX_FREE_STREAK} tries: the space "
+                      f"is exhausted at {len(measured_trials(study))} measured configs[/]")
     code = _report(cfg, study, console, revalidate, out)
     if tracker is not None:
-        tracker.finish(study)
+        with StudyMutex(cfg.storage, cfg.study_name):
+            tracker.finish(study)
     return code
 
 

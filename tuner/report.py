@@ -43,6 +43,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "trial": t.number, "state": t.state.name, "label": t.user_attrs.get("label", ""),
             "baseline": t.user_attrs.get("baseline", ""), "host": t.user_attrs.get("host", ""),
+            "fingerprint": t.user_attrs.get("topology_fingerprint", ""),
             "feasible": bool(r.get("feasible", False)), "pareto": t.number in front,
             "throughput": r.get("throughput", 0.0), "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"),
             "p99_ms": r.get("p99_ms"), "p999_ms": r.get("p999_ms"), "capacity": r.get("capacity"),
@@ -51,6 +52,21 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             **{f"param_{k}": v for k, v in trial_params(t).items()},
             "started": t.datetime_start, "duration_s": r.get("duration_s"),
         })
+    return pd.DataFrame(rows)
+
+
+def by_fingerprint(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Per topology fingerprint (a heterogeneous fleet): hosts, configs measured, best throughput."""
+    measured = frame[(frame.state == "COMPLETE") & (frame.fingerprint != "")]
+    if measured.fingerprint.nunique() < 2:
+        return None
+    rows = []
+    for fp, group in measured.groupby("fingerprint"):
+        feasible = group[group.feasible]
+        best = feasible.loc[feasible.throughput.idxmax()] if len(feasible) else None
+        rows.append({"fingerprint": fp, "hosts": ", ".join(sorted(set(group.host))), "trials": len(group),
+                     "best config": best.label if best is not None else "-",
+                     "best throughput": float(best.throughput) if best is not None else 0.0})
     return pd.DataFrame(rows)
 
 

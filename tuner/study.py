@@ -75,6 +75,8 @@ class StudyConfig:
     timeout_s: float | None = None
     force: bool = False
     lock_wait_s: float = 3600.0
+    allow_heterogeneous: bool = False
+    heartbeat_s: float = 10.0
 
 
 def default_study_name(model: ModelInfo, bound_ms: float | None, scenario: str) -> str:
@@ -94,38 +96,96 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samp
     raise UsageError(f"--sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
+class StudyMutex:
+    """Serializes a study's bookkeeping (its identity, the baselines' enqueueing, the MLflow parent
+    run) between tuners that share one storage, so that a fleet starting at once does not do it
+    twice: a PostgreSQL advisory lock, a file lock beside a SQLite file, nothing elsewhere."""
+
+    def __init__(self, url: str, study_name: str):
+        self.url = url
+        self.key = int(hashlib.sha256(f"placetune:{study_name}".encode()).hexdigest()[:15], 16)
+        self._conn = None
+        self._engine = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> StudyMutex:
+        if self.url.startswith("postgresql"):
+            import sqlalchemy
+
+            self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+            self._conn = self._engine.connect()
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        elif self.url.startswith("sqlite:///"):
+            path = Path(self.url[len("sqlite:///"):])
+            self._fd = os.open(f"{path}.placetune-lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._conn is not None:
+            import sqlalchemy
+
+            try:
+                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            finally:
+                self._conn.close()
+                self._engine.dispose()
+                self._conn = self._engine = None
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        return False
+
+
 def open_study(cfg: StudyConfig) -> optuna.Study:
-    """Create or resume the study; refuse to resume with another model/topology/bound/scenario."""
+    """Create or join the study; refuse to resume with another model/bound/scenario, or to join
+    from a host whose topology differs (unless --allow-heterogeneous)."""
+    heartbeat = max(1, int(round(cfg.heartbeat_s)))
     try:
-        storage = optuna.storages.RDBStorage(cfg.storage, heartbeat_interval=10, grace_period=40,
-                                             engine_kwargs=engine_kwargs(cfg.storage))
+        with StudyMutex(cfg.storage, "(schema)"):  # hosts starting at once must not all create the tables
+            storage = optuna.storages.RDBStorage(
+                cfg.storage, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                engine_kwargs=engine_kwargs(cfg.storage))
     except Exception as exc:
         raise UsageError(f"--storage {cfg.storage}: cannot open ({str(exc).splitlines()[0][:200]})") from None
     study = optuna.create_study(
         storage=storage, study_name=cfg.study_name, directions=["maximize", "minimize"],
         sampler=make_sampler(cfg.sampler, cfg.seed, cfg.space), load_if_exists=True,
     )
+    fingerprint = cfg.topology.fingerprint()
     identity = {
         "model_sha256": cfg.model.sha256,
-        "topology_fingerprint": cfg.topology.fingerprint(),
         "p99_bound_ms": cfg.settings.p99_bound_s * 1000 if cfg.settings.p99_bound_s else None,
         "scenario": cfg.settings.scenario,
     }
-    existing = study.user_attrs
-    if existing:
-        diff = [f"{k}: study has {existing.get(k)!r}, this run has {v!r}"
-                for k, v in identity.items() if existing.get(k) != v]
-        if diff and not cfg.force:
-            raise StudyMismatch(f"study {cfg.study_name!r} was made with a different setup ({'; '.join(diff)}); "
-                                "use another --study-name, or --force to mix them")
-    else:
-        for k, v in identity.items():
-            study.set_user_attr(k, v)
-        study.set_user_attr("model", cfg.model.to_dict())
-        study.set_user_attr("topology", cfg.topology.to_dict())
-        study.set_user_attr("space", {k: list(v) for k, v in cfg.space.choices.items()})
-    if "study_uuid" not in study.user_attrs:
-        study.set_user_attr("study_uuid", uuid.uuid4().hex)
+    with StudyMutex(cfg.storage, cfg.study_name):
+        existing = study.user_attrs
+        if "model_sha256" in existing:
+            diff = [f"{k}: study has {existing.get(k)!r}, this run has {v!r}"
+                    for k, v in identity.items() if existing.get(k) != v]
+            if diff and not cfg.force:
+                raise StudyMismatch(f"study {cfg.study_name!r} was made with a different setup "
+                                    f"({'; '.join(diff)}); use another --study-name, or --force to mix them")
+            theirs = existing.get("topology_fingerprint")
+            if theirs != fingerprint:
+                if not (cfg.allow_heterogeneous or cfg.force):
+                    raise StudyMismatch(
+                        f"this host ({socket.gethostname()}: {cfg.topology.summary()}) has topology fingerprint "
+                        f"{fingerprint}, study {cfg.study_name!r} was measured on {theirs}: its results would not "
+                        "be comparable; run it on an identical host, or pass --allow-heterogeneous to record the "
+                        "fingerprint per trial (the report groups by it)")
+                study.set_user_attr("heterogeneous", True)
+        else:
+            for k, v in identity.items():
+                study.set_user_attr(k, v)
+            study.set_user_attr("topology_fingerprint", fingerprint)
+            study.set_user_attr("model", cfg.model.to_dict())
+            study.set_user_attr("topology", cfg.topology.to_dict())
+            study.set_user_attr("space", {k: list(v) for k, v in cfg.space.choices.items()})
+        if "study_uuid" not in study.user_attrs:
+            study.set_user_attr("study_uuid", uuid.uuid4().hex)
     optuna.storages.fail_stale_trials(study)
     return study
 
@@ -167,9 +227,14 @@ def storage_url(storage: str | None) -> str:
     return storage or f"sqlite:///{Path('placetune.db').resolve()}"
 
 
-def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return study.get_trials(deepcopy=False, states=states)
+def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that cost a measurement: complete, and not a reuse of a config already measured.
+    ``--n-trials`` counts these; planner-rejected (pruned) and reused trials are free."""
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "result" in t.user_attrs and "reused_from" not in t.user_attrs]
+
+
+MAX_FREE_STREAK = 25  # trials in a row the sampler wastes on pruned or already-measured configs
 
 
 def enqueue_baselines(study: optuna.Study, topology: Topology) -> None:
@@ -178,7 +243,7 @@ def enqueue_baselines(study: optuna.Study, topology: Topology) -> None:
         t.user_attrs.get("baseline")
         for t in study.get_trials(deepcopy=False)
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                       optuna.trial.TrialState.WAITING)
+                       optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
     }
     for name, params in baselines(topology):
         if name not in done_or_waiting:
@@ -236,9 +301,13 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
                    host_key: str = ""):
     bound_ms = cfg.settings.p99_bound_s * 1000 if cfg.settings.p99_bound_s else None
 
+    fingerprint = cfg.topology.fingerprint()
+
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         trial.set_user_attr("host", host_key)
+        trial.set_user_attr("hostname", socket.gethostname())
         trial.set_user_attr("tuner_pid", os.getpid())
+        trial.set_user_attr("topology_fingerprint", fingerprint)
         if "baseline" in trial.user_attrs:
             params = Params.from_dict(trial.user_attrs["params"])
         else:
@@ -256,6 +325,7 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
                 raise optuna.TrialPruned(f"planner: {reason}")
             trial.set_user_attr("params", params.to_dict())
         trial.set_user_attr("label", params.label())
+        _wait_for_same_config(study, params.label(), trial.number, on_progress)
         previous = _same_config(study, params.label(), trial.number)
         if previous is not None:
             result = TrialResult.from_dict(previous)
@@ -279,6 +349,23 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
     return objective
 
 
+def _wait_for_same_config(study: optuna.Study, label: str, number: int, on_progress: Callable[[str], None]) -> None:
+    """Another tuner of the fleet (an earlier trial) is measuring this very config: wait for its
+    result instead of measuring it twice. If that tuner dies, the heartbeat fails its trial and we
+    measure it ourselves."""
+    while True:
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if t.number < number and t.user_attrs.get("label") == label]
+        if not running:
+            return
+        other = running[0]
+        age = time.time() - other.datetime_start.timestamp() if other.datetime_start else 0.0
+        on_progress(f"{label} is being measured by {other.user_attrs.get('hostname', '?')} (trial {other.number}, "
+                    f"{age:.0f}s); waiting for its result")
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(1.0)
+
+
 def _same_config(study: optuna.Study, label: str, number: int) -> dict | None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if t.number != number and t.user_attrs.get("label") == label and "result" in t.user_attrs:
@@ -290,17 +377,30 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
               stop_flag: Callable[[], bool] | None = None) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials in total have finished, or the timeout."""
     study = open_study(cfg)
-    enqueue_baselines(study, cfg.topology)
+    with StudyMutex(cfg.storage, cfg.study_name):
+        enqueue_baselines(study, cfg.topology)
     started = time.monotonic()
     lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
     objective = make_objective(cfg, study, on_progress, lock.key)
-    failures = 0
+    failures = free_streak = 0
+    if study.user_attrs.get("space_exhausted"):
+        study.set_user_attr("space_exhausted", False)
     with lock:
         fail_orphaned_trials(study, lock.key)
         while True:
-            finished = len(_finished(study))
-            if cfg.n_trials is not None and finished >= cfg.n_trials:
+            if cfg.n_trials is not None and len(measured_trials(study)) >= cfg.n_trials:
                 break
+            if free_streak >= MAX_FREE_STREAK:
+                if _others_running(study):  # a fleet: their trials may still fail and come back to the queue
+                    on_progress("nothing new to measure; waiting for the other hosts' trials")
+                    optuna.storages.fail_stale_trials(study)
+                    time.sleep(1.0)
+                    if not any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+                        continue
+                    free_streak = 0
+                else:
+                    study.set_user_attr("space_exhausted", True)
+                    break
             if cfg.timeout_s is not None and time.monotonic() - started >= cfg.timeout_s:
                 break
             if stop_flag is not None and stop_flag():
@@ -312,12 +412,20 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
             if last is None:
                 continue
             failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
+            free = last.state == optuna.trial.TrialState.PRUNED or "reused_from" in last.user_attrs
+            free_streak = free_streak + 1 if free else 0
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
                                      "fix the cause and re-run the same command to resume the study")
             if cfg.sampler == "grid" and _grid_exhausted(study, cfg.space):
                 break
     return study
+
+
+def _others_running(study: optuna.Study) -> bool:
+    mine = os.getpid()
+    return any(t.user_attrs.get("tuner_pid") != mine or t.user_attrs.get("hostname") != socket.gethostname()
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def fail_orphaned_trials(study: optuna.Study, host_key: str) -> list[int]:
@@ -330,7 +438,11 @@ def fail_orphaned_trials(study: optuna.Study, host_key: str) -> list[int]:
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
                                                f"its tuner (pid {t.user_attrs.get('tuner_pid')}) was killed "
                                                "mid-trial; failed on resume")
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                getter = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
+                callback = getter() if getter is not None else None
+                if callback is not None:  # re-queue it, as the heartbeat would
+                    callback(study, study._storage.get_trial(t._trial_id))
             failed.append(t.number)
     return failed
 

@@ -228,11 +228,19 @@ class Topology:
         return Topology(cpus, self.nodes, self.source, why, self.notes)
 
     def fingerprint(self) -> str:
-        """A short stable hash of the usable topology (packages, nodes, cores, SMT, caches)."""
-        shape = [
-            (core.package, core.node, core.l3_group, core.cpus) for core in self.cores()
-        ]
-        blob = json.dumps(shape, sort_keys=True).encode()
+        """A short canonical hash of the usable topology's SHAPE: packages, their NUMA nodes, the
+        L3 groups in each node, and the PUs of each core (SMT). CPU and node numbers do not enter
+        it, so two hosts (or two disjoint cpusets of one host) with the same shape compare equal,
+        and their measurements are comparable."""
+        tree: dict = {}
+        for core in self.cores():
+            node = tree.setdefault(core.package, {}).setdefault(core.node, {})
+            node.setdefault(core.l3_group, []).append(len(core.cpus))
+        shape = sorted(
+            sorted(sorted(sorted(pus) for pus in groups.values()) for groups in nodes.values())
+            for nodes in tree.values()
+        )
+        blob = json.dumps(shape).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def summary(self) -> str:

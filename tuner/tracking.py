@@ -124,15 +124,7 @@ class Tracker:
 
         uuid = study.user_attrs["study_uuid"]
         experiment = self._experiment()
-        runs = self.client.search_runs([experiment], filter_string=f"tags.`{TAG_STUDY}` = '{uuid}'",
-                                       max_results=50000)
-        for run in runs:
-            if "mlflow.parentRunId" in run.data.tags:
-                number = int(run.data.tags[TAG_TRIAL])
-                self._children[number] = run.info.run_id
-                self._logged_states[number] = run.info.status
-            else:
-                self._parent = run.info.run_id
+        self._load_runs(study)
         model = study.user_attrs.get("model", {})
         if self._parent is None:
             run = self.client.create_run(
@@ -150,6 +142,19 @@ class Tracker:
         else:
             self.client.update_run(self._parent, status="RUNNING")
         self._describe(study, best=None)
+
+    def _load_runs(self, study: optuna.Study) -> None:
+        """What MLflow already holds for this study (other hosts of a fleet log there too)."""
+        uuid = study.user_attrs["study_uuid"]
+        runs = self.client.search_runs([self._experiment()], filter_string=f"tags.`{TAG_STUDY}` = '{uuid}'",
+                                       max_results=50000)
+        for run in runs:
+            if "mlflow.parentRunId" in run.data.tags:
+                number = int(run.data.tags[TAG_TRIAL])
+                self._children[number] = run.info.run_id
+                self._logged_states[number] = run.info.status
+            elif self._parent is None:
+                self._parent = run.info.run_id
 
     def _describe(self, study: optuna.Study, best: dict | None) -> None:
         model = study.user_attrs.get("model", {})
@@ -231,6 +236,9 @@ class Tracker:
         from tuner import report
         from tuner.study import pareto_front
 
+        self._load_runs(study)
+        for trial in study.get_trials(deepcopy=False):  # what a dead host of the fleet could not log
+            self._log_trial(study, trial)
         front = {t.number for t in pareto_front(study)}
         for number, run_id in self._children.items():
             self.client.set_tag(run_id, "pareto", "true" if number in front else "false")

@@ -1,0 +1,356 @@
+"""The benchmark zoo: placetune's best config against the defaults people would otherwise run,
+on real architectures, at a tight and a loose P99 bound; sample efficiency of the samplers; and
+repeatability of the best config.
+
+    .venv/bin/python -m experiments.zoo            # the full zoo (about 30 minutes on 2 cores)
+    .venv/bin/python -m experiments.zoo --quick    # 2 models, 1 bound (under 5 minutes)
+    .venv/bin/python -m experiments.zoo --replay experiments/results/DIR/efficiency-grid.json
+
+Everything lands in experiments/results/<host>-<date>[-quick]/: one JSON per study (every trial,
+the baselines, the best), the Optuna storage (zoo.db), efficiency-grid.json and efficiency.json,
+repeatability.json, machine.json, and results.md (the tables, generated from those files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import optuna
+import yaml
+
+from tuner.measure import MeasureSettings, machine_metadata, measure, parse_duration
+from tuner.model import inspect_model
+from tuner.placement import Params, plan
+from tuner.space import check, load_space
+from tuner.study import (
+    CONSTRAINT,
+    INFEASIBLE_P99,
+    StudyConfig,
+    baseline_results,
+    baselines,
+    best_trial,
+    run_study,
+    summarize_trial,
+)
+from tuner.topology import read_topology
+
+HERE = Path(__file__).resolve().parent
+BASELINE_KEYS = ("ort_default", "intel", "one_per_core")
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def model_path(spec: str, workdir: Path) -> str:
+    if spec.startswith("gen:"):
+        from experiments.models import GENERATORS
+
+        name = spec[4:]
+        return str(GENERATORS[name](workdir / f"{name}.onnx"))
+    return spec
+
+
+def baseline_key(name: str) -> list[str]:
+    """Which of ort_default / intel / one_per_core a (possibly merged) baseline name covers."""
+    keys = []
+    for part in name.split("+"):
+        key = "intel" if part.startswith("intel") else part
+        if key in BASELINE_KEYS and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def calibrate(info, topo, window_s: float) -> dict:
+    """Unloaded latency: one worker on every core, closed loop."""
+    n = len(topo.cores())
+    params = Params(workers=1, cores_per_worker=n, intra_op_threads=len(topo.usable_cpus))
+    result = measure(plan(topo, params), info, MeasureSettings(scenario="offline", window_s=max(window_s * 2, 1.0)))
+    return {"config": params.label(), "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+            "capacity": result.capacity, "requests": result.windows[-1]["completed"]}
+
+
+def run_one(name: str, info, topo, bound_name: str, bound_ms: float, trials: int, window_s: float, sampler: str,
+            seed: int, storage: str, out: Path, calib: dict) -> dict:
+    settings = MeasureSettings(scenario="server", p99_bound_s=bound_ms / 1000, window_s=window_s, seed=seed)
+    space = load_space("default", topo)
+    cfg = StudyConfig(model=info, topology=topo, space=space, settings=settings, storage=storage,
+                      study_name=f"{name}-{bound_name}", sampler=sampler, seed=seed, n_trials=trials)
+    began = time.monotonic()
+
+    def on_trial(trial, s):
+        p99 = f"{s['p99_ms']:.2f} ms" if math.isfinite(s["p99_ms"]) else "-"
+        say(f"  #{s['number']} {s['label']:<24} {s['throughput']:9.1f} req/s  P99 {p99:>10}  "
+            f"{'feasible' if s['feasible'] else s['reason'][:60]}")
+
+    study = run_study(cfg, on_trial, lambda _m: None)
+    best = best_trial(study)
+    base = {}
+    for bname, r in baseline_results(study).items():
+        for key in baseline_key(bname):
+            base[key] = {"name": bname, "label": Params.from_dict(r["params"]).label(), "feasible": r["feasible"],
+                         "throughput": r["throughput"], "p99_ms": r["p99_ms"], "reason": r["reason"]}
+    record = {
+        "model": name, "model_info": {k: info.to_dict()[k] for k in ("name", "sha256")}, "bound": bound_name,
+        "p99_bound_ms": bound_ms, "unloaded": calib, "trials": trials, "window_s": window_s, "sampler": sampler,
+        "seed": seed, "duration_s": time.monotonic() - began, "baselines": base, "best": None,
+        "all_trials": [{k: v for k, v in summarize_trial(t).items() if k != "params"} | {
+            "result": t.user_attrs.get("result")} for t in study.trials],
+    }
+    if best is not None:
+        r = best.user_attrs["result"]
+        record["best"] = {"trial": best.number, "label": best.user_attrs["label"], "throughput": r["throughput"],
+                          "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "params": r["params"],
+                          "baseline": best.user_attrs.get("baseline")}
+        for key, b in base.items():
+            record[f"ratio_vs_{key}"] = r["throughput"] / b["throughput"] if b["feasible"] and b["throughput"] else None
+    (out / f"{name}-{bound_name}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return record
+
+
+# ---- sample efficiency ---------------------------------------------------------------------------
+def grid_table(info, topo, bound_ms: float, window_s: float, storage: str, name: str) -> dict:
+    """Every plannable point of the default space (and the baselines), measured once."""
+    space = load_space("default", topo)
+    settings = MeasureSettings(scenario="server", p99_bound_s=bound_ms / 1000, window_s=window_s, seed=0)
+    cfg = StudyConfig(model=info, topology=topo, space=space, settings=settings, storage=storage,
+                      study_name=f"{name}-grid", sampler="grid", seed=0, n_trials=space.size() + 8)
+    study = run_study(cfg, lambda t, s: say(f"  grid #{s['number']} {s['label']:<24} {s['throughput']:9.1f} req/s"),
+                      lambda _m: None)
+    table = {}
+    for t in study.trials:
+        result = t.user_attrs.get("result")
+        if result:
+            table[t.user_attrs["label"]] = {"throughput": result["throughput"] if result["feasible"] else 0.0,
+                                            "p99_ms": result["p99_ms"], "feasible": result["feasible"]}
+    plannable = sum(1 for combo in _combos(space) if check(space, topo, combo) is None)
+    return {"model": name, "p99_bound_ms": bound_ms, "space": {k: list(v) for k, v in space.choices.items()},
+            "combinations": space.size(), "plannable": plannable, "table": table,
+            "topology": topo.to_dict()}
+
+
+def _combos(space):
+    import itertools
+
+    keys = list(space.varying)
+    for values in itertools.product(*(space.varying[k] for k in keys)):
+        yield dict(zip(keys, values, strict=True))
+
+
+def replay(grid: dict, seeds: int, target: float) -> dict:
+    """Samplers against the measured table: measured trials until one reaches target x the best."""
+    from tuner.space import resolve
+    from tuner.study import make_sampler
+    from tuner.topology import Topology
+
+    topo = Topology.from_dict(grid["topology"])
+    space = resolve("default", {k: v for k, v in grid["space"].items()}, topo)
+    table = grid["table"]
+    best = max(v["throughput"] for v in table.values())
+    goal = target * best
+    variants = {
+        "tpe, baselines first (placetune's default)": ("tpe", True),
+        "tpe, no baselines": ("tpe", False),
+        "nsga2, baselines first": ("nsga2", True),
+        "random, baselines first": ("random", True),
+        "random, no baselines": ("random", False),
+    }
+    out = {}
+    limit = 4 * (grid["plannable"] + 4)
+    for vname, (sampler_name, with_baselines) in variants.items():
+        needed, needed_all = [], []
+        for seed in range(seeds):
+            study = optuna.create_study(directions=["maximize", "minimize"],
+                                        sampler=make_sampler(sampler_name, seed, space))
+            if with_baselines:
+                for _, params in baselines(topo):
+                    study.enqueue_trial({}, user_attrs={"params": params.to_dict()})
+            measured, total, hit = 0, 0, None
+            while total < limit and hit is None:
+                trial = study.ask()
+                total += 1
+                if "params" in trial.user_attrs:
+                    params = Params.from_dict(trial.user_attrs["params"])
+                else:
+                    values = {d: trial.suggest_categorical(d, list(c)) for d, c in space.varying.items()}
+                    if check(space, topo, values) is not None:
+                        trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                        continue
+                    params = space.params(values)
+                entry = table.get(params.label(), {"throughput": 0.0, "p99_ms": INFEASIBLE_P99, "feasible": False})
+                measured += 1
+                trial.set_constraint(CONSTRAINT, 0.0 if entry["feasible"] else INFEASIBLE_P99)
+                p99 = entry["p99_ms"] if entry["feasible"] and math.isfinite(entry["p99_ms"]) else INFEASIBLE_P99
+                study.tell(trial, [entry["throughput"], p99])
+                if entry["throughput"] >= goal:
+                    hit = (measured, total)
+            needed.append(hit[0] if hit else math.inf)
+            needed_all.append(hit[1] if hit else math.inf)
+        finite = [n for n in needed if math.isfinite(n)]
+        q1, med, q3 = (np.percentile(finite, [25, 50, 75]).tolist() if finite else [math.inf] * 3)
+        out[vname] = {"measured_trials": needed, "all_trials": needed_all, "median": med, "q1": q1, "q3": q3,
+                      "median_fraction_of_grid": med / (grid["plannable"] + 1), "misses": len(needed) - len(finite)}
+    return {"best_throughput": best, "target": target, "goal": goal, "seeds": seeds,
+            "grid_size": grid["plannable"] + 1, "variants": out}
+
+
+# ---- repeatability -------------------------------------------------------------------------------
+def repeatability(record: dict, info, topo, runs: int) -> dict:
+    params = Params.from_dict(record["best"]["params"])
+    settings = MeasureSettings(scenario="server", p99_bound_s=record["p99_bound_ms"] / 1000,
+                               window_s=record["window_s"], seed=0)
+    values, p99s = [], []
+    for i in range(runs):
+        r = measure(plan(topo, params), info, settings.__class__(**{**settings.__dict__, "seed": i}))
+        values.append(r.throughput)
+        p99s.append(r.p99_ms)
+        say(f"  repeat {i + 1}/{runs}: {r.throughput:.1f} req/s, P99 {r.p99_ms:.2f} ms")
+    mean = statistics.mean(values)
+    return {"model": record["model"], "bound": record["bound"], "p99_bound_ms": record["p99_bound_ms"],
+            "label": params.label(), "throughputs": values, "p99_ms": p99s, "mean": mean,
+            "cv": statistics.stdev(values) / mean if mean and len(values) > 1 else math.nan,
+            "p99_min_ms": min(p99s), "p99_max_ms": max(p99s)}
+
+
+# ---- the report ----------------------------------------------------------------------------------
+def _fmt(x, digits=1):
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _cell(b: dict | None) -> str:
+    if not b:
+        return "-"
+    return f"{b['throughput']:.1f}" if b["feasible"] else "infeasible"
+
+
+def markdown(out: Path) -> str:
+    machine = json.loads((out / "machine.json").read_text())
+    lines = [f"# placetune zoo: {out.name}", "",
+             f"Machine: {machine['cpu_model']}; {machine['cores']} cores, {machine['pus']} PUs, "
+             f"{machine['numa_nodes']} NUMA node(s), SMT {'on' if machine['smt'] else 'off'}; "
+             f"onnxruntime {machine['onnxruntime']}. Command: `{machine['command']}`.", "",
+             "Throughput (req/s) at the P99 bound, server scenario (open-loop Poisson arrivals); bounds are "
+             "x1.5 (tight) and x5 (loose) the model's unloaded P99 on this machine.", "",
+             "| model | bound | P99 bound ms | ORT default | Intel heuristic | one per core | placetune best "
+             "| best config | vs ORT | vs Intel | vs 1/core |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in sorted(out.glob("*-tight.json")) + sorted(out.glob("*-loose.json")):
+        r = json.loads(f.read_text())
+        b = r["baselines"]
+        best = r["best"]
+        lines.append(
+            f"| {r['model']} | {r['bound']} | {r['p99_bound_ms']:.1f} | {_cell(b.get('ort_default'))} | "
+            f"{_cell(b.get('intel'))} | {_cell(b.get('one_per_core'))} | "
+            f"{_fmt(best['throughput']) if best else 'infeasible'} | {best['label'] if best else '-'} | "
+            f"{_fmt(r.get('ratio_vs_ort_default'), 2)}x | {_fmt(r.get('ratio_vs_intel'), 2)}x | "
+            f"{_fmt(r.get('ratio_vs_one_per_core'), 2)}x |")
+    eff = out / "efficiency.json"
+    if eff.is_file():
+        e = json.loads(eff.read_text())
+        lines += ["", f"## Sample efficiency ({e['model']}, P99 <= {e['p99_bound_ms']:.1f} ms)", "",
+                  f"Grid: {e['grid_size']} measurable configs (every plannable point of the default space, plus "
+                  f"the unpinned ORT default); best {e['best_throughput']:.1f} req/s; target "
+                  f"{e['target']:.0%} of it. Measured trials needed over {e['seeds']} seeds:", "",
+                  "| sampler | median | IQR | median / grid size | seeds that missed |", "|---|---|---|---|---|"]
+        for name, v in e["variants"].items():
+            lines.append(f"| {name} | {_fmt(v['median'])} | {_fmt(v['q1'])}-{_fmt(v['q3'])} | "
+                         f"{v['median_fraction_of_grid']:.0%} | {v['misses']} |")
+    rep = out / "repeatability.json"
+    if rep.is_file():
+        r = json.loads(rep.read_text())
+        lines += ["", f"## Repeatability ({r['model']} {r['bound']}, {r['label']}, {len(r['throughputs'])} runs)", "",
+                  f"Throughput: {', '.join(f'{v:.1f}' for v in r['throughputs'])} req/s; mean {r['mean']:.1f}, "
+                  f"CV {r['cv']:.1%}. P99: {r['p99_min_ms']:.2f} to {r['p99_max_ms']:.2f} ms "
+                  f"(bound {r['p99_bound_ms']:.1f} ms)."]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 models, 1 bound, fewer trials (under 5 minutes)")
+    parser.add_argument("--out", type=Path, help="results folder (default experiments/results/HOST-DATE[-quick])")
+    parser.add_argument("--only", nargs="*", help="run only these models")
+    parser.add_argument("--no-efficiency", action="store_true")
+    parser.add_argument("--no-repeatability", action="store_true")
+    parser.add_argument("--replay", type=Path, help="only replay the samplers against this efficiency-grid.json")
+    args = parser.parse_args()
+    config = yaml.safe_load((HERE / "zoo.yaml").read_text())
+    if args.replay:
+        grid = json.loads(args.replay.read_text())
+        eff = config["efficiency"]
+        result = replay(grid, eff["seeds"], eff["target"]) | {"model": grid["model"],
+                                                              "p99_bound_ms": grid["p99_bound_ms"]}
+        (args.replay.parent / "efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(markdown(args.replay.parent))
+        return
+    defaults = config["defaults"]
+    quick = config["quick"] if args.quick else None
+    host = platform.node()
+    out = args.out or HERE / "results" / f"{host}-{date.today().isoformat()}{'-quick' if args.quick else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    topo = read_topology("/")
+    meta = machine_metadata()
+    (out / "machine.json").write_text(json.dumps({
+        "host": host, "cpu_model": meta.get("cpu_model", ""), "cores": len(topo.cores()),
+        "pus": len(topo.usable_cpus), "numa_nodes": len(topo.usable_nodes) or 1, "smt": topo.smt,
+        "onnxruntime": meta.get("onnxruntime"), "python": platform.python_version(),
+        "command": "python -m experiments.zoo " + " ".join(sys.argv[1:]), "date": date.today().isoformat(),
+    }, indent=1) + "\n")
+    storage = f"sqlite:///{out / 'zoo.db'}"
+    models = [m for m in config["models"] if (not quick or m["name"] in quick["models"])
+              and (not args.only or m["name"] in args.only)]
+    bounds = quick["bounds"] if quick else ["tight", "loose"]
+    records = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        infos = {}
+        for m in models:
+            spec = {**defaults, **m, **({k: quick[k] for k in ("trials", "window")} if quick else {})}
+            info = inspect_model(model_path(m["model"], Path(tmp)))
+            infos[m["name"]] = info
+            window_s = parse_duration(spec["window"], "window")
+            say(f"{m['name']}: calibrating the unloaded latency")
+            calib = calibrate(info, topo, window_s)
+            say(f"{m['name']}: unloaded P50 {calib['p50_ms']:.2f} ms, P99 {calib['p99_ms']:.2f} ms")
+            for bound_name in bounds:
+                bound_ms = round(spec[f"{bound_name}_factor"] * calib["p99_ms"], 1)
+                say(f"{m['name']} {bound_name}: P99 <= {bound_ms} ms, {spec['trials']} trials")
+                records[(m["name"], bound_name)] = run_one(
+                    m["name"], info, topo, bound_name, bound_ms, spec["trials"], window_s, spec["sampler"],
+                    spec["seed"], storage, out, calib)
+        rep_cfg = quick["repeatability"] if quick else config["repeatability"]
+        key = (rep_cfg["model"], rep_cfg["bound"])
+        if not args.no_repeatability and key in records and records[key]["best"]:
+            say(f"repeatability: {key[0]} {key[1]}, {rep_cfg['runs']} runs")
+            rep = repeatability(records[key], infos[key[0]], topo, rep_cfg["runs"])
+            (out / "repeatability.json").write_text(json.dumps(rep, indent=1) + "\n")
+        eff = config["efficiency"]
+        key = (eff["model"], eff["bound"])
+        if not quick and not args.no_efficiency and key in records:
+            say(f"sample efficiency: grid of the default space on {key[0]} at P99 <= {records[key]['p99_bound_ms']} ms")
+            grid = grid_table(infos[key[0]], topo, records[key]["p99_bound_ms"], records[key]["window_s"], storage,
+                              key[0])
+            (out / "efficiency-grid.json").write_text(json.dumps(grid, indent=1) + "\n")
+            result = replay(grid, eff["seeds"], eff["target"]) | {"model": key[0],
+                                                                  "p99_bound_ms": grid["p99_bound_ms"]}
+            (out / "efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+    say(f"done in {(time.monotonic() - started) / 60:.1f} min; results in {out}")
+    print(markdown(out))
+
+
+if __name__ == "__main__":
+    main()
