@@ -98,7 +98,7 @@ def test_a_worker_killed_mid_window_fails_its_trial_and_the_study_goes_on(tmp_pa
 
 
 def test_a_hung_worker_is_detected_and_its_trial_failed(tmp_path, model_path):
-    proc = optimize(tmp_path, model_path, 3)
+    proc = optimize(tmp_path, model_path, 3, "--hang-timeout", "3s")
     victims = wait_for_workers(proc)
     victims[0].send_signal(signal.SIGSTOP)
     out, err = proc.communicate(timeout=600)

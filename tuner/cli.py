@@ -113,6 +113,8 @@ MlflowUriOpt = Annotated[str | None, typer.Option("--mlflow-uri", help="MLflow t
 ExperimentOpt = Annotated[str, typer.Option("--mlflow-experiment", help="MLflow experiment name.")]
 MemLimitOpt = Annotated[str | None, typer.Option("--worker-memory-limit", help="Address-space limit per worker "
                                                 "(RLIMIT_AS), e.g. 4G; a worker over it fails its trial.")]
+HangOpt = Annotated[str, typer.Option("--hang-timeout", help="A worker that has not finished this long after a "
+                                      "window's end is hung: its trial fails.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
 
 
@@ -134,6 +136,7 @@ def measure(
     p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms, 0.02s, 20000us.")] = None,
     window: WindowOpt = "2s",
     worker_memory_limit: MemLimitOpt = None,
+    hang_timeout: HangOpt = "30s",
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -150,7 +153,8 @@ def measure(
     bound = _resolve_bound(p99)
     settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
                                worker_memory_limit=parse_size(worker_memory_limit, "--worker-memory-limit")
-                               if worker_memory_limit else 0)
+                               if worker_memory_limit else 0,
+                               hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"))
     if config is not None:
         params = params_from_config_file(str(config))
     else:
@@ -205,6 +209,7 @@ def optimize(
     lock_wait: Annotated[str, typer.Option("--lock-wait", help="How long to wait for another tuner measuring "
                                            "these CPUs before giving up.")] = "1h",
     worker_memory_limit: MemLimitOpt = None,
+    hang_timeout: HangOpt = "30s",
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -229,7 +234,7 @@ def optimize(
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     bound = _resolve_bound(p99)
     settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
-                               seed=seed or 0,
+                               seed=seed or 0, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
                                worker_memory_limit=parse_size(worker_memory_limit, "--worker-memory-limit")
                                if worker_memory_limit else 0)
     lock_wait_s = parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0

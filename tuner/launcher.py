@@ -73,11 +73,13 @@ class Launcher:
     """Workers of one plan, ready to serve windows. Use as ``with Launcher(...) as fleet:``."""
 
     def __init__(self, plan: Plan, model: ModelInfo, start_timeout_s: float = 120.0, memory_limit: int = 0,
+                 hang_grace_s: float = 30.0,
                  max_requests: int = DEFAULT_MAX_REQUESTS):
         self.plan = plan
         self.model = model
         self.start_timeout_s = start_timeout_s
         self.memory_limit = memory_limit
+        self.hang_grace_s = hang_grace_s  # a window this long past its end has a hung (or stopped) worker
         self.max_requests = max_requests
         self._ctx = mp.get_context("spawn")
         self.processes: list = []

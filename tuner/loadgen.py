@@ -37,7 +37,6 @@ from tuner.worker import (
 )
 
 KEEP_UP_RATIO = 0.99
-HANG_GRACE_S = 30.0  # a closed-loop window this much past its end has a hung (or stopped) worker
 START_DELAY_S = 0.02  # lets every worker receive "window" before the first arrival
 
 
@@ -128,7 +127,8 @@ def run_server_window(
     cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
     schedule_span = float(offsets[-1])
     # generous: the schedule, then three times the whole window's service work on one worker
-    timeout = START_DELAY_S + schedule_span + 5.0 + 3 * max(unloaded_service_s, 0.001) * count / max(
+    grace = min(5.0, fleet.hang_grace_s)
+    timeout = START_DELAY_S + schedule_span + grace + 3 * max(unloaded_service_s, 0.001) * count / max(
         1, len(fleet.pids))
     fleet.run_window(start + schedule_span + 3600, bound_s, backlog_limit_s, timeout_s=timeout)
     wall = time.monotonic() - wall_before
@@ -143,7 +143,7 @@ def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None
     fleet.buffers.scheduled[:count] = np.nan
     cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
     start = time.monotonic()
-    fleet.run_window(start + duration_s, None, None, timeout_s=duration_s + HANG_GRACE_S)
+    fleet.run_window(start + duration_s, None, None, timeout_s=duration_s + fleet.hang_grace_s)
     wall = time.monotonic() - wall_before
     return _summarise(fleet, "offline", 0.0, None, start, cpu_before, own_before, wall, bound_s, 0.0)
 

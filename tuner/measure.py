@@ -45,6 +45,7 @@ class MeasureSettings:
     seed: int = 0
     start_timeout_s: float = 120.0
     worker_memory_limit: int = 0  # bytes of address space per worker (RLIMIT_AS); 0 = none
+    hang_grace_s: float = 30.0  # a worker silent this long past a window's end is hung
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -152,7 +153,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     windows: list[WindowResult] = []
     notes: list[str] = []
     with Launcher(plan, model, start_timeout_s=settings.start_timeout_s,
-                  memory_limit=settings.worker_memory_limit) as fleet:
+                  memory_limit=settings.worker_memory_limit, hang_grace_s=settings.hang_grace_s) as fleet:
         seen = fleet.verify_placement() if plan.params.pin else _unpinned_seen(fleet)
         say("warm-up")
         run_offline_window(fleet, settings.warmup_s)
