@@ -5,6 +5,7 @@ repeatability of the best config.
     .venv/bin/python -m experiments.zoo            # the full zoo (about 30 minutes on 2 cores)
     .venv/bin/python -m experiments.zoo --quick    # 2 models, 1 bound (under 5 minutes)
     .venv/bin/python -m experiments.zoo --replay experiments/results/DIR/efficiency-grid.json
+    .venv/bin/python -m experiments.zoo --side-by-side experiments/results/DIR   # alternate re-measurement
 
 Everything lands in experiments/results/<host>-<date>[-quick]/: one JSON per study (every trial,
 the baselines, the best), the Optuna storage (zoo.db), efficiency-grid.json and efficiency.json,
@@ -34,6 +35,7 @@ from tuner.space import check, load_space
 from tuner.study import (
     CONSTRAINT,
     INFEASIBLE_P99,
+    MAX_FREE_STREAK,
     StudyConfig,
     baseline_results,
     baselines,
@@ -132,7 +134,7 @@ def grid_table(info, topo, bound_ms: float, window_s: float, storage: str, name:
         if result:
             table[t.user_attrs["label"]] = {"throughput": result["throughput"] if result["feasible"] else 0.0,
                                             "p99_ms": result["p99_ms"], "feasible": result["feasible"]}
-    plannable = sum(1 for combo in _combos(space) if check(space, topo, combo) is None)
+    plannable = len({space.params(c).label() for c in _combos(space) if check(space, topo, c) is None})
     return {"model": name, "p99_bound_ms": bound_ms, "space": {k: list(v) for k, v in space.choices.items()},
             "combinations": space.size(), "plannable": plannable, "table": table,
             "topology": topo.to_dict()}
@@ -147,7 +149,9 @@ def _combos(space):
 
 
 def replay(grid: dict, seeds: int, target: float) -> dict:
-    """Samplers against the measured table: measured trials until one reaches target x the best."""
+    """Samplers against the measured table, with placetune's rules (unplannable and already-measured
+    configs are free; 25 free trials in a row end the study): configs measured until one reaches
+    target x the best. A seed that ends the study first is a miss."""
     from tuner.space import resolve
     from tuner.study import make_sampler
     from tuner.topology import Topology
@@ -169,31 +173,8 @@ def replay(grid: dict, seeds: int, target: float) -> dict:
     for vname, (sampler_name, with_baselines) in variants.items():
         needed, needed_all = [], []
         for seed in range(seeds):
-            study = optuna.create_study(directions=["maximize", "minimize"],
-                                        sampler=make_sampler(sampler_name, seed, space))
-            if with_baselines:
-                for _, params in baselines(topo):
-                    study.enqueue_trial({}, user_attrs={"params": params.to_dict()})
-            measured, total, hit = 0, 0, None
-            while total < limit and hit is None:
-                trial = study.ask()
-                total += 1
-                if "params" in trial.user_attrs:
-                    params = Params.from_dict(trial.user_attrs["params"])
-                else:
-                    values = {d: trial.suggest_categorical(d, list(c)) for d, c in space.varying.items()}
-                    if check(space, topo, values) is not None:
-                        trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                        continue
-                    params = space.params(values)
-                entry = table.get(params.label(), {"throughput": 0.0, "p99_ms": INFEASIBLE_P99, "feasible": False})
-                measured += 1
-                trial.set_constraint(CONSTRAINT, 0.0 if entry["feasible"] else INFEASIBLE_P99)
-                p99 = entry["p99_ms"] if entry["feasible"] and math.isfinite(entry["p99_ms"]) else INFEASIBLE_P99
-                study.tell(trial, [entry["throughput"], p99])
-                if entry["throughput"] >= goal:
-                    hit = (measured, total)
+            hit = _replay_one(space, topo, table, make_sampler(sampler_name, seed, space), with_baselines, goal,
+                              limit, seed)
             needed.append(hit[0] if hit else math.inf)
             needed_all.append(hit[1] if hit else math.inf)
         finite = [n for n in needed if math.isfinite(n)]
@@ -202,6 +183,58 @@ def replay(grid: dict, seeds: int, target: float) -> dict:
                       "median_fraction_of_grid": med / (grid["plannable"] + 1), "misses": len(needed) - len(finite)}
     return {"best_throughput": best, "target": target, "goal": goal, "seeds": seeds,
             "grid_size": grid["plannable"] + 1, "variants": out}
+
+
+def _replay_one(space, topo, table, sampler, with_baselines: bool, goal: float, limit: int, seed: int):
+    """One simulated study with placetune's rules: baselines first (with their values when the space
+    can express them), unplannable configs pruned for free, a measured config reused for free, an
+    unmeasured config enqueued after EXPLORE_AFTER free trials in a row, the end when none is left.
+    Returns (configs measured, trials) when a config reaches ``goal``, else None."""
+    from tuner.study import EXPLORE_AFTER, unmeasured_config
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    if with_baselines:
+        for name, params in baselines(topo):
+            study.enqueue_trial(space.express(params) or {}, user_attrs={"baseline": name,
+                                                                         "params": params.to_dict()})
+    measured, total, free_streak, seen = 0, 0, 0, set()
+    while total < limit and free_streak < MAX_FREE_STREAK:
+        trial = study.ask()
+        total += 1
+        if "baseline" in trial.user_attrs:
+            params = Params.from_dict(trial.user_attrs["params"])
+            if space.express(params) is not None:
+                for d, c in space.varying.items():
+                    trial.suggest_categorical(d, list(c))
+        else:
+            values = {d: trial.suggest_categorical(d, list(c)) for d, c in space.varying.items()}
+            if check(space, topo, values) is not None:
+                trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                free_streak += 1
+                continue
+            params = space.params(values)
+        label = params.label()
+        trial.set_user_attr("label", label)
+        entry = table.get(label, {"throughput": 0.0, "p99_ms": INFEASIBLE_P99, "feasible": False})
+        if label in seen:
+            free_streak += 1
+        else:
+            seen.add(label)
+            measured += 1
+            free_streak = 0
+        trial.set_constraint(CONSTRAINT, 0.0 if entry["feasible"] else INFEASIBLE_P99)
+        p99 = entry["p99_ms"] if entry["feasible"] and math.isfinite(entry["p99_ms"]) else INFEASIBLE_P99
+        study.tell(trial, [entry["throughput"], p99])
+        if entry["throughput"] >= goal:
+            return measured, total
+        if free_streak >= EXPLORE_AFTER and not any(t.state.name == "WAITING" for t in study.trials):
+            fresh = unmeasured_config(study, space, topo, seed=seed + total)
+            if fresh is None:
+                return None
+            study.enqueue_trial(fresh)
+            free_streak = 0
+    return None
 
 
 # ---- repeatability -------------------------------------------------------------------------------
@@ -220,6 +253,30 @@ def repeatability(record: dict, info, topo, runs: int) -> dict:
             "label": params.label(), "throughputs": values, "p99_ms": p99s, "mean": mean,
             "cv": statistics.stdev(values) / mean if mean and len(values) > 1 else math.nan,
             "p99_min_ms": min(p99s), "p99_max_ms": max(p99s)}
+
+
+# ---- side by side -------------------------------------------------------------------------------
+def side_by_side(record: dict, info, topo, rounds: int) -> dict:
+    """The study's best and each baseline re-measured in alternation (A B C A B C ...), so that a
+    drift of the machine hits every config alike; the ratio of medians is the honest speed-up."""
+    settings = MeasureSettings(scenario="server", p99_bound_s=record["p99_bound_ms"] / 1000,
+                               window_s=record["window_s"], seed=0)
+    configs = {"best": Params.from_dict(record["best"]["params"])}
+    for key, b in record["baselines"].items():
+        trial = next(t for t in record["all_trials"] if t.get("baseline") == b["name"] and t.get("result"))
+        configs[key] = Params.from_dict(trial["result"]["params"])
+    runs: dict[str, list[float]] = {k: [] for k in configs}
+    for i in range(rounds):
+        for key, params in configs.items():
+            r = measure(plan(topo, params), info, MeasureSettings(**{**settings.__dict__, "seed": i}))
+            runs[key].append(r.throughput)
+            say(f"  round {i + 1}/{rounds} {key:<13} {params.label():<24} {r.throughput:9.1f} req/s "
+                f"P99 {r.p99_ms:.2f} ms")
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"model": record["model"], "bound": record["bound"], "p99_bound_ms": record["p99_bound_ms"],
+            "rounds": rounds, "labels": {k: p.label() for k, p in configs.items()}, "throughputs": runs,
+            "median": med, "ratio_best_vs": {k: (med["best"] / v if v else None) for k, v in med.items()
+                                              if k != "best"}}
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -244,7 +301,9 @@ def markdown(out: Path) -> str:
              "| model | bound | P99 bound ms | ORT default | Intel heuristic | one per core | placetune best "
              "| best config | vs ORT | vs Intel | vs 1/core |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for f in sorted(out.glob("*-tight.json")) + sorted(out.glob("*-loose.json")):
+    studies = [f for f in sorted(out.glob("*-tight.json")) + sorted(out.glob("*-loose.json"))
+               if not f.name.startswith("side-by-side-")]
+    for f in studies:
         r = json.loads(f.read_text())
         b = r["baselines"]
         best = r["best"]
@@ -272,6 +331,18 @@ def markdown(out: Path) -> str:
                   f"Throughput: {', '.join(f'{v:.1f}' for v in r['throughputs'])} req/s; mean {r['mean']:.1f}, "
                   f"CV {r['cv']:.1%}. P99: {r['p99_min_ms']:.2f} to {r['p99_max_ms']:.2f} ms "
                   f"(bound {r['p99_bound_ms']:.1f} ms)."]
+    sbs = sorted(out.glob("side-by-side-*.json"))
+    if sbs:
+        lines += ["", "## Side by side (re-measured in alternation after the studies)", "",
+                  "| model | bound | rounds | best (median req/s) | ORT default | Intel | one per core | best vs ORT "
+                  "| best vs Intel | best vs 1/core |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for f in sbs:
+            r = json.loads(f.read_text())
+            m, q = r["median"], r["ratio_best_vs"]
+            lines.append(f"| {r['model']} | {r['bound']} | {r['rounds']} | {m['best']:.1f} ({r['labels']['best']}) | "
+                         f"{_fmt(m.get('ort_default'))} | {_fmt(m.get('intel'))} | {_fmt(m.get('one_per_core'))} | "
+                         f"{_fmt(q.get('ort_default'), 2)}x | {_fmt(q.get('intel'), 2)}x | "
+                         f"{_fmt(q.get('one_per_core'), 2)}x |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     return text
@@ -287,6 +358,11 @@ def main() -> None:
     parser.add_argument("--no-efficiency", action="store_true")
     parser.add_argument("--no-repeatability", action="store_true")
     parser.add_argument("--replay", type=Path, help="only replay the samplers against this efficiency-grid.json")
+    parser.add_argument("--side-by-side", type=Path, metavar="DIR",
+                        help="re-measure the best and the baselines of DIR's studies in alternation")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds for --side-by-side")
+    parser.add_argument("--efficiency-only", type=Path, metavar="DIR",
+                        help="measure the efficiency grid again (bound from DIR's study) and replay the samplers")
     args = parser.parse_args()
     config = yaml.safe_load((HERE / "zoo.yaml").read_text())
     if args.replay:
@@ -296,6 +372,35 @@ def main() -> None:
                                                               "p99_bound_ms": grid["p99_bound_ms"]}
         (args.replay.parent / "efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
         print(markdown(args.replay.parent))
+        return
+    if args.efficiency_only:
+        eff = config["efficiency"]
+        record = json.loads((args.efficiency_only / f"{eff['model']}-{eff['bound']}.json").read_text())
+        spec = next(m for m in config["models"] if m["name"] == eff["model"])
+        with tempfile.TemporaryDirectory() as tmp:
+            info = inspect_model(model_path(spec["model"], Path(tmp)))
+            say(f"sample efficiency: grid of the default space on {eff['model']} at P99 <= {record['p99_bound_ms']} ms")
+            grid = grid_table(info, read_topology("/"), record["p99_bound_ms"], record["window_s"],
+                              f"sqlite:///{args.efficiency_only / 'zoo.db'}", f"{eff['model']}-regrid")
+        (args.efficiency_only / "efficiency-grid.json").write_text(json.dumps(grid, indent=1) + "\n")
+        result = replay(grid, eff["seeds"], eff["target"]) | {"model": eff["model"],
+                                                              "p99_bound_ms": grid["p99_bound_ms"]}
+        (args.efficiency_only / "efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(markdown(args.efficiency_only))
+        return
+    if args.side_by_side:
+        topo = read_topology("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            for key in config["side_by_side"]:
+                record = json.loads((args.side_by_side / f"{key}.json").read_text())
+                if not record["best"]:
+                    continue
+                spec = next(m for m in config["models"] if m["name"] == record["model"])
+                info = inspect_model(model_path(spec["model"], Path(tmp)))
+                say(f"side by side: {key}, {args.rounds} rounds")
+                result = side_by_side(record, info, topo, args.rounds)
+                (args.side_by_side / f"side-by-side-{key}.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(markdown(args.side_by_side))
         return
     defaults = config["defaults"]
     quick = config["quick"] if args.quick else None

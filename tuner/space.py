@@ -41,10 +41,35 @@ class SearchSpace:
             n *= len(v)
         return n
 
+    def express(self, params: Params) -> dict | None:
+        """The varying dimensions' values that give ``params`` in this space, or None when the
+        space cannot express it (an unpinned or ORT-default-threads baseline, another fixed value)."""
+        d = params.to_dict()
+        values = {}
+        for dim, choices in self.choices.items():
+            if d.get(dim) not in choices:
+                return None
+            if len(choices) > 1:
+                values[dim] = d[dim]
+        try:
+            return values if self.params(values) == params else None
+        except Exception:
+            return None
+
+    def combinations(self):
+        """Every combination of the varying dimensions, in a fixed order."""
+        import itertools
+
+        keys = list(self.varying)
+        for values in itertools.product(*(self.varying[k] for k in keys)):
+            yield dict(zip(keys, values, strict=True))
+
     def params(self, values: dict) -> Params:
         merged = {**self.fixed, **values}
         if merged.get("execution_mode") != "parallel":
             merged["inter_op_threads"] = 1  # the inter-op pool exists only in parallel mode
+            if merged.get("intra_op_threads", 1) <= 1:
+                merged["spinning"] = True  # one intra-op thread and no inter-op pool: nothing spins
         return Params(**merged)
 
 

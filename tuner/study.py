@@ -235,10 +235,34 @@ def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 MAX_FREE_STREAK = 25  # trials in a row the sampler wastes on pruned or already-measured configs
+EXPLORE_AFTER = 3  # after this many free trials in a row, an unmeasured plannable config is enqueued
 
 
-def enqueue_baselines(study: optuna.Study, topology: Topology) -> None:
-    """Enqueue each baseline that has not run yet (again after an interrupted run)."""
+def unmeasured_config(study: optuna.Study, space: SearchSpace, topology: Topology, seed: int = 0) -> dict | None:
+    """A random plannable config of the space that no trial has measured, is measuring or is queued."""
+    import random
+
+    taken = {t.user_attrs.get("label") for t in study.get_trials(deepcopy=False)
+             if t.state != optuna.trial.TrialState.PRUNED and t.state != optuna.trial.TrialState.FAIL}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        fixed = t.system_attrs.get("fixed_params") or {}
+        try:
+            taken.add(Params.from_dict(t.user_attrs["params"]).label() if "params" in t.user_attrs
+                      else space.params(fixed).label())
+        except (UsageError, TypeError):
+            pass
+    fresh = [values for values in space.combinations()
+             if check(space, topology, values) is None and space.params(values).label() not in taken]
+    return random.Random(seed).choice(fresh) if fresh else None
+
+
+def _waiting(study: optuna.Study) -> bool:
+    return any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpace | None = None) -> None:
+    """Enqueue each baseline that has not run yet (again after an interrupted run). A baseline the
+    search space can express is enqueued with its values, so that the sampler learns from it."""
     done_or_waiting = {
         t.user_attrs.get("baseline")
         for t in study.get_trials(deepcopy=False)
@@ -247,7 +271,8 @@ def enqueue_baselines(study: optuna.Study, topology: Topology) -> None:
     }
     for name, params in baselines(topology):
         if name not in done_or_waiting:
-            study.enqueue_trial({}, user_attrs={"baseline": name, "params": params.to_dict()})
+            values = space.express(params) if space is not None else None
+            study.enqueue_trial(values or {}, user_attrs={"baseline": name, "params": params.to_dict()})
 
 
 class HostLock:
@@ -310,6 +335,9 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
         trial.set_user_attr("topology_fingerprint", fingerprint)
         if "baseline" in trial.user_attrs:
             params = Params.from_dict(trial.user_attrs["params"])
+            if cfg.space.express(params) is not None:  # enqueued with its values: let the sampler see them
+                for dim, choices in cfg.space.varying.items():
+                    trial.suggest_categorical(dim, list(choices))
         else:
             values = {dim: trial.suggest_categorical(dim, list(choices))
                       for dim, choices in cfg.space.varying.items()}
@@ -378,7 +406,7 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
     """Run (or resume) the study until ``n_trials`` trials in total have finished, or the timeout."""
     study = open_study(cfg)
     with StudyMutex(cfg.storage, cfg.study_name):
-        enqueue_baselines(study, cfg.topology)
+        enqueue_baselines(study, cfg.topology, cfg.space)
     started = time.monotonic()
     lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
     objective = make_objective(cfg, study, on_progress, lock.key)
@@ -390,6 +418,13 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
         while True:
             if cfg.n_trials is not None and len(measured_trials(study)) >= cfg.n_trials:
                 break
+            if free_streak >= EXPLORE_AFTER and cfg.sampler != "grid" and not _waiting(study):
+                fresh = unmeasured_config(study, cfg.space, cfg.topology, seed=(cfg.seed or 0) + len(study.trials))
+                if fresh is not None:  # the sampler keeps proposing measured configs: try an unmeasured one
+                    study.enqueue_trial(fresh, user_attrs={"exploration": True})
+                    free_streak = 0
+                    continue
+                free_streak = MAX_FREE_STREAK  # nothing left to measure
             if free_streak >= MAX_FREE_STREAK:
                 if _others_running(study):  # a fleet: their trials may still fail and come back to the queue
                     on_progress("nothing new to measure; waiting for the other hosts' trials")
