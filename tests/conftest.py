@@ -43,8 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback (SQLite backend), per test module: it is a child of the
+    test process, and other modules check that they leave no child behind."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     log = open(root / "server.log", "w")

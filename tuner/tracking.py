@@ -181,6 +181,14 @@ class Tracker:
         status = _STATUS.get(trial.state)
         if status is None or self._parent is None:
             return
+        if trial.number not in self._children:  # another host of a fleet may have logged it already
+            found = self.client.search_runs(
+                [self._experiment()], max_results=1,
+                filter_string=f"tags.`{TAG_STUDY}` = '{study.user_attrs['study_uuid']}' and "
+                              f"tags.`{TAG_TRIAL}` = '{trial.number}'")
+            if found:
+                self._children[trial.number] = found[0].info.run_id
+                self._logged_states[trial.number] = found[0].info.status
         if trial.number in self._children and self._logged_states.get(trial.number) == status:
             return
         result = trial.user_attrs.get("result") or {}
