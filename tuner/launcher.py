@@ -139,12 +139,12 @@ class Launcher:
             waitables.update({self.processes[i].sentinel: i for i in pending})
             for ready in connection.wait(list(waitables), timeout=remaining):
                 i = waitables[ready]
-                if ready is self.processes[i].sentinel and not self.conns[i].poll():
-                    raise WorkerError(f"worker {i} {self._how_it_ended(i)} during start-up")
                 try:
+                    if ready is self.processes[i].sentinel and not self.conns[i].poll():
+                        raise EOFError
                     message = self.conns[i].recv()
-                except EOFError:
-                    self.processes[i].join(timeout=5.0)
+                except (EOFError, OSError):  # a dead peer: EOF, or ECONNRESET on a socket pair
+                    self.processes[i].join(timeout=5.0)  # its pipe closes a moment before it is reapable
                     raise WorkerError(f"worker {i} {self._how_it_ended(i)} during start-up") from None
                 if message[0] == "oom":
                     raise WorkerError(f"worker {i} ran out of memory during start-up "
@@ -233,8 +233,14 @@ class Launcher:
                    timeout_s: float) -> list[int]:
         """Tell every worker to serve the window already written to shared memory; wait for all.
         Returns requests served per worker. A dead or hung worker raises WorkerError."""
-        for conn in self.conns:
-            conn.send(("window", end_time, bound_s, backlog_limit_s))
+        for i, conn in enumerate(self.conns):
+            try:
+                conn.send(("window", end_time, bound_s, backlog_limit_s))
+            except OSError:  # EPIPE/ECONNRESET: it died between windows
+                self.buffers.control[ABORT] = ABORT_STOP
+                self.processes[i].join(timeout=5.0)
+                self.check_alive()
+                raise WorkerError(f"worker {i} (pid {self.pids[i]}) {self._how_it_ended(i)} between windows") from None
         served = [0] * len(self.conns)
         pending = set(range(len(self.conns)))
         deadline = time.monotonic() + timeout_s
@@ -254,7 +260,7 @@ class Launcher:
                     self.check_alive()
                 try:
                     message = self.conns[i].recv()
-                except EOFError:
+                except (EOFError, OSError):  # a dead peer: EOF, or ECONNRESET on a socket pair
                     self.buffers.control[ABORT] = ABORT_STOP
                     self.processes[i].join(timeout=5.0)  # the pipe closes a moment before the exit is seen
                     self.check_alive()
