@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 
-def plain_loop(model_path: str, seconds: float) -> dict:
+def _warm_session(model_path: str):
+    """One single-threaded session on the null model, run 1,000 times first."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -31,6 +32,11 @@ def plain_loop(model_path: str, seconds: float) -> dict:
     feeds = {"x": np.ones((1, 16), dtype=np.float32)}
     for _ in range(1000):
         session.run(None, feeds)
+    return session, feeds
+
+
+def plain_loop(model_path: str, seconds: float) -> dict:
+    session, feeds = _warm_session(model_path)
     latencies = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -45,14 +51,7 @@ def plain_loop(model_path: str, seconds: float) -> dict:
 def plain_sleep_loop(model_path: str, rate: float, seconds: float) -> dict:
     """The same open-loop schedule served in one process: sleep until each Poisson arrival, run, and
     time from the scheduled arrival. What the OS costs to wake an idle server, without the harness."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    feeds = {"x": np.ones((1, 16), dtype=np.float32)}
-    for _ in range(1000):
-        session.run(None, feeds)
+    session, feeds = _warm_session(model_path)
     rng = np.random.default_rng(0)
     arrivals = time.monotonic() + 0.05 + np.cumsum(rng.exponential(1 / rate, int(rate * seconds)))
     latencies = []

@@ -134,18 +134,10 @@ def grid_table(info, topo, bound_ms: float, window_s: float, storage: str, name:
         if result:
             table[t.user_attrs["label"]] = {"throughput": result["throughput"] if result["feasible"] else 0.0,
                                             "p99_ms": result["p99_ms"], "feasible": result["feasible"]}
-    plannable = len({space.params(c).label() for c in _combos(space) if check(space, topo, c) is None})
+    plannable = len({space.params(c).label() for c in space.combinations() if check(space, topo, c) is None})
     return {"model": name, "p99_bound_ms": bound_ms, "space": {k: list(v) for k, v in space.choices.items()},
             "combinations": space.size(), "plannable": plannable, "table": table,
             "topology": topo.to_dict()}
-
-
-def _combos(space):
-    import itertools
-
-    keys = list(space.varying)
-    for values in itertools.product(*(space.varying[k] for k in keys)):
-        yield dict(zip(keys, values, strict=True))
 
 
 def replay(grid: dict, seeds: int, target: float) -> dict:

@@ -93,6 +93,16 @@ def plan_command(
     console.print(plan_table(result))
 
 
+def _measure_settings(scenario: str, bound: float | None, window: str, memory_limit: str | None,
+                      hang_timeout: str, seed: int = 0):
+    """MeasureSettings from the flags 'measure' and 'optimize' share."""
+    from tuner.measure import MeasureSettings, parse_duration, parse_size
+
+    return MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
+                           seed=seed, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
+                           worker_memory_limit=parse_size(memory_limit, "--worker-memory-limit") if memory_limit else 0)
+
+
 def _resolve_bound(p99: str | None) -> float | None:
     from tuner.measure import parse_duration
 
@@ -145,16 +155,13 @@ def measure(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Measure one config: start pinned workers, verify their placement, find the throughput at the bound."""
-    from tuner.measure import MeasureSettings, params_from_config_file, parse_duration, parse_size
     from tuner.measure import measure as run_measure
+    from tuner.measure import params_from_config_file
     from tuner.model import inspect_model, parse_shapes
     from tuner.render import result_table
 
     bound = _resolve_bound(p99)
-    settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
-                               worker_memory_limit=parse_size(worker_memory_limit, "--worker-memory-limit")
-                               if worker_memory_limit else 0,
-                               hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"))
+    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout)
     if config is not None:
         params = params_from_config_file(str(config))
     else:
@@ -221,7 +228,7 @@ def optimize(
     Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
     """
     from tuner import optimize_view
-    from tuner.measure import MeasureSettings, parse_duration, parse_size
+    from tuner.measure import parse_duration
     from tuner.model import inspect_model, parse_shapes
     from tuner.space import load_space
     from tuner.study import SAMPLERS, StudyConfig, default_study_name
@@ -233,10 +240,7 @@ def optimize(
         raise UsageError("--n-trials must be at least 1")
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     bound = _resolve_bound(p99)
-    settings = MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
-                               seed=seed or 0, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
-                               worker_memory_limit=parse_size(worker_memory_limit, "--worker-memory-limit")
-                               if worker_memory_limit else 0)
+    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0)
     lock_wait_s = parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0
     topo = get_topology(fsroot, topology_file)
     resolved = load_space(space, topo)
@@ -382,12 +386,11 @@ def log_command(
 ) -> None:
     """Log a study to MLflow from its Optuna storage (after an outage, or a --no-mlflow run).
     Idempotent: runs already there are not duplicated."""
-    from tuner.study import load_study, storage_url
+    from tuner.study import ensure_study_uuid, load_study, storage_url
     from tuner.tracking import Tracker, default_uri
 
     the_study = load_study(storage, study)
-    if "study_uuid" not in the_study.user_attrs:
-        the_study.set_user_attr("study_uuid", __import__("uuid").uuid4().hex)
+    ensure_study_uuid(the_study)
     uri = mlflow_uri or default_uri(storage_url(storage))
     tracker = Tracker(uri, experiment)
     added = tracker.sync(the_study)

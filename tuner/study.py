@@ -184,10 +184,16 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
             study.set_user_attr("model", cfg.model.to_dict())
             study.set_user_attr("topology", cfg.topology.to_dict())
             study.set_user_attr("space", {k: list(v) for k, v in cfg.space.choices.items()})
-        if "study_uuid" not in study.user_attrs:
-            study.set_user_attr("study_uuid", uuid.uuid4().hex)
+        ensure_study_uuid(study)
     optuna.storages.fail_stale_trials(study)
     return study
+
+
+def ensure_study_uuid(study: optuna.Study) -> str:
+    """The id MLflow runs carry to find their study again (given once, kept forever)."""
+    if "study_uuid" not in study.user_attrs:
+        study.set_user_attr("study_uuid", uuid.uuid4().hex)
+    return study.user_attrs["study_uuid"]
 
 
 def load_study(storage: str | None, name: str | None) -> optuna.Study:
