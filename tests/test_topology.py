@@ -18,9 +18,20 @@ from tuner.topology import (
     read_topology,
 )
 
+MACHINES = [
+    "128ia64-17n4s2c", "16amd64-8n2c", "16em64t-4s2c2t", "16em64t-4s2c2t-offlines",
+    "16em64t-4s2ca2c-cpusetreorder", "16ia64-8n2s", "256ia64-64n2s2c", "2arm-2c", "32intel64-2p8co2t+8ve",
+    "64amd64-4s2n4ca2co", "64fake-4n2s2ca2c2t", "8em64t-2s2ca2c", "8em64t-2s4c-asymcaches", "8ia64-2n2s2c",
+    "8ia64-2s2c2t",
+]
 
-def test_the_shared_fixture_folder_is_present():
-    assert fixture_dirs(), f"no machine fixtures found in {TOPOLOGIES}"
+
+def test_the_in_repo_machine_fixtures_are_all_present():
+    """The dumps travel with the repository (tests/topologies); a lost one fails here, not silently."""
+    assert sorted(p.name for p in fixture_dirs()) == sorted(MACHINES), f"fixtures in {TOPOLOGIES}"
+    for root in fixture_dirs():
+        assert (root / "sys/devices/system/cpu").is_dir() and (root / "expected.json").is_file()
+    assert (TOPOLOGIES / "LICENSE-hwloc.txt").is_file() and (TOPOLOGIES / "README.md").is_file()
 
 
 def test_reader_reproduces_hwloc_counts_on_real_machines(machine_dir: Path):
