@@ -449,7 +449,7 @@ def _conflict_notes(conflicts: list[tuple[str, str]]) -> list[str]:
     grouped: dict[str, list[str]] = {}
     for what, example in conflicts:
         grouped.setdefault(what, []).append(example)
-    return [f"{what} ({len(examples)} time{'s' if len(examples) > 1 else ''}; e.g. {examples[0]})"
+    return [f"{what} ({examples[0]})" if len(examples) == 1 else f"{what} ({len(examples)} times; e.g. {examples[0]})"
             for what, examples in grouped.items()]
 
 
