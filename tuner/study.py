@@ -202,6 +202,10 @@ def load_study(storage: str | None, name: str | None) -> optuna.Study:
     if storage is None and not Path("placetune.db").is_file():
         raise UsageError("no placetune.db here: give --storage URL (the study's Optuna storage) or run this "
                          "where 'placetune optimize' ran")
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.is_file():  # SQLite would create an empty database there
+        raise UsageError(f"--storage {url}: no database file {sqlite_file}; check the path (a study's storage "
+                         "is where 'placetune optimize' wrote it)")
     try:
         rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
         names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
@@ -215,6 +219,14 @@ def load_study(storage: str | None, name: str | None) -> optuna.Study:
     if name not in names:
         raise UsageError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=rdb)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -283,18 +295,34 @@ def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpac
 
 class HostLock:
     """One tuner per set of usable CPUs: overlapping trials would poison both measurements.
-    A lock held by a killed process is released by the kernel (flock), so it is never stale."""
+    A lock held by a killed process is released by the kernel (flock), so it is never stale.
+    While it waits it says once who holds the lock and how long it will wait (``on_wait``,
+    default: a line on stderr)."""
 
-    def __init__(self, topology: Topology, wait_s: float = 3600.0):
+    def __init__(self, topology: Topology, wait_s: float = 3600.0, on_wait: Callable[[str], None] | None = None):
         key = hashlib.sha256(format_cpulist(topology.usable_cpus).encode()).hexdigest()[:12]
         self.key = f"{socket.gethostname()}:{key}"
         self.path = Path(tempfile.gettempdir()) / f"placetune-{key}.lock"
         self.wait_s = wait_s
+        self.on_wait = on_wait or _say_on_stderr
         self._fd: int | None = None
+
+    def holder(self) -> str:
+        """``pid N (command line)`` of the process that wrote the lock file, as far as it can be read."""
+        try:
+            pid = Path(self.path).read_text().strip() or "?"
+        except OSError:
+            return "pid ?"
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            command = ""
+        return f"pid {pid}" + (f": {command[:200]}" if command else "")
 
     def __enter__(self) -> HostLock:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = time.monotonic() + self.wait_s
+        said = False
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -303,14 +331,15 @@ class HostLock:
                 return self
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    try:
-                        holder = Path(self.path).read_text().strip() or "?"
-                    except OSError:
-                        holder = "?"
+                    holder = self.holder()
                     os.close(self._fd)
-                    raise PlacetuneError(f"another placetune (pid {holder}) is measuring these CPUs "
+                    raise PlacetuneError(f"another placetune ({holder}) is measuring these CPUs "
                                          f"(lock {self.path}); overlapping trials would poison both "
                                          "measurements: wait for it (--lock-wait) or stop it") from None
+                if not said:
+                    self.on_wait(f"another placetune ({self.holder()}) is measuring these CPUs; waiting for it "
+                                 f"to finish, at most {_duration_text(self.wait_s)} (--lock-wait)")
+                    said = True
                 time.sleep(0.5)
 
     def __exit__(self, *exc) -> bool:
@@ -319,6 +348,20 @@ class HostLock:
             os.close(self._fd)
             self._fd = None
         return False
+
+
+def _say_on_stderr(message: str) -> None:
+    import sys
+
+    print(f"placetune: {message}", file=sys.stderr, flush=True)
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
 
 
 TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
