@@ -123,7 +123,7 @@ def parse_bound(text: str, what: str = "--p99") -> float:
     if value < MIN_P99_BOUND_S:
         raise UsageError(f"{what} {text!r} is below {MIN_P99_BOUND_S * 1e6:g} us, less than the harness itself "
                          "adds to a request (the pipe round trip to a worker): no config could meet it; "
-                         "give a bound of 0.01ms or more")
+                         "give a bound of at least 0.01ms, e.g. 20ms")
     return value
 
 
