@@ -63,6 +63,10 @@ def test_a_worker_killed_mid_window_fails_its_trial_and_the_study_goes_on(tmp_pa
     study = study_of(tmp_path)
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 1 and "SIGKILL" in failed[0].user_attrs["fail_reason"]
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert [t.state.name for t in retried] == ["COMPLETE"], "a transient failure is measured once more"
+    assert retried[0].user_attrs["label"] == failed[0].user_attrs["label"]
+    assert retried[0].user_attrs.get("baseline") == failed[0].user_attrs.get("baseline")
     assert len(counted(study)) == 4
     assert "trial failed" in out and "SIGKILL" in out
     assert no_process_left([v.pid for v in victims]) and not mine()
@@ -218,3 +222,23 @@ def test_a_noisy_window_is_flagged_and_a_quiet_one_is_not():
     assert noise_notes(_window(1.0, 1.5)) == []
     (note,) = noise_notes(_window(1.0, 5.0))
     assert "noisy machine" in note and "5.0x" in note
+
+
+def test_a_failed_baseline_keeps_its_row_with_the_reason_and_a_second_failure_is_final():
+    from tuner.report import summary_text
+    from tuner.study import baseline_results, baselines, enqueue_baselines
+    from tuner.topology import read_topology
+
+    topo = read_topology("/")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("p99_bound_ms", 20.0)
+    name = baselines(topo)[0][0]
+    for attrs in ({}, {"retry_of": 0}):  # the trial, then its retry, fail (a crash each time)
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={
+            "baseline": name, "fail_reason": "WorkerError: worker 0 died (killed by SIGKILL)", **attrs}))
+    rows = baseline_results(study)
+    assert rows[name]["feasible"] is False and "killed by SIGKILL" in rows[name]["reason"]
+    assert f"vs {name}: infeasible (trial failed: WorkerError" in summary_text(study)
+    enqueue_baselines(study, topo)  # a resume does not queue a baseline whose retry failed too
+    queued = [t.user_attrs["baseline"] for t in study.trials if t.state.name == "WAITING"]
+    assert name not in queued and len(queued) == len(baselines(topo)) - 1

@@ -122,7 +122,7 @@ def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Pat
         if r["feasible"] and r["throughput"] > 0:
             ratios.add_row(name, f"{r['throughput']:.1f}", f"{result['throughput'] / r['throughput']:.2f}x")
         else:
-            ratios.add_row(name, "infeasible", f"({r['reason']})")
+            ratios.add_row(name, "failed" if r.get("failed") else "infeasible", f"({r['reason']})")
     console.print(ratios)
     save_best_config(study, out)  # before the re-measurement, which Ctrl-C may cut short
     if revalidate > 0:

@@ -287,8 +287,10 @@ def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpac
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                        optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
     }
+    final_failures = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.FAIL,)) if "retry_of" in t.user_attrs}  # failed twice: that is its verdict
     for name, params in baselines(topology):
-        if name not in done_or_waiting:
+        if name not in done_or_waiting and name not in final_failures:
             values = space.express(params) if space is not None else None
             study.enqueue_trial(values or {}, user_attrs={"baseline": name, "params": params.to_dict()})
 
@@ -412,6 +414,7 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
                 result = measure(plan(cfg.topology, params), cfg.model, cfg.settings, progress=on_progress)
             except TRIAL_FAULTS as exc:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                requeue_once(study, trial)
                 raise
         stored = result.to_dict()
         stored["_trial"] = trial.number
@@ -424,6 +427,19 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
         return result.throughput, (p99 if result.feasible else INFEASIBLE_P99)
 
     return objective
+
+
+def requeue_once(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """A trial that failed for a transient reason (a worker crashed, hung, ran out of memory, or its
+    placement was not verified) is queued once more with the same config; a retry that fails again
+    is the verdict. Returns whether it was queued."""
+    if "retry_of" in trial.user_attrs:
+        return False
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "params", "exploration")}
+    study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number},
+                        skip_if_exists=False)
+    trial.set_user_attr("retry_queued", True)
+    return True
 
 
 def _wait_for_same_config(study: optuna.Study, label: str, number: int, on_progress: Callable[[str], None]) -> None:
@@ -589,10 +605,16 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def baseline_results(study: optuna.Study) -> dict[str, dict]:
+    """Each baseline's result; a baseline that only failed gets an infeasible row with the reason."""
     out = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if "baseline" in t.user_attrs and "result" in t.user_attrs:
             out[t.user_attrs["baseline"]] = t.user_attrs["result"]
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        name = t.user_attrs.get("baseline")
+        if name and name not in out or (name in out and out[name].get("failed")):
+            out[name] = {"feasible": False, "failed": True, "throughput": 0.0,
+                         "reason": f"trial failed: {t.user_attrs.get('fail_reason', 'unknown reason')}"}
     return out
 
 
