@@ -19,10 +19,12 @@ import argparse
 import io
 import json
 import os
+import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tuner import deploy
+from tuner.errors import PlacetuneError
 
 
 def _entry(options, key: str) -> str:
@@ -39,7 +41,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
 
-    options = deploy.apply()  # pin + memory policy BEFORE the session exists; reads PLACETUNE_* env
+    try:
+        options = deploy.apply()  # pin + memory policy BEFORE the session exists; reads PLACETUNE_* env
+    except PlacetuneError as exc:  # e.g. started without the launch script: say so in one line
+        sys.exit(f"serve.py: error: {exc} (start it through the exported launch script, which sets "
+                 "PLACETUNE_CONFIG and PLACETUNE_WORKER_INDEX)")
     import numpy as np
     import onnxruntime as ort
 
@@ -77,10 +83,18 @@ def main() -> None:
             length = int(self.headers.get("Content-Length") or 0)
             feeds = default_feeds
             if length:
-                with np.load(io.BytesIO(self.rfile.read(length))) as data:
-                    feeds = {name: data[name] for name in data.files}
+                body = self.rfile.read(length)
+                try:
+                    with np.load(io.BytesIO(body), allow_pickle=False) as data:
+                        feeds = {name: data[name] for name in data.files}
+                except Exception as exc:  # a body that is not an .npz: tell the client, keep serving
+                    return self._reply(400, {"error": f"the body is not an .npz of the model's inputs "
+                                                      f"({type(exc).__name__}: {exc})"})
             start = time.perf_counter()
-            outputs = session.run(None, feeds)
+            try:
+                outputs = session.run(None, feeds)
+            except Exception as exc:  # wrong input names, shapes or dtypes
+                return self._reply(400, {"error": f"the inputs do not fit the model ({str(exc).splitlines()[0]})"})
             self._reply(200, {"worker": index, "ms": (time.perf_counter() - start) * 1000,
                               "shapes": [list(o.shape) for o in outputs]})
 
@@ -88,8 +102,8 @@ def main() -> None:
             pass
 
     server = ThreadingHTTPServer((args.host, args.port + index), Handler)
-    print(f"worker {index} (pid {os.getpid()}, cpus {health['cpus']}) serving on {args.host}:{args.port + index}",
-          flush=True)
+    print(f"worker {index} (pid {os.getpid()}, cpus {health['cpus']}) serving on {args.host}:"
+          f"{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -148,19 +148,15 @@ def test_numactl_script_starts_each_worker_on_its_planned_cpus(tmp_path):
                                  "--model", str(model), "--port", str(port)],
                                 cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = doc["plan"]["workers"]
+    seen = {}
     try:
-        workers = doc["plan"]["workers"]
-        seen = {}
-        deadline = time.monotonic() + 120
-        while len(seen) < len(workers) and time.monotonic() < deadline:
-            for w in workers:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port + w['index']}/health", timeout=2) as r:
-                        seen[w["index"]] = json.loads(r.read())
-                except OSError:
-                    pass
-            time.sleep(0.3)
-        assert len(seen) == len(workers), launcher.stdout.read() if launcher.poll() is not None else "timeout"
+        for _ in workers:  # each worker prints its "serving on" line once it listens: wait for those lines
+            line = _read_line(launcher, timeout_s=120)
+            assert "serving on" in line, line
+        for w in workers:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port + w['index']}/health", timeout=10) as r:
+                seen[w["index"]] = json.loads(r.read())
         for w in workers:
             health = seen[w["index"]]
             assert set().union(*(parse_cpulist(c) for c in _thread_cpus(health["pid"]))) == set(w["cpus"])
@@ -171,10 +167,102 @@ def test_numactl_script_starts_each_worker_on_its_planned_cpus(tmp_path):
         children = psutil.Process(launcher.pid).children(recursive=True)
         assert len(children) >= len(workers)
     finally:
+        children = psutil.Process(launcher.pid).children(recursive=True)
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=30)
-    time.sleep(0.5)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])]
+        _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, alive
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
+    """The next line of a child's stdout ("" at its end), or a failed test after ``timeout_s``."""
+    import queue
+    import threading
+
+    lines = getattr(proc, "_lines", None)
+    if lines is None:  # one reader thread per child: a blocking readline must not hang the test
+        lines = proc._lines = queue.Queue()
+
+        def pump() -> None:
+            for line in iter(proc.stdout.readline, ""):
+                lines.put(line)
+            lines.put("")
+
+        threading.Thread(target=pump, daemon=True).start()
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"no line from {proc.args} within {timeout_s:.0f}s") from None
+
+
+def test_serve_example_answers_400_to_a_garbage_body_and_keeps_serving(tmp_path):
+    doc = config_document(Params(workers=1, cores_per_worker=1, intra_op_threads=1))
+    model = conv_net(tmp_path / "conv.onnx")
+    (tmp_path / "cfg.json").write_text(json.dumps(doc))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PLACETUNE_CONFIG": str(tmp_path / "cfg.json"),
+           "PLACETUNE_WORKER_INDEX": "0"}
+    server = subprocess.Popen([sys.executable, str(REPO / "examples" / "serve.py"), "--model", str(model),
+                               "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              bufsize=1)
+    try:
+        line = _read_line(server, timeout_s=120)
+        assert "serving on" in line, line + server.stdout.read() if server.poll() is not None else line
+        url = f"http://127.0.0.1:{int(line.rsplit(':', 1)[1])}/infer"
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"garbage", method="POST"), timeout=30)
+        assert bad.value.code == 400 and "not an .npz" in json.loads(bad.value.read())["error"]
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=30) as r:
+            assert json.loads(r.read())["shapes"] == [[1, 10]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_serve_example_without_the_launcher_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLACETUNE_")}
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "serve.py"), "--model", "m.onnx"],
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "PLACETUNE_CONFIG" in done.stderr, done.stderr
+
+
+def test_systemd_workers_listen_on_base_port_plus_index():
+    import shlex
+
+    text = export.split_files(export.render(config_document(two_workers()), "systemd"))["placetune@.service"]
+    exec_start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
+    for index in (0, 1, 12):  # what systemd runs for instance %i ($$ is a literal $), with echo as the server
+        argv = shlex.split(exec_start.replace("%i", str(index)).replace("$$", "$")
+                           .replace("/usr/local/bin/your-server", "echo"))
+        done = subprocess.run(argv, capture_output=True, text=True)
+        assert done.stdout.split() == ["--port", str(export.BASE_PORT + index)]
+
+
+@pytest.mark.parametrize("config_path", ["best_config.json", "/srv/app/cfg.json"])
+def test_docker_mount_and_placetune_config_agree(config_path):
+    import re
+
+    text = export.render(config_document(two_workers()), "docker", config_path)
+    mounted = re.search(r"-v \$PWD/best_config\.json:([^:]+):ro", text).group(1)
+    set_to = set(re.findall(r"-e PLACETUNE_CONFIG=(\S+)", text))
+    assert set_to == {mounted} and mounted.startswith("/")
+
+
+def test_random_inputs_are_allocated_in_their_own_dtype():
+    import tracemalloc
+
+    from tuner.model import InputSpec, ModelInfo, make_inputs
+
+    shape = (4, 1024, 1024)  # 16 MiB as float32, 32 MiB as float64
+    for dtype, size in (("float32", 4), ("float16", 2), ("int64", 8), ("bool", 1)):
+        info = ModelInfo(path="m.onnx", name="m", sha256="0", inputs=(InputSpec("x", shape, dtype),))
+        tracemalloc.start()
+        feeds = make_inputs(info)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        nbytes = 4 * 1024 * 1024 * size
+        assert feeds["x"].dtype == dtype and feeds["x"].nbytes == nbytes
+        assert peak < nbytes + 8 * 2**20, (dtype, peak)  # the array, plus at most a bounded scratch buffer
 
 
 def test_deploy_apply_pins_the_process_and_returns_the_measured_options(tmp_path):

@@ -3,6 +3,7 @@ goes on or resumes with the same command, and no process is left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ import psutil
 import pytest
 
 from tests.models import conv_net, memory_hog_model
+from tests.procs import no_process_left, wait_for_workers
 from tuner.loadgen import WindowResult
 from tuner.measure import noise_notes
 from tuner.study import measured_trials
@@ -47,37 +49,6 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return measured_trials(study)
 
 
-def workers_of(pid: int) -> list[psutil.Process]:
-    try:
-        return [c for c in psutil.Process(pid).children(recursive=True)
-                if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def wait_for_workers(proc: subprocess.Popen, settle_s: float = 1.0, timeout_s: float = 120) -> list[psutil.Process]:
-    """Workers of a running trial, once they have run for ``settle_s`` (inside a window)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = workers_of(proc.pid)
-        if found and all(time.time() - w.create_time() > settle_s for w in found):
-            return found
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    pytest.fail("no worker appeared: " + (proc.stderr.read() if proc.poll() is not None else ""))
-
-
-def no_process_left(pids: list[int]) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def mine() -> list[psutil.Process]:
     return [c for c in psutil.Process().children(recursive=True)
             if c.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(c.cmdline())]
@@ -92,6 +63,10 @@ def test_a_worker_killed_mid_window_fails_its_trial_and_the_study_goes_on(tmp_pa
     study = study_of(tmp_path)
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 1 and "SIGKILL" in failed[0].user_attrs["fail_reason"]
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert [t.state.name for t in retried] == ["COMPLETE"], "a transient failure is measured once more"
+    assert retried[0].user_attrs["label"] == failed[0].user_attrs["label"]
+    assert retried[0].user_attrs.get("baseline") == failed[0].user_attrs.get("baseline")
     assert len(counted(study)) == 4
     assert "trial failed" in out and "SIGKILL" in out
     assert no_process_left([v.pid for v in victims]) and not mine()
@@ -128,14 +103,16 @@ def test_a_worker_over_its_memory_limit_fails_trials_then_the_study_resumes(tmp_
 def test_sigterm_abandons_the_trial_and_the_same_command_resumes(tmp_path, model_path):
     proc = optimize(tmp_path, model_path, 4)
     for line in proc.stdout:
-        if line.startswith("#"):
+        if line.startswith("#") and "  feasible  " in line:
             break
-    workers = wait_for_workers(proc, settle_s=0.3)
+    workers = wait_for_workers(proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "resumes when you re-run the same command" in err and "Traceback" not in err
     assert no_process_left([w.pid for w in workers]) and not mine()
+    saved = json.loads((tmp_path / "best_config.json").read_text())  # written at the first feasible trial
+    assert saved["format"] == "placetune-config/1" and saved["params"]
     proc = optimize(tmp_path, model_path, 4)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
@@ -147,7 +124,7 @@ def test_sigterm_abandons_the_trial_and_the_same_command_resumes(tmp_path, model
 
 def test_sigkill_of_the_tuner_leaves_no_worker_and_resume_fails_the_orphaned_trial(tmp_path, model_path):
     proc = optimize(tmp_path, model_path, 3)
-    workers = wait_for_workers(proc, settle_s=0.3)
+    workers = wait_for_workers(proc)
     proc.kill()
     proc.communicate(timeout=60)
     assert no_process_left([w.pid for w in workers]), "workers outlived a kill -9 of the tuner"
@@ -165,7 +142,7 @@ def test_sigkill_of_the_tuner_leaves_no_worker_and_resume_fails_the_orphaned_tri
 
 def test_a_second_tuner_on_the_same_cpus_waits_refuses_then_takes_over_a_dead_ones_lock(tmp_path, model_path):
     first = optimize(tmp_path, model_path, 3)
-    wait_for_workers(first, settle_s=0.1)
+    wait_for_workers(first)
     other = tmp_path / "other"
     other.mkdir()
     second = optimize(other, model_path, 2, "--lock-wait", "1s")
@@ -245,3 +222,23 @@ def test_a_noisy_window_is_flagged_and_a_quiet_one_is_not():
     assert noise_notes(_window(1.0, 1.5)) == []
     (note,) = noise_notes(_window(1.0, 5.0))
     assert "noisy machine" in note and "5.0x" in note
+
+
+def test_a_failed_baseline_keeps_its_row_with_the_reason_and_a_second_failure_is_final():
+    from tuner.report import summary_text
+    from tuner.study import baseline_results, baselines, enqueue_baselines
+    from tuner.topology import read_topology
+
+    topo = read_topology("/")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("p99_bound_ms", 20.0)
+    name = baselines(topo)[0][0]
+    for attrs in ({}, {"retry_of": 0}):  # the trial, then its retry, fail (a crash each time)
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={
+            "baseline": name, "fail_reason": "WorkerError: worker 0 died (killed by SIGKILL)", **attrs}))
+    rows = baseline_results(study)
+    assert rows[name]["feasible"] is False and "killed by SIGKILL" in rows[name]["reason"]
+    assert f"vs {name}: infeasible (trial failed: WorkerError" in summary_text(study)
+    enqueue_baselines(study, topo)  # a resume does not queue a baseline whose retry failed too
+    queued = [t.user_attrs["baseline"] for t in study.trials if t.state.name == "WAITING"]
+    assert name not in queued and len(queued) == len(baselines(topo)) - 1

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.models import bad_op_model, conv_net
+from tests.procs import wait_for_workers
 from tuner.errors import ModelError, PlacementMismatch, UsageError, WorkerError
 from tuner.launcher import Launcher
 from tuner.loadgen import run_offline_window, run_server_window
@@ -211,15 +212,7 @@ def test_cli_measure_json(model):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signalled_measuring_parent_leaves_no_worker(model, sig):
     proc = _cli(["measure", "--model", model.path, "--p99", "1s", "--window", "20s"])
-    parent = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(
-        [c for c in parent.children() if "resource_tracker" not in " ".join(c.cmdline())]
-    ) < 1:
-        time.sleep(0.1)
-    workers = [c for c in parent.children(recursive=True)]
-    assert workers, "the measuring parent never started a worker"
-    time.sleep(0.5)
+    workers = wait_for_workers(proc)  # every worker has loaded the model: the window is running
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0

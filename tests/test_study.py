@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +15,7 @@ import pytest
 
 from tests.conftest import fixture_dirs, fixture_topology
 from tests.models import conv_net
+from tests.procs import wait_for_workers
 from tuner.errors import UsageError
 from tuner.placement import Params, plan
 from tuner.space import check, load_space
@@ -74,7 +74,7 @@ def test_an_interrupted_study_resumes_with_the_same_command(tmp_path, model_path
         seen.append(line)
         if line.startswith("#"):
             break
-    time.sleep(1.0)  # inside the next trial
+    wait_for_workers(proc)  # inside the next trial (its workers have loaded the model)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -24,7 +24,21 @@ app = typer.Typer(
     help="Find the best placement of ONNX Runtime inference workers on this CPU server, by measurement.",
     pretty_exceptions_enable=False,
 )
-console = Console()
+WIDE_COLUMNS = 1000  # not a terminal (a log, a pipe): never cut a line (a config's label) at 80 columns
+
+
+def make_console(**kwargs) -> Console:
+    """A rich Console for stdout: the terminal's width on a TTY, wide (no truncation) otherwise,
+    unless COLUMNS says how wide."""
+    import os
+
+    console = Console(**kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=WIDE_COLUMNS, **kwargs)
+    return console
+
+
+console = make_console()
 _state = {"debug": False}
 
 FsRoot = Annotated[
@@ -37,9 +51,22 @@ TopologyFile = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"placetune {version('placetune')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("placetune (not installed: no version metadata)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -104,9 +131,30 @@ def _measure_settings(scenario: str, bound: float | None, window: str, memory_li
 
 
 def _resolve_bound(p99: str | None) -> float | None:
+    """The P99 bound to measure against (refused below what the harness can measure)."""
+    from tuner.measure import parse_bound
+
+    return parse_bound(p99, "--p99") if p99 is not None else None
+
+
+def _check_thread_counts(params: Params, topo: Topology) -> None:
+    """ORT threads beyond every usable CPU of the machine cannot be what the user meant (and ORT
+    refuses huge counts with a message about its config length)."""
+    cpus = len(topo.usable_cpus)
+    for flag, value in (("--intra-op", params.intra_op_threads), ("--inter-op", params.inter_op_threads)):
+        if value > cpus:
+            raise UsageError(f"{flag} {value} is more threads than the {cpus} usable CPU(s) of this machine; "
+                             f"give 1..{cpus} (0 = ONNX Runtime's default)")
+
+
+LockWaitOpt = Annotated[str, typer.Option("--lock-wait", help="How long to wait for another tuner measuring "
+                                          "these CPUs before giving up.")]
+
+
+def _lock_wait_s(lock_wait: str) -> float:
     from tuner.measure import parse_duration
 
-    return parse_duration(p99, "--p99") if p99 is not None else None
+    return parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0
 
 
 ModelOpt = Annotated[str, typer.Option("--model", help="An .onnx file, or onnx:NAME for a model the onnx "
@@ -150,29 +198,33 @@ def measure(
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
+    lock_wait: LockWaitOpt = "1h",
     fsroot: FsRoot = None,
     topology_file: TopologyFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Measure one config: start pinned workers, verify their placement, find the throughput at the bound."""
+    from tuner.deploy import config_params, load_config
     from tuner.measure import measure as run_measure
-    from tuner.measure import params_from_config_file
     from tuner.model import inspect_model, parse_shapes
     from tuner.render import result_table
+    from tuner.study import HostLock
 
     bound = _resolve_bound(p99)
     settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout)
+    lock_wait_s = _lock_wait_s(lock_wait)
     if config is not None:
-        params = params_from_config_file(str(config))
+        params = config_params(load_config(config), f"--config {config}")
     else:
         params = Params(workers=workers, cores_per_worker=cores_per_worker, smt=_on_off(smt, "--smt"),
                         intra_op_threads=intra_op, inter_op_threads=inter_op, execution_mode=execution_mode,
                         numa_policy=numa_policy, spinning=_on_off(spinning, "--spinning"), io_cores=io_cores)
     topo = get_topology(fsroot, topology_file)
+    _check_thread_counts(params, topo)
     the_plan = plan(topo, params)
     info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
     err = Console(stderr=True)
-    with err.status("starting workers") as status:
+    with HostLock(topo, wait_s=lock_wait_s, on_wait=_warn), err.status("starting workers") as status:
         result = run_measure(the_plan, info, settings, progress=lambda msg: status.update(msg))
     if as_json:
         import json
@@ -213,8 +265,7 @@ def optimize(
                                                       "per trial and the report groups by it.")] = False,
     heartbeat: Annotated[str, typer.Option("--heartbeat", help="Trial heartbeat interval; a trial whose tuner "
                                            "is silent for 3 intervals is failed and re-queued.")] = "10s",
-    lock_wait: Annotated[str, typer.Option("--lock-wait", help="How long to wait for another tuner measuring "
-                                           "these CPUs before giving up.")] = "1h",
+    lock_wait: LockWaitOpt = "1h",
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
     shape: ShapeOpt = None,
@@ -230,6 +281,7 @@ def optimize(
     from tuner import optimize_view
     from tuner.measure import parse_duration
     from tuner.model import inspect_model, parse_shapes
+    from tuner.outputs import check_writable
     from tuner.space import load_space
     from tuner.study import SAMPLERS, StudyConfig, default_study_name
     from tuner.study import storage_url as study_storage_url
@@ -241,7 +293,8 @@ def optimize(
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     bound = _resolve_bound(p99)
     settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0)
-    lock_wait_s = parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0
+    lock_wait_s = _lock_wait_s(lock_wait)
+    check_writable(out, "--out")
     topo = get_topology(fsroot, topology_file)
     resolved = load_space(space, topo)
     info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
@@ -290,10 +343,14 @@ def export(
     systemd units, docker run lines, or a Kubernetes pod spec fragment."""
     from tuner import export as exporter
     from tuner.deploy import load_config
+    from tuner.measure import parse_duration
+    from tuner.outputs import check_writable, write_atomic
     from tuner.study import best_config_document, best_trial, load_study
 
     if fmt not in exporter.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
+    if out is not None:
+        check_writable(out, "--out")
     if config is not None:
         if study is not None or p99 is not None:
             raise UsageError("--config exports a file as it is; it does not take --study or --p99")
@@ -303,7 +360,7 @@ def export(
         if p99 is not None:
             from tuner.envelope import best_for_bound
 
-            choice = best_for_bound(the_study, _resolve_bound(p99) * 1000)
+            choice = best_for_bound(the_study, parse_duration(p99, "--p99") * 1000)
             trial = the_study.trials[choice.point.trial]
             document = best_config_document(the_study, trial)
             document.update(p99_bound_ms=choice.bound_ms, throughput=choice.point.throughput,
@@ -321,9 +378,7 @@ def export(
     if out is None:
         sys.stdout.write(text)
     else:
-        out.write_text(text)
-        if fmt in ("numactl", "docker"):
-            out.chmod(0o755)
+        write_atomic(out, text, mode=0o755 if fmt in ("numactl", "docker") else None)
         Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
 
 
@@ -338,8 +393,11 @@ def report(
     from rich.table import Table
 
     from tuner import report as reporting
+    from tuner.outputs import check_writable, write_atomic
     from tuner.study import load_study
 
+    if html_out is not None:
+        check_writable(html_out, "--html")
     the_study = load_study(storage, study)
     frame = reporting.trials_frame(the_study)
     console.print(reporting.summary_text(the_study), highlight=False)
@@ -371,7 +429,7 @@ def report(
     states = frame.state.value_counts().to_dict()
     console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items()), highlight=False)
     if html_out is not None:
-        html_out.write_text(reporting.html_report(the_study))
+        write_atomic(html_out, reporting.html_report(the_study))
         console.print(f"HTML report written to {html_out}", highlight=False)
     if reporting.summary(the_study)["best"] is None:
         raise typer.Exit(3)
@@ -501,11 +559,29 @@ def _interrupted() -> None:
     sys.exit(143 if term else 130)
 
 
-def main() -> None:
-    """Console-script entry point with the one-line error policy."""
-    import signal
-
+def _parse_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions click (and typer >= 0.29, which vendors click) raise for bad command lines."""
     import click
+
+    return (click.exceptions.ClickException, getattr(typer, "TyperException", click.exceptions.ClickException))
+
+
+def _exits() -> tuple[type[BaseException], ...]:
+    import click
+
+    return (click.exceptions.Exit, typer.Exit)
+
+
+def _aborts() -> tuple[type[BaseException], ...]:
+    import click
+
+    return (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
+
+
+def main() -> None:
+    """Console-script entry point with the one-line error policy: bad command lines exit 2 with
+    click's usage message (no arguments at all: the help, exit 2), a PlacetuneError is one line."""
+    import signal
 
     def _terminate(signum, frame):
         _state["signal"] = signum
@@ -523,14 +599,17 @@ def main() -> None:
             raise
         Console(stderr=True).print(f"[red]placetune: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _aborts():
         _interrupted()
-    except Exception as exc:  # click usage errors and the unexpected
-        if isinstance(exc, click.exceptions.ClickException):
+    except _exits() as exc:
+        sys.exit(exc.exit_code)
+    except _parse_errors() as exc:  # click's usage errors: its usual message, its exit code (2)
+        if hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+        else:
+            print(f"Error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # the unexpected
         if _state["debug"]:
             raise
         if type(exc).__module__.startswith("sqlalchemy"):

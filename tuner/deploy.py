@@ -19,8 +19,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner.errors import PlacetuneError, UsageError
+
+if TYPE_CHECKING:
+    from tuner.placement import Params
 
 CONFIG_FORMAT = "placetune-config/1"
 
@@ -51,9 +55,30 @@ def load_config(config: str | os.PathLike | dict | None = None) -> dict:
         except Exception as exc:
             raise UsageError(f"config {path} is not valid JSON/YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(document, dict) or document.get("format") != CONFIG_FORMAT:
-        raise UsageError(f"{where} is not a placetune config (expected format: {CONFIG_FORMAT}); "
+        found = f", found {document.get('format')!r}" if isinstance(document, dict) and "format" in document else ""
+        raise UsageError(f"{where} is not a placetune config (expected format: {CONFIG_FORMAT}{found}); "
                          "export one with 'placetune export --format json'")
+    config_params(document, where)
+    plan = document.get("plan")
+    if not isinstance(plan, dict) or not isinstance(plan.get("workers"), list):
+        raise UsageError(f"{where} has no plan with a list of workers; export it again with "
+                         "'placetune export --format json'")
     return document
+
+
+def config_params(document: dict, where: str = "the config") -> Params:
+    """The measured params of a config document, validated (known keys, valid values)."""
+    from tuner.placement import Params
+
+    params = document.get("params")
+    if not isinstance(params, dict):
+        raise UsageError(f"{where} has no 'params' mapping; export it again with 'placetune export --format json'")
+    try:
+        return Params.from_dict(params)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    except TypeError as exc:  # a value of the wrong type, e.g. workers: "two"
+        raise UsageError(f"{where}: a parameter has a value of the wrong type ({exc})") from None
 
 
 def worker_spec(document: dict, worker_index: int | None = None) -> dict:

@@ -160,7 +160,8 @@ def systemd_unit(document: dict, config_path: str) -> str:
         "",
         "[Service]",
         "Type=simple",
-        "ExecStart=/usr/local/bin/your-server --port 80%i",
+        f"# worker %i listens on {BASE_PORT} + %i (systemd specifiers do no arithmetic: the shell does it)",
+        f"ExecStart=/bin/sh -c 'exec /usr/local/bin/your-server --port $$(({BASE_PORT} + %i))'",
         "Environment=PLACETUNE_WORKER_INDEX=%i",
         f"Environment=PLACETUNE_WORKERS={len(workers)}",
         f"Environment=PLACETUNE_CONFIG={config_path}",
@@ -195,14 +196,25 @@ def split_files(text: str) -> dict[str, str]:
     return out
 
 
+BASE_PORT = 8000  # the systemd template's worker i listens on BASE_PORT + i
+DOCKER_CONFIG_DIR = "/etc/placetune"
+
+
+def docker_config_path(config_path: str) -> str:
+    """Where the container finds the config: ``config_path`` when absolute, else under /etc/placetune
+    (a relative path inside an image depends on its WORKDIR, and ``docker -v`` needs an absolute one)."""
+    return config_path if config_path.startswith("/") else f"{DOCKER_CONFIG_DIR}/{config_path.rsplit('/', 1)[-1]}"
+
+
 def docker_script(document: dict, config_path: str) -> str:
     pinned = document["params"].get("pin", True)
     workers = document["plan"]["workers"]
+    config_path = docker_config_path(config_path)
     lines = [
         "#!/usr/bin/env bash",
         f"# placetune docker launch: {_summary(document)}",
         "# Usage: ./docker-run.sh IMAGE [COMMAND...]   (the config must be at PLACETUNE_CONFIG inside the image,",
-        "# or mount it: DOCKER_OPTS='-v $PWD/best_config.json:/etc/placetune/best_config.json:ro')",
+        f"# or mount it: DOCKER_OPTS='-v $PWD/best_config.json:{config_path}:ro')",
         "# Docker binds CPUs (--cpuset-cpus) and memory nodes (--cpuset-mems, i.e. bind); it cannot",
         "# interleave or prefer: those policies become a bind to the same nodes.",
         "set -euo pipefail",

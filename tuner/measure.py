@@ -29,7 +29,7 @@ from tuner.errors import UsageError
 from tuner.launcher import Launcher, PlacementSeen
 from tuner.loadgen import WindowResult, run_offline_window, run_server_window
 from tuner.model import ModelInfo
-from tuner.placement import Params, Plan
+from tuner.placement import Plan
 
 SCENARIOS = ("server", "offline")
 
@@ -95,19 +95,35 @@ class TrialResult:
         return cls(**{k: v for k, v in d.items() if k in known})  # stored copies carry extra keys (_trial)
 
 
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+
+
 def parse_duration(text: str, what: str = "duration") -> float:
-    """``"20ms"``, ``"0.02s"``, ``"20000us"``, ``"2m"`` -> seconds. A bare number is refused:
+    """``"20ms"``, ``"0.02s"``, ``"20000us"``, ``"2m"``, ``"1e3ms"`` -> seconds. A bare number is refused:
     the unit must be explicit."""
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(us|ms|s|m|h)", text.strip()) if text else None
+    match = re.fullmatch(rf"({_NUMBER})(us|ms|s|m|h)", text.strip()) if text else None
     if not match or text != text.strip():
         raise UsageError(
             f"{what} {text!r} is not a duration with a unit; write e.g. 20ms, 0.02s, 20000us"
         )
     value = float(match.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
     if value <= 0:
-        raise UsageError(f"{what} {text!r} must be greater than zero; write e.g. 20ms, 0.02s, 20000us")
+        raise UsageError(f"{what} {text!r} must be positive (greater than zero); write e.g. 20ms, 0.02s, 20000us")
     if value > 86400:
         raise UsageError(f"{what} {text!r} is longer than a day; check the unit (e.g. 20ms, 0.02s, 20000us)")
+    return value
+
+
+MIN_P99_BOUND_S = 10e-6  # a request's round trip through a worker's pipe alone takes longer than this
+
+
+def parse_bound(text: str, what: str = "--p99") -> float:
+    """A P99 bound to measure against: a duration no shorter than the harness can measure."""
+    value = parse_duration(text, what)
+    if value < MIN_P99_BOUND_S * (1 - 1e-9):  # 10us parses to 9.999...e-06
+        raise UsageError(f"{what} {text!r} is below {MIN_P99_BOUND_S * 1e6:g} us, less than the harness itself "
+                         "adds to a request (the pipe round trip to a worker): no config could meet it; "
+                         "give a bound of at least 0.01ms, e.g. 20ms")
     return value
 
 
@@ -247,23 +263,3 @@ def _rate_search(fleet: Launcher, settings: MeasureSettings, capacity: float, pr
         if hi - lo < 0.01 * capacity:
             break
     return best, windows
-
-
-def params_from_config_file(path: str) -> Params:
-    """Read Params from a best_config.json / .yaml (its ``params`` section) or a bare params mapping."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--config {p} does not exist")
-    try:
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except Exception as exc:
-        raise UsageError(f"--config {p} is not valid JSON/YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {p} must hold a mapping of parameters")
-    return Params.from_dict(data.get("params", data))

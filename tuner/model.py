@@ -197,17 +197,28 @@ def load_npz(npz: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def make_inputs(info: ModelInfo, seed: int = 0) -> dict[str, np.ndarray]:
-    """The feed dict: the user's .npz, or random data of the model's shapes and dtypes."""
+    """The feed dict: the user's .npz, or random data of the model's shapes and dtypes, generated
+    directly in each input's dtype (no float64 copy first: a 768 MB input needs 768 MB)."""
     if info.npz:
         return load_npz(info.npz, [i.name for i in info.inputs])
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in info.inputs:
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, spec.shape).astype(dtype)
-        else:
-            feeds[spec.name] = rng.integers(0, 16, spec.shape).astype(dtype)
-    return feeds
+    return {spec.name: random_array(rng, spec.shape, np.dtype(spec.dtype)) for spec in info.inputs}
+
+
+_CHUNK_ELEMENTS = 1 << 20  # float16 is generated through float32 in chunks of this many elements
+
+
+def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Random data of ``shape`` allocated once, in ``dtype``: normal floats, 0/1 booleans, small integers."""
+    if dtype in (np.float32, np.float64):
+        return rng.standard_normal(shape, dtype=dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape, dtype=np.uint8).view(np.bool_)
+    if dtype.kind in "iu":
+        return rng.integers(0, 16, shape, dtype=dtype)
+    out = np.empty(shape, dtype=dtype)  # float16 and other floats: fill through a bounded float32 buffer
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _CHUNK_ELEMENTS):
+        stop = min(start + _CHUNK_ELEMENTS, flat.size)
+        flat[start:stop] = rng.standard_normal(stop - start, dtype=np.float32)
+    return out

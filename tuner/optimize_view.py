@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuner.measure import measure
+from tuner.outputs import write_atomic
 from tuner.placement import Params, plan
 from tuner.study import (
     MAX_FREE_STREAK,
@@ -54,6 +55,7 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
         def on_trial(trial, info: dict) -> None:
             if info["feasible"] and info["throughput"] > best_so_far["throughput"]:
                 best_so_far["throughput"] = info["throughput"]
+                save_best_config(trial_study[0], out)  # a Ctrl-C later must not lose the best so far
             tag = f" [cyan]baseline {info['baseline']}[/]" if info["baseline"] else ""
             verdict = "[green]feasible[/]" if info["feasible"] else f"[red]{info['reason']}[/]"
             p99 = f"{info['p99_ms']:.2f} ms" if math.isfinite(info["p99_ms"]) else "-"
@@ -77,14 +79,16 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
     if study.user_attrs.get("space_exhausted") and len(measured_trials(study)) < total:
         console.print(f"[yellow]the sampler found no new plannable config in {MAX_FREE_STREAK} tries: the space "
                       f"is exhausted at {len(measured_trials(study))} measured configs[/]")
-    code = _report(cfg, study, console, revalidate, out)
+    mlflow_uri = tracker.uri if tracker is not None and tracker.enabled else None
+    code = _report(cfg, study, console, revalidate, out, mlflow_uri)
     if tracker is not None:
         with StudyMutex(cfg.storage, cfg.study_name):
             tracker.finish(study)
     return code
 
 
-def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Path) -> int:
+def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Path,
+            mlflow_uri: str | None = None) -> int:
     best = best_trial(study)
     bound = cfg.settings.p99_bound_s
     if best is None:
@@ -118,14 +122,39 @@ def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Pat
         if r["feasible"] and r["throughput"] > 0:
             ratios.add_row(name, f"{r['throughput']:.1f}", f"{result['throughput'] / r['throughput']:.2f}x")
         else:
-            ratios.add_row(name, "infeasible", f"({r['reason']})")
+            ratios.add_row(name, "failed" if r.get("failed") else "infeasible", f"({r['reason']})")
     console.print(ratios)
-    document = best_config_document(study, best)
+    save_best_config(study, out)  # before the re-measurement, which Ctrl-C may cut short
     if revalidate > 0:
-        document["revalidation"] = _revalidate(cfg, study, console, revalidate)
-    out.write_text(json.dumps(document, indent=1) + "\n")
-    console.print(f"best config written to {out} (use: placetune measure --model ... --config {out})")
+        save_best_config(study, out, revalidation=_revalidate(cfg, study, console, revalidate))
+    console.print(_next_steps(out, mlflow_uri), highlight=False)
     return 0
+
+
+def _next_steps(out: Path, mlflow_uri: str | None) -> str:
+    """The final message: where the config is and what to do with it."""
+    steps = [f"best config written to {out}; next:",
+             f"  deploy it:     placetune export --config {out} --format numactl|systemd|docker|k8s --out FILE",
+             "  compare all:   placetune report (--html report.html for plots)"]
+    if mlflow_uri and not mlflow_uri.startswith("http"):
+        steps.append(f"  browse runs:   mlflow ui --backend-store-uri {mlflow_uri}")
+    elif mlflow_uri:
+        steps.append(f"  browse runs:   open {mlflow_uri}")
+    steps.append(f"  re-measure it: placetune measure --model ... --config {out}")
+    return "\n".join(steps)
+
+
+def save_best_config(study, out: Path, revalidation: list[dict] | None = None) -> bool:
+    """Write the study's best feasible config to ``out`` atomically (a temporary file renamed over
+    it), with the re-validation rows when given; False when there is no feasible trial yet."""
+    best = best_trial(study)
+    if best is None:
+        return False
+    document = best_config_document(study, best)
+    if revalidation is not None:
+        document["revalidation"] = revalidation
+    write_atomic(out, json.dumps(document, indent=1) + "\n")
+    return True
 
 
 def _revalidate(cfg: StudyConfig, study, console: Console, k: int) -> list[dict]:

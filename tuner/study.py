@@ -202,6 +202,10 @@ def load_study(storage: str | None, name: str | None) -> optuna.Study:
     if storage is None and not Path("placetune.db").is_file():
         raise UsageError("no placetune.db here: give --storage URL (the study's Optuna storage) or run this "
                          "where 'placetune optimize' ran")
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.is_file():  # SQLite would create an empty database there
+        raise UsageError(f"--storage {url}: no database file {sqlite_file}; check the path (a study's storage "
+                         "is where 'placetune optimize' wrote it)")
     try:
         rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
         names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
@@ -215,6 +219,14 @@ def load_study(storage: str | None, name: str | None) -> optuna.Study:
     if name not in names:
         raise UsageError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=rdb)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -275,26 +287,44 @@ def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpac
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                        optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
     }
+    final_failures = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.FAIL,)) if "retry_of" in t.user_attrs}  # failed twice: that is its verdict
     for name, params in baselines(topology):
-        if name not in done_or_waiting:
+        if name not in done_or_waiting and name not in final_failures:
             values = space.express(params) if space is not None else None
             study.enqueue_trial(values or {}, user_attrs={"baseline": name, "params": params.to_dict()})
 
 
 class HostLock:
     """One tuner per set of usable CPUs: overlapping trials would poison both measurements.
-    A lock held by a killed process is released by the kernel (flock), so it is never stale."""
+    A lock held by a killed process is released by the kernel (flock), so it is never stale.
+    While it waits it says once who holds the lock and how long it will wait (``on_wait``,
+    default: a line on stderr)."""
 
-    def __init__(self, topology: Topology, wait_s: float = 3600.0):
+    def __init__(self, topology: Topology, wait_s: float = 3600.0, on_wait: Callable[[str], None] | None = None):
         key = hashlib.sha256(format_cpulist(topology.usable_cpus).encode()).hexdigest()[:12]
         self.key = f"{socket.gethostname()}:{key}"
         self.path = Path(tempfile.gettempdir()) / f"placetune-{key}.lock"
         self.wait_s = wait_s
+        self.on_wait = on_wait or _say_on_stderr
         self._fd: int | None = None
+
+    def holder(self) -> str:
+        """``pid N (command line)`` of the process that wrote the lock file, as far as it can be read."""
+        try:
+            pid = Path(self.path).read_text().strip() or "?"
+        except OSError:
+            return "pid ?"
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            command = ""
+        return f"pid {pid}" + (f": {command[:200]}" if command else "")
 
     def __enter__(self) -> HostLock:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = time.monotonic() + self.wait_s
+        said = False
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -303,14 +333,15 @@ class HostLock:
                 return self
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    try:
-                        holder = Path(self.path).read_text().strip() or "?"
-                    except OSError:
-                        holder = "?"
+                    holder = self.holder()
                     os.close(self._fd)
-                    raise PlacetuneError(f"another placetune (pid {holder}) is measuring these CPUs "
+                    raise PlacetuneError(f"another placetune ({holder}) is measuring these CPUs "
                                          f"(lock {self.path}); overlapping trials would poison both "
                                          "measurements: wait for it (--lock-wait) or stop it") from None
+                if not said:
+                    self.on_wait(f"another placetune ({self.holder()}) is measuring these CPUs; waiting for it "
+                                 f"to finish, at most {_duration_text(self.wait_s)} (--lock-wait)")
+                    said = True
                 time.sleep(0.5)
 
     def __exit__(self, *exc) -> bool:
@@ -319,6 +350,20 @@ class HostLock:
             os.close(self._fd)
             self._fd = None
         return False
+
+
+def _say_on_stderr(message: str) -> None:
+    import sys
+
+    print(f"placetune: {message}", file=sys.stderr, flush=True)
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
 
 
 TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
@@ -369,6 +414,7 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
                 result = measure(plan(cfg.topology, params), cfg.model, cfg.settings, progress=on_progress)
             except TRIAL_FAULTS as exc:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                requeue_once(study, trial)
                 raise
         stored = result.to_dict()
         stored["_trial"] = trial.number
@@ -381,6 +427,19 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
         return result.throughput, (p99 if result.feasible else INFEASIBLE_P99)
 
     return objective
+
+
+def requeue_once(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """A trial that failed for a transient reason (a worker crashed, hung, ran out of memory, or its
+    placement was not verified) is queued once more with the same config; a retry that fails again
+    is the verdict. Returns whether it was queued."""
+    if "retry_of" in trial.user_attrs:
+        return False
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "params", "exploration")}
+    study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number},
+                        skip_if_exists=False)
+    trial.set_user_attr("retry_queued", True)
+    return True
 
 
 def _wait_for_same_config(study: optuna.Study, label: str, number: int, on_progress: Callable[[str], None]) -> None:
@@ -546,10 +605,16 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def baseline_results(study: optuna.Study) -> dict[str, dict]:
+    """Each baseline's result; a baseline that only failed gets an infeasible row with the reason."""
     out = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if "baseline" in t.user_attrs and "result" in t.user_attrs:
             out[t.user_attrs["baseline"]] = t.user_attrs["result"]
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        name = t.user_attrs.get("baseline")
+        if name and name not in out or (name in out and out[name].get("failed")):
+            out[name] = {"feasible": False, "failed": True, "throughput": 0.0,
+                         "reason": f"trial failed: {t.user_attrs.get('fail_reason', 'unknown reason')}"}
     return out
 
 
