@@ -94,12 +94,13 @@ def plan_command(
 
 
 def _measure_settings(scenario: str, bound: float | None, window: str, memory_limit: str | None,
-                      hang_timeout: str, seed: int = 0):
+                      hang_timeout: str, seed: int = 0, confidence: float = 0.95):
     """MeasureSettings from the flags 'measure' and 'optimize' share."""
     from tuner.measure import MeasureSettings, parse_duration, parse_size
 
     return MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
                            seed=seed, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
+                           confidence=confidence,
                            worker_memory_limit=parse_size(memory_limit, "--worker-memory-limit") if memory_limit else 0)
 
 
@@ -125,6 +126,8 @@ MemLimitOpt = Annotated[str | None, typer.Option("--worker-memory-limit", help="
                                                 "(RLIMIT_AS), e.g. 4G; a worker over it fails its trial.")]
 HangOpt = Annotated[str, typer.Option("--hang-timeout", help="A worker that has not finished this long after a "
                                       "window's end is hung: its trial fails.")]
+ConfidenceOpt = Annotated[float, typer.Option("--confidence", help="Confidence of each window's P99 verdict "
+                                              "(pass / fail / undecided), between 0.5 and 1.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
 
 
@@ -147,6 +150,7 @@ def measure(
     window: WindowOpt = "2s",
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
+    confidence: ConfidenceOpt = 0.95,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -161,7 +165,7 @@ def measure(
     from tuner.render import result_table
 
     bound = _resolve_bound(p99)
-    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout)
+    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, confidence=confidence)
     if config is not None:
         params = params_from_config_file(str(config))
     else:
@@ -217,6 +221,7 @@ def optimize(
                                            "these CPUs before giving up.")] = "1h",
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
+    confidence: ConfidenceOpt = 0.95,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -240,7 +245,8 @@ def optimize(
         raise UsageError("--n-trials must be at least 1")
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     bound = _resolve_bound(p99)
-    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0)
+    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0,
+                                 confidence)
     lock_wait_s = parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0
     topo = get_topology(fsroot, topology_file)
     resolved = load_space(space, topo)
