@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from tuner import stats
+from tuner import interference, stats
 from tuner.launcher import Launcher
 from tuner.worker import (
     ABORT,
@@ -143,17 +143,28 @@ class _Segment:
     wall_s: float
     worker_cpu_s: list[float]
     harness_cpu_s: float
+    before: interference.Snapshot
+    after: interference.Snapshot
 
 
 def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) -> _Segment:
+    snap_before = interference.snapshot(fleet.pids)
     cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
     run()
     wall = time.monotonic() - wall_before
+    cpu_after, own_after = fleet.cpu_seconds(), _own_cpu()
+    snap_after = interference.snapshot(fleet.pids)
     b = fleet.buffers
     claimed = min(int(b.control[NEXT]) if count is None else count, fleet.max_requests)
     return _Segment(b.scheduled[:claimed].copy(), b.started[:claimed].copy(), b.completed[:claimed].copy(),
-                    int(b.control[ABORT]), wall,
-                    [a - c for c, a in zip(cpu_before, fleet.cpu_seconds(), strict=True)], _own_cpu() - own_before)
+                    int(b.control[ABORT]), wall, [a - c for c, a in zip(cpu_before, cpu_after, strict=True)],
+                    own_after - own_before, snap_before, snap_after)
+
+
+def _window_interference(fleet: Launcher, segments: list[_Segment], own_cpu_s: float, wall_s: float) -> dict:
+    """Interference on the trial's CPUs; ``own_cpu_s`` (workers and harness) is not foreign."""
+    cpus = sorted({c for w in fleet.plan.workers for c in w.cpus}) or sorted(segments[0].before.cpu)
+    return interference.window_interference(segments[0].before, segments[-1].after, cpus, wall_s, own_cpu_s)
 
 
 def _server_segment(fleet: Launcher, offered_rate: float, count: int, over_allowed: int, start: float,
@@ -221,7 +232,7 @@ def run_server_window(
             return _latencies(segments[-1:])
 
         stats.decide(_latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence)
-    return _summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs)
+    return _summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs, fleet)
 
 
 def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None = None,
@@ -236,7 +247,7 @@ def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None
     done = ~np.isnan(segment.completed)  # offline: only what completed is part of the window
     segment.scheduled, segment.started, segment.completed = (
         segment.scheduled[done], segment.started[done], segment.completed[done])
-    return _summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings())
+    return _summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings(), fleet)
 
 
 def _own_cpu() -> float:
@@ -290,7 +301,7 @@ def _window_verdict(segments: list[_Segment], scenario: str, offered_rate: float
 
 
 def _summarise(segments: list[_Segment], scenario: str, offered_rate: float, bound_s: float | None,
-               unloaded_service_s: float, vs: VerdictSettings) -> WindowResult:
+               unloaded_service_s: float, vs: VerdictSettings, fleet: Launcher) -> WindowResult:
     latencies = _latencies(segments)
     service = np.concatenate([s.completed - s.started for s in segments])
     service = service[~np.isnan(service)]
@@ -326,4 +337,5 @@ def _summarise(segments: list[_Segment], scenario: str, offered_rate: float, bou
         p99_ci_ms=(max(0.0, verdict.ci_s[0] * 1000), verdict.ci_s[1] * 1000) if verdict else (math.nan, math.nan),
         confidence=vs.confidence, over_bound=verdict.over if verdict else 0, extensions=len(segments) - 1,
         service_cv=float(service.std() / service.mean()) if service.size > 1 and service.mean() > 0 else math.nan,
+        interference=_window_interference(fleet, segments, sum(cpu) + sum(s.harness_cpu_s for s in segments), wall),
     )

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from tuner import stats
+from tuner import interference, stats
 from tuner.errors import UsageError
 from tuner.launcher import Launcher, PlacementSeen
 from tuner.loadgen import VerdictSettings, WindowResult, run_offline_window, run_server_window
@@ -54,6 +54,7 @@ class MeasureSettings:
     hang_grace_s: float = 30.0  # a worker silent this long past a window's end is hung
     confidence: float = stats.DEFAULT_CONFIDENCE  # of each window's P99 verdict
     max_extensions: int = 2  # times an undecided window is extended before it is reported undecided
+    disturbed_reruns: int = 2  # times a disturbed window (steal, foreign load) is run again
 
     @property
     def verdicts(self) -> VerdictSettings:
@@ -185,11 +186,13 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         probe = run_offline_window(fleet, settings.window_s, bound, settings.verdicts)
         windows.append(probe)
         capacity = probe.achieved_rate
-        outcome = _server_search(fleet, settings, probe, rng, say) if settings.scenario == "server" else None
+        run_log: list[WindowResult] = []
+        outcome = (_server_search(fleet, settings, probe, rng, say, run_log) if settings.scenario == "server"
+                   else None)
         fleet.check_alive()
     result_window, feasible, verdict, reason, throughput_ci = _conclude(settings, probe, outcome)
-    if outcome is not None:
-        windows.extend(outcome.windows)
+    windows.extend(run_log)
+    window_dicts = [w.to_dict() for w in windows]
     notes += noise_notes(result_window)
     if probe.requests < 1000:
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
@@ -203,23 +206,33 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         capacity=float(capacity), unloaded_p50_ms=probe.p50_ms, unloaded_p99_ms=probe.p99_ms,
         cpu_util=float(sum(result_window.worker_cpu)), worker_cpu=list(result_window.worker_cpu),
         harness_cpu=result_window.harness_cpu, placement=[s.to_dict() for s in seen],
-        windows=[w.to_dict() for w in windows], model=model.to_dict(), machine=machine_metadata(),
+        windows=window_dicts, model=model.to_dict(), machine=machine_metadata(),
         duration_s=time.monotonic() - began, notes=notes, verdict=verdict,
         throughput_ci=[float(v) for v in throughput_ci], p99_ci_ms=list(result_window.p99_ci_ms),
         confidence=settings.confidence,
+        interference=interference.summarise(window_dicts, result_window.to_dict()),
     )
 
 
 def _server_search(fleet: Launcher, settings: MeasureSettings, probe: WindowResult, rng: np.random.Generator,
-                   say: ProgressFn) -> SearchOutcome | None:
-    """The rate search, unless the unloaded P99 is proven over the bound (then None)."""
+                   say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | None:
+    """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
+    run, disturbed ones included, is appended to ``run_log``; a disturbed window (steal or foreign
+    load over the thresholds of tuner.interference) is re-run up to ``disturbed_reruns`` times."""
     if probe.verdict == stats.FAIL:
         return None
     service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
 
     def run(rate: float) -> WindowResult:
-        return run_server_window(fleet, rate, settings.window_s, settings.min_requests, settings.p99_bound_s,
-                                 service_s, rng, verdicts=settings.verdicts)
+        for attempt in range(1 + settings.disturbed_reruns):
+            window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
+                                       settings.p99_bound_s, service_s, rng, verdicts=settings.verdicts)
+            run_log.append(window)
+            if not window.interference.get("disturbed"):
+                break
+            if attempt < settings.disturbed_reruns:
+                say(f"window at {rate:.1f} req/s disturbed ({interference.describe(window.interference)}): re-run")
+        return window
 
     return search_rate(run, probe.achieved_rate, settings.search_steps, say)
 

@@ -97,4 +97,5 @@ def _outcome(by_rate: dict[float, list[WindowResult]], verdicts: dict[float, str
     above = [r for r, v in verdicts.items() if r > best_rate and v != stats.PASS]
     high = min(above) if above else max(capacity, best_rate)
     low = float(np.min([w.achieved_rate for w in by_rate[best_rate]]))
-    return SearchOutcome(best, windows, (min(low, best.achieved_rate), float(max(high, low))), stats.PASS)
+    return SearchOutcome(best, windows, (min(low, best.achieved_rate), float(max(high, best.achieved_rate))),
+                         stats.PASS)

@@ -6,6 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.tree import Tree
 
+from tuner.interference import describe
 from tuner.placement import Params, Plan
 from tuner.topology import UNKNOWN, Topology, format_cpulist
 
@@ -113,7 +114,7 @@ def result_table(result) -> Group:
                  f"{result.p50_ms:.2f} / {result.p90_ms:.2f} / {result.p99_ms:.2f} / {result.p999_ms:.2f} ms"
                  + _interval(result.p99_ci_ms, result.confidence, "ms", "P99 "))
     if result.interference:
-        head.add_row("interference", interference_text(result.interference))
+        head.add_row("interference", describe(result.interference))
     head.add_row("capacity (closed loop)", f"{result.capacity:.1f} req/s")
     head.add_row("unloaded P50/P99", f"{result.unloaded_p50_ms:.2f} / {result.unloaded_p99_ms:.2f} ms")
     head.add_row("CPU use", f"workers {result.cpu_util:.2f} cores "
@@ -142,16 +143,3 @@ def _interval(bounds, confidence: float, unit: str, what: str = "") -> str:
     if not (math.isfinite(lo) and math.isfinite(confidence)):
         return ""
     return f" ({what}{round(confidence * 100)}% bounds {lo:.1f}-{hi:.1f} {unit})"
-
-
-def interference_text(interference: dict) -> str:
-    """One line of a result's interference diagnostics (tuner.interference)."""
-    parts = []
-    for key, fmt in (("steal_pct", "steal {:.1f}%"), ("foreign_cpu", "foreign load {:.2f} cores"),
-                     ("involuntary_ctx_switches", "{:.0f} involuntary switches"),
-                     ("migrations", "{:.0f} migrations"), ("service_cv", "service CV {:.2f}"),
-                     ("disturbed_windows", "{} disturbed windows")):
-        value = interference.get(key)
-        if value is not None and value == value:
-            parts.append(fmt.format(value))
-    return ", ".join(parts) or "not measured"
