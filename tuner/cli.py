@@ -207,7 +207,8 @@ def optimize(
     study_name: Annotated[str | None, typer.Option("--study-name", help="Default: from model, bound, "
                                                    "scenario.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
-    revalidate: Annotated[int, typer.Option("--revalidate", help="Re-measure the best K configs at the end.")] = 3,
+    revalidate: Annotated[int, typer.Option("--revalidate", help="Final race: the best K configs and "
+                                         "every baseline re-measured in interleaved rounds.")] = 3,
     out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
     mlflow_uri: MlflowUriOpt = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,

@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuner.measure import measure
-from tuner.placement import Params, plan
+from tuner import stats
 from tuner.study import (
     MAX_FREE_STREAK,
     StudyConfig,
@@ -20,7 +19,6 @@ from tuner.study import (
     baseline_results,
     best_config_document,
     best_trial,
-    feasible_trials,
     measured_trials,
     open_study,
     pareto_front,
@@ -122,32 +120,26 @@ def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Pat
     console.print(ratios)
     document = best_config_document(study, best)
     if revalidate > 0:
-        document["revalidation"] = _revalidate(cfg, study, console, revalidate)
+        document["race"] = _final_race(cfg, study, console, revalidate)
     out.write_text(json.dumps(document, indent=1) + "\n")
     console.print(f"best config written to {out} (use: placetune measure --model ... --config {out})")
     return 0
 
 
-def _revalidate(cfg: StudyConfig, study, console: Console, k: int) -> list[dict]:
-    """Re-measure the best K distinct feasible configs once more; show the spread between runs."""
-    ranked: dict[str, object] = {}
-    for t in sorted(feasible_trials(study), key=lambda t: -t.values[0]):
-        ranked.setdefault(t.user_attrs.get("label"), t)
-    table = Table(title=f"re-validation of the best {min(k, len(ranked))} config(s)")
-    for col in ("config", "study req/s", "re-measured req/s", "spread", "re-measured P99 ms"):
+def _final_race(cfg: StudyConfig, study, console: Console, k: int) -> dict:
+    """The best K configs and every baseline re-measured in interleaved rounds (tuner.race)."""
+    from tuner.race import race_study
+
+    with console.status("final race") as status:
+        result = race_study(study, cfg.topology, cfg.model, cfg.settings, k, say=status.update)
+    table = Table(title=f"final race ({len(result.throughputs[result.winner])} interleaved rounds)")
+    for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):
         table.add_column(col)
-    rows = []
-    for label, t in list(ranked.items())[:k]:
-        params = Params.from_dict(t.user_attrs["result"]["params"])
-        again = measure(plan(cfg.topology, params), cfg.model, cfg.settings)
-        first = t.user_attrs["result"]["throughput"]
-        values = [first, again.throughput]
-        spread = (max(values) - min(values)) / statistics.mean(values) if statistics.mean(values) else math.inf
-        table.add_row(label, f"{first:.1f}", f"{again.throughput:.1f}", f"{spread:.1%}", f"{again.p99_ms:.2f}")
-        rows.append({"label": label, "study_throughput": first, "remeasured_throughput": again.throughput,
-                     "remeasured_p99_ms": again.p99_ms, "remeasured_feasible": again.feasible, "spread": spread})
+    for e in result.entrants:
+        runs = result.throughputs[e.label]
+        cv = stats.cv(runs)
+        table.add_row(e.label, e.baseline, f"{statistics.mean(runs):.1f}", f"{cv:.1%}" if cv == cv else "-",
+                      " ".join(f"{v:.0f}" for v in runs))
     console.print(table)
-    if any(r["spread"] > 0.10 for r in rows):
-        console.print("[yellow]warning: re-measured throughput differs by more than 10%: the machine is noisy; "
-                      "use longer --window or more trials before trusting small differences[/]")
-    return rows
+    console.print(("[green]" if result.significant else "[yellow]") + result.summary + "[/]")
+    return result.to_dict()
