@@ -54,7 +54,7 @@ class MeasureSettings:
     hang_grace_s: float = 30.0  # a worker silent this long past a window's end is hung
     confidence: float = stats.DEFAULT_CONFIDENCE  # of each window's P99 verdict
     max_extensions: int = 2  # times an undecided window is extended before it is reported undecided
-    disturbed_reruns: int = 2  # times a disturbed window (steal, foreign load) is run again
+    disturbed_reruns: int = 2  # disturbed windows (steal, foreign load) re-run per measurement, at most
 
     @property
     def verdicts(self) -> VerdictSettings:
@@ -218,21 +218,22 @@ def _server_search(fleet: Launcher, settings: MeasureSettings, probe: WindowResu
                    say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | None:
     """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
     run, disturbed ones included, is appended to ``run_log``; a disturbed window (steal or foreign
-    load over the thresholds of tuner.interference) is re-run up to ``disturbed_reruns`` times."""
+    load over the thresholds of tuner.interference) is re-run, ``disturbed_reruns`` times at most
+    per measurement (a machine that is always busy must not multiply the work)."""
     if probe.verdict == stats.FAIL:
         return None
     service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
+    reruns_left = [settings.disturbed_reruns]
 
     def run(rate: float) -> WindowResult:
-        for attempt in range(1 + settings.disturbed_reruns):
+        while True:
             window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
                                        settings.p99_bound_s, service_s, rng, verdicts=settings.verdicts)
             run_log.append(window)
-            if not window.interference.get("disturbed"):
-                break
-            if attempt < settings.disturbed_reruns:
-                say(f"window at {rate:.1f} req/s disturbed ({interference.describe(window.interference)}): re-run")
-        return window
+            if not window.interference.get("disturbed") or reruns_left[0] <= 0:
+                return window
+            reruns_left[0] -= 1
+            say(f"window at {rate:.1f} req/s disturbed ({interference.describe(window.interference)}): re-run")
 
     return search_rate(run, probe.achieved_rate, settings.search_steps, say)
 

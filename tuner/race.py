@@ -146,7 +146,9 @@ def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, ma
     counter = iter(range(1, 1_000_000))
 
     def measure_throughput(e: Entrant) -> float:
-        result = measure(plan(topology, e.params), model, replace(settings, seed=settings.seed + next(counter)))
+        # three search windows (and the boundary re-test) per run: the race's evidence is its rounds
+        quick = replace(settings, seed=settings.seed + next(counter), search_steps=min(3, settings.search_steps))
+        result = measure(plan(topology, e.params), model, quick)
         return result.throughput if result.feasible else 0.0
 
     return race(study_entrants(study, k), measure_throughput, min_rounds, max_rounds, settings.confidence, say=say)
