@@ -1,7 +1,7 @@
 """Repeatability: the same config measured N times in a row, then interleaved with the ORT default.
 
     .venv/bin/python -m experiments.repeatability --model onnx:squeezenet --p99 200ms --runs 5 \\
-        --workers 2 --cores-per-worker 1 --intra-op 1 [--window 1s] [--out experiments/results/X.json]
+        [--min-requests 400] --workers 2 --cores-per-worker 1 --intra-op 1 [--window 1s] [--out FILE.json]
 
 Prints each run (throughput, its interval, verdict, P99 and its bounds, interference), the
 throughput CV of the back-to-back runs, and the config's throughput ratio over the ORT default
@@ -47,13 +47,14 @@ def main() -> None:
     ap.add_argument("--cores-per-worker", type=int, default=1)
     ap.add_argument("--intra-op", type=int, default=1)
     ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument("--min-requests", type=int, default=1000, help="floor of a window's requests")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     topo = read_topology("/")
     model = inspect_model(args.model)
     settings = MeasureSettings(p99_bound_s=parse_duration(args.p99, "--p99"), window_s=parse_duration(args.window),
-                               confidence=args.confidence)
+                               confidence=args.confidence, min_requests=args.min_requests)
     config = Params(workers=args.workers, cores_per_worker=args.cores_per_worker, intra_op_threads=args.intra_op)
     default = Params(workers=1, pin=False, intra_op_threads=0)
     config_plan, default_plan = plan(topo, config), plan(topo, default)
@@ -84,7 +85,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "config": config.to_dict(), "model": args.model, "p99": args.p99, "window": args.window,
-        "confidence": args.confidence, "cpus": len(topo.usable_cpus),
+        "confidence": args.confidence, "min_requests": args.min_requests, "cpus": len(topo.usable_cpus),
         "in_a_row": {"throughputs": rates, "mean": mean, "ci": [lo, hi], "cv": stats.cv(rates)},
         "interleaved": {"config": a, "ort_default": b, "ratio": ratio, "ci": [rlo, rhi]},
         "runs": in_a_row + interleaved,

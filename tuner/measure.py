@@ -252,7 +252,7 @@ def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOut
     if outcome.best is not None:
         return outcome.best, True, stats.PASS, "", outcome.throughput_ci
     lowest = min(outcome.windows, key=lambda w: w.offered_rate) if outcome.windows else probe
-    prefix = "no offered rate passed" if outcome.verdict == stats.FAIL else "no offered rate was proven to pass"
+    prefix = "no offered rate was proven to pass"
     return lowest, False, outcome.verdict, f"{prefix} (lowest tried: {lowest.reason})", outcome.throughput_ci
 
 

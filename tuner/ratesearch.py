@@ -31,7 +31,7 @@ class SearchOutcome:
     best: WindowResult | None  # the passing window reported (None: no rate passed)
     windows: list[WindowResult]  # every window run, in order
     throughput_ci: tuple[float, float]
-    verdict: str  # pass | fail (the lowest rate tried was proven to fail) | undecided
+    verdict: str  # pass | undecided (no rate tried passed; a lower one might)
 
 
 def pooled_verdict(windows: list[WindowResult], quantile: float = stats.DEFAULT_QUANTILE) -> str:
@@ -88,10 +88,9 @@ def _best_rate(verdicts: dict[float, str]) -> float | None:
 
 def _outcome(by_rate: dict[float, list[WindowResult]], verdicts: dict[float, str], best_rate: float | None,
              windows: list[WindowResult], capacity: float) -> SearchOutcome:
-    if best_rate is None:
+    if best_rate is None:  # a lower rate than any tried may still pass: nothing is proven infeasible
         lowest = min(verdicts, default=None)
-        verdict = stats.FAIL if lowest is not None and verdicts[lowest] == stats.FAIL else stats.UNDECIDED
-        return SearchOutcome(None, windows, (0.0, float(lowest) if lowest is not None else 0.0), verdict)
+        return SearchOutcome(None, windows, (0.0, float(lowest) if lowest is not None else 0.0), stats.UNDECIDED)
     passing = [w for w in by_rate[best_rate] if w.verdict == stats.PASS] or by_rate[best_rate]
     best = max(passing, key=lambda w: w.achieved_rate)
     above = [r for r, v in verdicts.items() if r > best_rate and v != stats.PASS]
