@@ -125,6 +125,11 @@ def test_measure_gives_a_full_result(model, topo):
     result = measure(the_plan, model, MeasureSettings(p99_bound_s=1.0, window_s=0.3, min_requests=100,
                                                       warmup_s=0.1, search_steps=5))
     assert result.feasible and result.throughput > 0, (result.reason, result.windows)
+    assert result.verdict == "pass" and result.confidence == 0.95
+    lo, hi = result.throughput_ci
+    assert lo <= result.throughput <= hi
+    assert result.p99_ci_ms[0] <= result.p99_ms <= result.p99_ci_ms[1] <= 1000
+    assert {w["verdict"] for w in result.windows} <= {"pass", "fail", "undecided"}
     assert result.windows[0]["scenario"] == "offline"
     assert all(w["scenario"] == "server" for w in result.windows[1:])
     assert result.placement[0]["thread_cpus"]

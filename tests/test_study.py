@@ -59,7 +59,7 @@ def test_a_short_real_study_runs_baselines_and_writes_a_config_that_remeasures(t
         assert t.user_attrs["result"]["feasible"]
         assert not any(o.values[0] > t.values[0] and o.values[1] < t.values[1] for o in front)
     config = json.loads((tmp_path / "best_config.json").read_text())
-    assert config["revalidation"] and config["params"]
+    assert config["race"]["summary"] and config["params"]
     again = subprocess.run([*CLI, "measure", "--model", model_path, "--config", "best_config.json",
                             "--p99", "2s", "--window", "0.2s", "--json"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)

@@ -121,12 +121,13 @@ def plan_command(
 
 
 def _measure_settings(scenario: str, bound: float | None, window: str, memory_limit: str | None,
-                      hang_timeout: str, seed: int = 0):
+                      hang_timeout: str, seed: int = 0, confidence: float = 0.95):
     """MeasureSettings from the flags 'measure' and 'optimize' share."""
     from tuner.measure import MeasureSettings, parse_duration, parse_size
 
     return MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
                            seed=seed, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
+                           confidence=confidence,
                            worker_memory_limit=parse_size(memory_limit, "--worker-memory-limit") if memory_limit else 0)
 
 
@@ -173,6 +174,8 @@ MemLimitOpt = Annotated[str | None, typer.Option("--worker-memory-limit", help="
                                                 "(RLIMIT_AS), e.g. 4G; a worker over it fails its trial.")]
 HangOpt = Annotated[str, typer.Option("--hang-timeout", help="A worker that has not finished this long after a "
                                       "window's end is hung: its trial fails.")]
+ConfidenceOpt = Annotated[float, typer.Option("--confidence", help="Confidence of each window's P99 verdict "
+                                              "(pass / fail / undecided), between 0.5 and 1.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
 
 
@@ -195,6 +198,7 @@ def measure(
     window: WindowOpt = "2s",
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
+    confidence: ConfidenceOpt = 0.95,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -211,7 +215,7 @@ def measure(
     from tuner.study import HostLock
 
     bound = _resolve_bound(p99)
-    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout)
+    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, confidence=confidence)
     lock_wait_s = _lock_wait_s(lock_wait)
     if config is not None:
         params = config_params(load_config(config), f"--config {config}")
@@ -255,7 +259,8 @@ def optimize(
     study_name: Annotated[str | None, typer.Option("--study-name", help="Default: from model, bound, "
                                                    "scenario.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
-    revalidate: Annotated[int, typer.Option("--revalidate", help="Re-measure the best K configs at the end.")] = 3,
+    revalidate: Annotated[int, typer.Option("--revalidate", help="Final race: the best K configs and "
+                                         "every baseline re-measured in interleaved rounds.")] = 3,
     out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
     mlflow_uri: MlflowUriOpt = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
@@ -268,6 +273,7 @@ def optimize(
     lock_wait: LockWaitOpt = "1h",
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
+    confidence: ConfidenceOpt = 0.95,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -292,7 +298,8 @@ def optimize(
         raise UsageError("--n-trials must be at least 1")
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     bound = _resolve_bound(p99)
-    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0)
+    settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0,
+                                 confidence)
     lock_wait_s = _lock_wait_s(lock_wait)
     check_writable(out, "--out")
     topo = get_topology(fsroot, topology_file)

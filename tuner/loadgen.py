@@ -6,22 +6,27 @@
   completion, so a late pick-up counts against the system (no coordinated omission).
 - ``offline``: every worker runs back to back for the window (closed loop, saturation).
 
-A server window passes when P99 <= bound and the system kept up: achieved throughput
->= 99% of offered, with the offered span measured from the first arrival to the last
-arrival plus one unloaded service time (so a short window is not failed for the last
-request's own service time). A window stops early once more than 1% of its requests are
-over the bound (P99 can no longer pass), or, with no bound, once a request waits longer
-than the backlog limit.
+A server window's verdict (``tuner.stats``): ``pass`` when the upper confidence bound of its
+P99 (exact, from order statistics) is <= the bound and the system kept up (achieved >= 99% of
+offered, the offered span measured from the first arrival to the last plus one unloaded
+service time); ``fail`` when the P99's lower bound is over the bound or it did not keep up;
+else ``undecided``, and an undecided window is extended (more requests at the same rate,
+pooled with the first) up to a cap. The window is sized by the samples a verdict needs. It
+stops early once its failure is proven (the over-bound count exceeds what a fail verdict
+allows at the planned size), or, with no bound, once a request waits longer than the
+backlog limit.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from tuner import interference, stats
 from tuner.launcher import Launcher
 from tuner.worker import (
     ABORT,
@@ -60,15 +65,42 @@ class WindowResult:
     harness_cpu: float  # CPU use of the tuner process itself in cores
     service_p50_ms: float = math.nan  # time inside session.run: the same work every request, so its
     service_p99_ms: float = math.nan  # spread is interference (a noisy machine), not queueing
+    verdict: str = stats.PASS  # "pass" | "fail" | "undecided" (tuner.stats)
+    p99_ci_ms: tuple[float, float] = (math.nan, math.nan)  # one-sided bounds at `confidence` each
+    confidence: float = stats.DEFAULT_CONFIDENCE
+    over_bound: int = 0  # requests over the bound (unserved ones included)
+    extensions: int = 0  # times an undecided window was extended
+    service_cv: float = math.nan  # std/mean of the service time: identical work, so spread is noise
+    interference: dict = field(default_factory=dict)  # tuner.interference.window_interference
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["worker_cpu"] = list(self.worker_cpu)
+        d["p99_ci_ms"] = list(self.p99_ci_ms)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> WindowResult:
-        return cls(**{**d, "worker_cpu": tuple(d["worker_cpu"])})
+        """Also reads windows stored before verdicts existed (their verdict follows ``passed``)."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("verdict", stats.PASS if d.get("passed") else stats.FAIL)
+        return cls(**{**d, "worker_cpu": tuple(d["worker_cpu"]),
+                      "p99_ci_ms": tuple(d.get("p99_ci_ms", (math.nan, math.nan)))})
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    """How sure a window's verdict must be, and how far an undecided window may grow."""
+
+    confidence: float = stats.DEFAULT_CONFIDENCE
+    quantile: float = stats.DEFAULT_QUANTILE
+    max_extensions: int = 2
+    max_growth: float = 8.0  # an extended window holds at most this many times its first size
+
+    @property
+    def looks(self) -> int:
+        return 1 + self.max_extensions
 
 
 def poisson_schedule(rate: float, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -100,6 +132,65 @@ def _reset(fleet: Launcher, count: int, mode: int, over_allowed: int) -> None:
     c[ABORT] = 0
 
 
+@dataclass
+class _Segment:
+    """One run of the workers over a schedule in shared memory: its raw arrays and CPU use."""
+
+    scheduled: np.ndarray
+    started: np.ndarray
+    completed: np.ndarray
+    abort: int
+    wall_s: float
+    worker_cpu_s: list[float]
+    harness_cpu_s: float
+    before: interference.Snapshot
+    after: interference.Snapshot
+
+
+def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) -> _Segment:
+    snap_before = interference.snapshot(fleet.pids)
+    cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
+    run()
+    wall = time.monotonic() - wall_before
+    cpu_after, own_after = fleet.cpu_seconds(), _own_cpu()
+    snap_after = interference.snapshot(fleet.pids)
+    b = fleet.buffers
+    claimed = min(int(b.control[NEXT]) if count is None else count, fleet.max_requests)
+    return _Segment(b.scheduled[:claimed].copy(), b.started[:claimed].copy(), b.completed[:claimed].copy(),
+                    int(b.control[ABORT]), wall, [a - c for c, a in zip(cpu_before, cpu_after, strict=True)],
+                    own_after - own_before, snap_before, snap_after)
+
+
+def _window_interference(fleet: Launcher, segments: list[_Segment], own_cpu_s: float, wall_s: float) -> dict:
+    """Interference on the trial's CPUs; ``own_cpu_s`` (workers and harness) is not foreign."""
+    cpus = sorted({c for w in fleet.plan.workers for c in w.cpus}) or sorted(segments[0].before.cpu)
+    return interference.window_interference(segments[0].before, segments[-1].after, cpus, wall_s, own_cpu_s)
+
+
+def _server_segment(fleet: Launcher, offered_rate: float, count: int, over_allowed: int, start: float,
+                    bound_s: float | None, backlog_limit_s: float | None, unloaded_service_s: float,
+                    rng: np.random.Generator) -> _Segment:
+    offsets = poisson_schedule(offered_rate, count, rng)
+    _reset(fleet, count, MODE_SERVER, over_allowed)
+    fleet.buffers.scheduled[:count] = start + offsets
+    schedule_span = float(offsets[-1])
+    # generous: the schedule, then three times the whole segment's service work on one worker
+    grace = min(5.0, fleet.hang_grace_s)
+    timeout = max(0.0, start - time.monotonic()) + schedule_span + grace + 3 * max(
+        unloaded_service_s, 0.001) * count / max(1, len(fleet.pids))
+    return _run_segment(fleet, count, lambda: fleet.run_window(start + schedule_span + 3600, bound_s,
+                                                               backlog_limit_s, timeout_s=timeout))
+
+
+def window_requests(offered_rate: float, duration_s: float, min_requests: int, max_requests: int,
+                    verdicts: VerdictSettings | None) -> int:
+    """Requests in a server window's first segment: the duration at the rate, at least
+    ``min_requests`` and, with a bound to judge (``verdicts``), at least what a pass verdict
+    needs with no request over the bound."""
+    need = stats.samples_needed(0.0, verdicts.quantile, verdicts.confidence, verdicts.looks) if verdicts else 0
+    return max(2, min(max(min_requests, need, math.ceil(offered_rate * duration_s)), max_requests))
+
+
 def run_server_window(
     fleet: Launcher,
     offered_rate: float,
@@ -110,103 +201,141 @@ def run_server_window(
     rng: np.random.Generator,
     backlog_limit_s: float | None = None,
     start_time: float | None = None,
+    verdicts: VerdictSettings | None = None,
 ) -> WindowResult:
-    """One open-loop window at ``offered_rate``. ``start_time`` (monotonic clock) lets a caller
-    start the schedule in the past: the lateness shows in the latency."""
-    # at least min_requests (P99 needs ~1000), but never longer than 3 windows
-    count = max(min_requests, math.ceil(offered_rate * duration_s))
-    count = min(count, math.ceil(offered_rate * duration_s * 3), fleet.max_requests)
-    count = max(count, 2)
-    offsets = poisson_schedule(offered_rate, count, rng)
-    over_allowed = count // 100  # more than 1% over the bound => P99 over the bound
-    _reset(fleet, count, MODE_SERVER, over_allowed)
+    """One open-loop window at ``offered_rate``, extended while its verdict is undecided.
+    ``start_time`` (monotonic clock) lets a caller start the schedule in the past: the lateness
+    shows in the latency."""
+    vs = verdicts or VerdictSettings()
+    count = window_requests(offered_rate, duration_s, min_requests, fleet.max_requests,
+                            vs if bound_s is not None else None)
+    max_n = int(min(fleet.max_requests, count * vs.max_growth))
     if bound_s is None and backlog_limit_s is None:
         backlog_limit_s = max(1.0, 50 * unloaded_service_s)
     start = time.monotonic() + START_DELAY_S if start_time is None else start_time
-    fleet.buffers.scheduled[:count] = start + offsets
-    cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
-    schedule_span = float(offsets[-1])
-    # generous: the schedule, then three times the whole window's service work on one worker
-    grace = min(5.0, fleet.hang_grace_s)
-    timeout = START_DELAY_S + schedule_span + grace + 3 * max(unloaded_service_s, 0.001) * count / max(
-        1, len(fleet.pids))
-    fleet.run_window(start + schedule_span + 3600, bound_s, backlog_limit_s, timeout_s=timeout)
-    wall = time.monotonic() - wall_before
-    return _summarise(fleet, "server", offered_rate, count, start, cpu_before, own_before, wall,
-                      bound_s, unloaded_service_s)
+
+    def allowance(total: int, over_so_far: int) -> int:
+        if bound_s is None:
+            return total
+        return stats.fail_allowance(total, vs.quantile, vs.confidence, vs.looks) - over_so_far
+
+    segments = [_server_segment(fleet, offered_rate, count, allowance(count, 0), start, bound_s,
+                                backlog_limit_s, unloaded_service_s, rng)]
+    if bound_s is not None and _kept_up(segments, offered_rate, unloaded_service_s)[0]:
+        def more(extra: int) -> np.ndarray:
+            done = sum(s.scheduled.size for s in segments)
+            over = int(np.count_nonzero(~(_latencies(segments) <= bound_s)))
+            gap = float(rng.exponential(1.0 / offered_rate))
+            begin = max(float(np.nanmax(segments[-1].scheduled)) + gap, time.monotonic() + START_DELAY_S)
+            segments.append(_server_segment(fleet, offered_rate, extra, allowance(done + extra, over), begin,
+                                            bound_s, backlog_limit_s, unloaded_service_s, rng))
+            return _latencies(segments[-1:])
+
+        stats.decide(_latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence)
+    return _summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs, fleet)
 
 
-def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None = None) -> WindowResult:
+def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None = None,
+                       verdicts: VerdictSettings | None = None) -> WindowResult:
     """Every worker closed-loop for ``duration_s``."""
     count = fleet.max_requests
-    _reset(fleet, min(count, fleet.max_requests), MODE_OFFLINE, count)
+    _reset(fleet, count, MODE_OFFLINE, count)
     fleet.buffers.scheduled[:count] = np.nan
-    cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
-    start = time.monotonic()
-    fleet.run_window(start + duration_s, None, None, timeout_s=duration_s + fleet.hang_grace_s)
-    wall = time.monotonic() - wall_before
-    return _summarise(fleet, "offline", 0.0, None, start, cpu_before, own_before, wall, bound_s, 0.0)
+    end = time.monotonic() + duration_s
+    segment = _run_segment(fleet, None, lambda: fleet.run_window(end, None, None,
+                                                                 timeout_s=duration_s + fleet.hang_grace_s))
+    done = ~np.isnan(segment.completed)  # offline: only what completed is part of the window
+    segment.scheduled, segment.started, segment.completed = (
+        segment.scheduled[done], segment.started[done], segment.completed[done])
+    return _summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings(), fleet)
 
 
 def _own_cpu() -> float:
     return time.process_time()
 
 
-def _summarise(fleet: Launcher, scenario: str, offered_rate: float, count: int | None, start: float,
-               cpu_before: list[float], own_before: float, wall: float, bound_s: float | None,
-               unloaded_service_s: float) -> WindowResult:
-    b = fleet.buffers
-    claimed = int(b.control[NEXT]) if count is None else count
-    claimed = min(claimed, fleet.max_requests)
-    completed_at = b.completed[:claimed].copy()
-    scheduled = b.scheduled[:claimed].copy()
-    started = b.started[:claimed].copy()
-    abort = int(b.control[ABORT])
-    done = ~np.isnan(completed_at)
-    if count is None:  # offline: only what completed is part of the window
-        scheduled, completed_at, started, done = scheduled[done], completed_at[done], started[done], done[done]
-        claimed = int(done.size)
-    n_done = int(done.sum())
-    latencies = np.where(done, completed_at - scheduled, np.inf)
-    service = (completed_at - started)[done]
+def _latencies(segments: list[_Segment]) -> np.ndarray:
+    """Scheduled arrival to completion; a request never completed is infinitely late."""
+    return np.concatenate([np.where(np.isnan(s.completed), np.inf, s.completed - s.scheduled)
+                           for s in segments])
+
+
+def _kept_up(segments: list[_Segment], offered_rate: float, unloaded_service_s: float) -> tuple[bool, float]:
+    """(kept up, achieved rate): completions over the segments' own spans (gaps between extension
+    segments do not count), against the offered rate."""
+    claimed = sum(s.scheduled.size for s in segments)
+    n_done = sum(int(np.count_nonzero(~np.isnan(s.completed))) for s in segments)
+    elapsed = sum(float(np.nanmax(s.completed) - np.nanmin(s.scheduled)) for s in segments
+                  if np.any(~np.isnan(s.completed)))
+    achieved = n_done / elapsed if elapsed > 0 else 0.0
+    span = sum(float(np.nanmax(s.scheduled) - np.nanmin(s.scheduled)) + max(unloaded_service_s, 0.0)
+               for s in segments)
+    effective_offered = claimed / span if span > 0 else offered_rate
+    backlog = any(s.abort == ABORT_BACKLOG for s in segments)
+    kept = n_done == claimed and not backlog and achieved >= KEEP_UP_RATIO * min(effective_offered, offered_rate)
+    return kept, achieved
+
+
+def _window_verdict(segments: list[_Segment], scenario: str, offered_rate: float, achieved: float, kept_up: bool,
+                    bound_s: float | None, vs: VerdictSettings, looks: int) -> tuple[stats.Verdict | None, str]:
+    """The window's statistical verdict (None without a bound) and why it did not pass."""
+    verdict = stats.judge(_latencies(segments), bound_s, vs.quantile, vs.confidence, looks) if bound_s else None
+    aborted = any(s.abort == ABORT_OVER_BOUND for s in segments)
+    if any(s.abort == ABORT_BACKLOG for s in segments):
+        return verdict, "did not keep up (backlog grew past the limit)"
+    if not kept_up and not aborted:
+        return verdict, f"did not keep up (achieved {achieved:.1f} of {offered_rate:.1f} req/s)"
+    if verdict is None or verdict.verdict == stats.PASS:
+        return verdict, ""
+    lo, hi = (v * 1000 for v in verdict.ci_s)
+    bound_ms = bound_s * 1000
+    pct = round(vs.confidence * 100)
+    if verdict.verdict == stats.FAIL:
+        reason = (f"P99 over the {bound_ms:g} ms bound ({verdict.over} of {verdict.n} requests over; "
+                  f"{pct}% lower bound {lo:.2f} ms)" + (", stopped early" if aborted else ""))
+        if aborted and not kept_up and scenario == "server":
+            reason += f"; achieved {achieved:.1f} of {offered_rate:.1f} req/s"
+        return verdict, reason
+    return verdict, (f"P99 undecided after {verdict.n} requests: its {pct}% bounds {lo:.2f}-{hi:.2f} ms "
+                     f"straddle the {bound_ms:g} ms bound")
+
+
+def _summarise(segments: list[_Segment], scenario: str, offered_rate: float, bound_s: float | None,
+               unloaded_service_s: float, vs: VerdictSettings, fleet: Launcher) -> WindowResult:
+    latencies = _latencies(segments)
+    service = np.concatenate([s.completed - s.started for s in segments])
+    service = service[~np.isnan(service)]
+    claimed = int(latencies.size)
+    n_done = int(np.count_nonzero(np.isfinite(latencies)))
     p50, p90, p99, p999 = percentiles_ms(latencies)
-    if n_done:
-        first = float(np.nanmin(scheduled))
-        last_done = float(np.nanmax(completed_at))
-        elapsed = max(last_done - first, 1e-9)
-        achieved = n_done / elapsed
-    else:
-        elapsed, achieved = wall, 0.0
-    worker_cpu = tuple(
-        (after - before) / wall if wall > 0 else 0.0
-        for before, after in zip(cpu_before, fleet.cpu_seconds(), strict=True)
-    )
-    harness_cpu = (_own_cpu() - own_before) / wall if wall > 0 else 0.0
-    reason = ""
+    wall = sum(s.wall_s for s in segments)
     if scenario == "server":
-        span = float(np.nanmax(scheduled) - np.nanmin(scheduled)) + max(unloaded_service_s, 0.0)
-        effective_offered = (claimed / span) if span > 0 else offered_rate
-        kept_up = n_done == claimed and abort not in (ABORT_BACKLOG,) and achieved >= KEEP_UP_RATIO * min(
-            effective_offered, offered_rate)
-        if abort == ABORT_BACKLOG:
-            reason = "did not keep up (backlog grew past the limit)"
-        elif not kept_up and abort != ABORT_OVER_BOUND:
-            reason = f"did not keep up (achieved {achieved:.1f} of {offered_rate:.1f} req/s)"
-        elif bound_s is not None and (abort == ABORT_OVER_BOUND or p99 > bound_s * 1000):
-            reason = f"P99 {p99:.2f} ms over the {bound_s * 1000:g} ms bound" if math.isfinite(p99) else (
-                f"over 1% of requests over the {bound_s * 1000:g} ms bound (stopped early)")
-            if abort == ABORT_OVER_BOUND and not kept_up:
-                reason += f"; achieved {achieved:.1f} of {offered_rate:.1f} req/s"
+        kept_up, achieved = _kept_up(segments, offered_rate, unloaded_service_s)
+        looks = vs.looks
     else:
-        kept_up = True
-        if bound_s is not None and p99 > bound_s * 1000:
-            reason = f"P99 {p99:.2f} ms over the {bound_s * 1000:g} ms bound"
+        kept_up, looks = True, 1
+        s = segments[0]
+        achieved = n_done / max(float(np.max(s.completed) - np.min(s.scheduled)), 1e-9) if n_done else 0.0
+    verdict, reason = _window_verdict(segments, scenario, offered_rate, achieved, kept_up, bound_s, vs, looks)
+    if verdict is not None:
+        word = stats.FAIL if reason and verdict.verdict == stats.PASS else verdict.verdict
+    else:
+        word = stats.FAIL if reason else stats.PASS
+    cpu = [sum(c) for c in zip(*(s.worker_cpu_s for s in segments), strict=True)]
+    elapsed = sum(float(np.nanmax(s.completed) - np.nanmin(s.scheduled)) for s in segments
+                  if np.any(~np.isnan(s.completed))) or wall
     return WindowResult(
         scenario=scenario, offered_rate=float(offered_rate), achieved_rate=float(achieved),
-        requests=int(claimed), completed=n_done, p50_ms=p50, p90_ms=p90, p99_ms=p99, p999_ms=p999,
+        requests=claimed, completed=n_done, p50_ms=p50, p90_ms=p90, p99_ms=p99, p999_ms=p999,
         mean_service_ms=float(service.mean() * 1000) if service.size else math.inf,
-        duration_s=float(elapsed), kept_up=bool(kept_up), passed=not reason, reason=reason,
-        worker_cpu=worker_cpu, harness_cpu=float(harness_cpu),
+        duration_s=float(elapsed), kept_up=bool(kept_up), passed=word == stats.PASS, reason=reason,
+        worker_cpu=tuple(c / wall if wall > 0 else 0.0 for c in cpu),
+        harness_cpu=float(sum(s.harness_cpu_s for s in segments) / wall) if wall > 0 else 0.0,
         service_p50_ms=float(np.percentile(service, 50) * 1000) if service.size else math.nan,
         service_p99_ms=float(np.percentile(service, 99) * 1000) if service.size else math.nan,
+        verdict=word,
+        p99_ci_ms=(max(0.0, verdict.ci_s[0] * 1000), verdict.ci_s[1] * 1000) if verdict else (math.nan, math.nan),
+        confidence=vs.confidence, over_bound=verdict.over if verdict else 0, extensions=len(segments) - 1,
+        service_cv=float(service.std() / service.mean()) if service.size > 1 and service.mean() > 0 else math.nan,
+        interference=_window_interference(fleet, segments, sum(cpu) + sum(s.harness_cpu_s for s in segments), wall),
     )

@@ -4,11 +4,15 @@ Server scenario:
 1. start the plan's workers (pinned, memory policy set, model loaded) and verify their
    placement from /proc;
 2. warm-up (closed loop, excluded);
-3. capacity probe (closed loop): capacity C and the unloaded service-time percentiles; if the
-   unloaded P99 already exceeds the bound the config is infeasible and we stop here;
-4. rate search: open-loop Poisson windows; the first at 0.9 C, then bisection between the
-   highest passing and lowest failing rate, for ``search_steps`` windows;
-5. the result is the passing window with the highest achieved rate.
+3. capacity probe (closed loop): capacity C and the unloaded latency; the config is infeasible
+   only when the unloaded P99's LOWER confidence bound is over the bound (proven);
+4. rate search: open-loop Poisson windows, each with a verdict (pass / fail / undecided, see
+   ``tuner.stats``); the first at 0.9 C, then bisection between the highest passing and the
+   lowest non-passing rate (monotone: never above a proven fail, never below a proven pass);
+5. the boundary is re-tested: the best passing rate is measured again and judged on the pooled
+   evidence of both windows; if that no longer passes, the next lower passing rate is taken;
+6. the result is the best passing window, with ``throughput_ci`` = [its achieved rate, the
+   lowest offered rate not proven to pass] and ``verdict`` pass, fail (proven) or undecided.
 
 Offline scenario: one closed-loop window after the warm-up; feasible when its P99 meets the bound.
 """
@@ -25,11 +29,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from tuner import interference, stats
 from tuner.errors import UsageError
 from tuner.launcher import Launcher, PlacementSeen
-from tuner.loadgen import WindowResult, run_offline_window, run_server_window
+from tuner.loadgen import VerdictSettings, WindowResult, run_offline_window, run_server_window
 from tuner.model import ModelInfo
 from tuner.placement import Plan
+from tuner.ratesearch import SearchOutcome, search_rate
 
 SCENARIOS = ("server", "offline")
 
@@ -46,8 +52,17 @@ class MeasureSettings:
     start_timeout_s: float = 120.0
     worker_memory_limit: int = 0  # bytes of address space per worker (RLIMIT_AS); 0 = none
     hang_grace_s: float = 30.0  # a worker silent this long past a window's end is hung
+    confidence: float = stats.DEFAULT_CONFIDENCE  # of each window's P99 verdict
+    max_extensions: int = 2  # times an undecided window is extended before it is reported undecided
+    disturbed_reruns: int = 2  # disturbed windows (steal, foreign load) re-run per measurement, at most
+
+    @property
+    def verdicts(self) -> VerdictSettings:
+        return VerdictSettings(confidence=self.confidence, max_extensions=self.max_extensions)
 
     def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1.0:
+            raise UsageError(f"--confidence {self.confidence:g} must be between 0.5 and 1 (e.g. 0.95)")
         if self.scenario not in SCENARIOS:
             raise UsageError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
         if self.window_s <= 0:
@@ -85,12 +100,22 @@ class TrialResult:
     machine: dict
     duration_s: float
     notes: list[str] = field(default_factory=list)
+    verdict: str = ""  # "pass" | "fail" (proven) | "undecided"
+    throughput_ci: list[float] = field(default_factory=lambda: [math.nan, math.nan])
+    p99_ci_ms: list[float] = field(default_factory=lambda: [math.nan, math.nan])
+    confidence: float = math.nan
+    interference: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:  # stored before verdicts existed
+            object.__setattr__(self, "verdict", stats.PASS if self.feasible else stats.FAIL)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialResult:
+        """Reads results of every stored format: older ones lack the verdict and interval fields."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})  # stored copies carry extra keys (_trial)
 
@@ -174,27 +199,16 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         say("warm-up")
         run_offline_window(fleet, settings.warmup_s)
         say("capacity probe")
-        probe = run_offline_window(fleet, settings.window_s, bound)
+        probe = run_offline_window(fleet, settings.window_s, bound, settings.verdicts)
         windows.append(probe)
         capacity = probe.achieved_rate
-        result_window = probe
-        feasible, reason = probe.passed, probe.reason
-        if settings.scenario == "server":
-            if bound is not None and probe.p99_ms > bound * 1000:
-                feasible = False
-                reason = (f"unloaded P99 {probe.p99_ms:.2f} ms already exceeds the "
-                          f"{bound * 1000:g} ms bound")
-            else:
-                best, windows_run = _rate_search(fleet, settings, capacity, probe, rng, say)
-                windows.extend(windows_run)
-                if best is None:
-                    feasible = False
-                    last = windows_run[-1] if windows_run else probe
-                    reason = f"no offered rate passed (lowest tried: {last.reason})"
-                    result_window = min(windows_run, key=lambda w: w.offered_rate) if windows_run else probe
-                else:
-                    feasible, reason, result_window = True, "", best
+        run_log: list[WindowResult] = []
+        outcome = (_server_search(fleet, settings, probe, rng, say, run_log) if settings.scenario == "server"
+                   else None)
         fleet.check_alive()
+    result_window, feasible, verdict, reason, throughput_ci = _conclude(settings, probe, outcome)
+    windows.extend(run_log)
+    window_dicts = [w.to_dict() for w in windows]
     notes += noise_notes(result_window)
     if probe.requests < 1000:
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
@@ -208,9 +222,54 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         capacity=float(capacity), unloaded_p50_ms=probe.p50_ms, unloaded_p99_ms=probe.p99_ms,
         cpu_util=float(sum(result_window.worker_cpu)), worker_cpu=list(result_window.worker_cpu),
         harness_cpu=result_window.harness_cpu, placement=[s.to_dict() for s in seen],
-        windows=[w.to_dict() for w in windows], model=model.to_dict(), machine=machine_metadata(),
-        duration_s=time.monotonic() - began, notes=notes,
+        windows=window_dicts, model=model.to_dict(), machine=machine_metadata(),
+        duration_s=time.monotonic() - began, notes=notes, verdict=verdict,
+        throughput_ci=[float(v) for v in throughput_ci], p99_ci_ms=list(result_window.p99_ci_ms),
+        confidence=settings.confidence,
+        interference=interference.summarise(window_dicts, result_window.to_dict()),
     )
+
+
+def _server_search(fleet: Launcher, settings: MeasureSettings, probe: WindowResult, rng: np.random.Generator,
+                   say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | None:
+    """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
+    run, disturbed ones included, is appended to ``run_log``; a disturbed window (steal or foreign
+    load over the thresholds of tuner.interference) is re-run, ``disturbed_reruns`` times at most
+    per measurement (a machine that is always busy must not multiply the work)."""
+    if probe.verdict == stats.FAIL:
+        return None
+    service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
+    reruns_left = [settings.disturbed_reruns]
+
+    def run(rate: float) -> WindowResult:
+        while True:
+            window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
+                                       settings.p99_bound_s, service_s, rng, verdicts=settings.verdicts)
+            run_log.append(window)
+            if not window.interference.get("disturbed") or reruns_left[0] <= 0:
+                return window
+            reruns_left[0] -= 1
+            say(f"window at {rate:.1f} req/s disturbed ({interference.describe(window.interference)}): re-run")
+
+    return search_rate(run, probe.achieved_rate, settings.search_steps, say)
+
+
+def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOutcome | None
+              ) -> tuple[WindowResult, bool, str, str, tuple[float, float]]:
+    """(result window, feasible, verdict, reason, throughput interval) of a measurement."""
+    bound = settings.p99_bound_s
+    if settings.scenario != "server":
+        rate = probe.achieved_rate
+        return probe, probe.passed, probe.verdict, probe.reason, (rate, rate)
+    if outcome is None:
+        reason = (f"unloaded P99 {probe.p99_ms:.2f} ms is over the {bound * 1000:g} ms bound "
+                  f"(its {round(settings.confidence * 100)}% lower bound is {probe.p99_ci_ms[0]:.2f} ms)")
+        return probe, False, stats.FAIL, reason, (0.0, 0.0)
+    if outcome.best is not None:
+        return outcome.best, True, stats.PASS, "", outcome.throughput_ci
+    lowest = min(outcome.windows, key=lambda w: w.offered_rate) if outcome.windows else probe
+    prefix = "no offered rate was proven to pass"
+    return lowest, False, outcome.verdict, f"{prefix} (lowest tried: {lowest.reason})", outcome.throughput_ci
 
 
 NOISE_RATIO = 3.0  # service-time P99 / P50 above this in one window: interference
@@ -239,27 +298,3 @@ def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:
     return seen
 
 
-def _rate_search(fleet: Launcher, settings: MeasureSettings, capacity: float, probe: WindowResult,
-                 rng: np.random.Generator, say: ProgressFn) -> tuple[WindowResult | None, list[WindowResult]]:
-    service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
-    lo, hi = 0.0, capacity * 1.05
-    rate = capacity * 0.9
-    best: WindowResult | None = None
-    windows = []
-    for step in range(settings.search_steps):
-        if rate <= 0:
-            break
-        say(f"window {step + 1}/{settings.search_steps} at {rate:.1f} req/s")
-        window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
-                                   settings.p99_bound_s, service_s, rng)
-        windows.append(window)
-        if window.passed:
-            lo = rate
-            if best is None or window.achieved_rate > best.achieved_rate:
-                best = window
-        else:
-            hi = rate
-        rate = (lo + hi) / 2
-        if hi - lo < 0.01 * capacity:
-            break
-    return best, windows

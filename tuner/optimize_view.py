@@ -11,9 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuner.measure import measure
+from tuner import stats
 from tuner.outputs import write_atomic
-from tuner.placement import Params, plan
 from tuner.study import (
     MAX_FREE_STREAK,
     StudyConfig,
@@ -21,7 +20,6 @@ from tuner.study import (
     baseline_results,
     best_config_document,
     best_trial,
-    feasible_trials,
     measured_trials,
     open_study,
     pareto_front,
@@ -126,7 +124,7 @@ def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Pat
     console.print(ratios)
     save_best_config(study, out)  # before the re-measurement, which Ctrl-C may cut short
     if revalidate > 0:
-        save_best_config(study, out, revalidation=_revalidate(cfg, study, console, revalidate))
+        save_best_config(study, out, race=_final_race(cfg, study, console, revalidate))
     console.print(_next_steps(out, mlflow_uri), highlight=False)
     return 0
 
@@ -144,39 +142,33 @@ def _next_steps(out: Path, mlflow_uri: str | None) -> str:
     return "\n".join(steps)
 
 
-def save_best_config(study, out: Path, revalidation: list[dict] | None = None) -> bool:
+def save_best_config(study, out: Path, race: dict | None = None) -> bool:
     """Write the study's best feasible config to ``out`` atomically (a temporary file renamed over
-    it), with the re-validation rows when given; False when there is no feasible trial yet."""
+    it), with the final race when given; False when there is no feasible trial yet."""
     best = best_trial(study)
     if best is None:
         return False
     document = best_config_document(study, best)
-    if revalidation is not None:
-        document["revalidation"] = revalidation
+    if race is not None:
+        document["race"] = race
     write_atomic(out, json.dumps(document, indent=1) + "\n")
     return True
 
 
-def _revalidate(cfg: StudyConfig, study, console: Console, k: int) -> list[dict]:
-    """Re-measure the best K distinct feasible configs once more; show the spread between runs."""
-    ranked: dict[str, object] = {}
-    for t in sorted(feasible_trials(study), key=lambda t: -t.values[0]):
-        ranked.setdefault(t.user_attrs.get("label"), t)
-    table = Table(title=f"re-validation of the best {min(k, len(ranked))} config(s)")
-    for col in ("config", "study req/s", "re-measured req/s", "spread", "re-measured P99 ms"):
+def _final_race(cfg: StudyConfig, study, console: Console, k: int) -> dict:
+    """The best K configs and every baseline re-measured in interleaved rounds (tuner.race)."""
+    from tuner.race import race_study
+
+    with console.status("final race") as status:
+        result = race_study(study, cfg.topology, cfg.model, cfg.settings, k, say=status.update)
+    table = Table(title=f"final race ({len(result.throughputs[result.winner])} interleaved rounds)")
+    for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):
         table.add_column(col)
-    rows = []
-    for label, t in list(ranked.items())[:k]:
-        params = Params.from_dict(t.user_attrs["result"]["params"])
-        again = measure(plan(cfg.topology, params), cfg.model, cfg.settings)
-        first = t.user_attrs["result"]["throughput"]
-        values = [first, again.throughput]
-        spread = (max(values) - min(values)) / statistics.mean(values) if statistics.mean(values) else math.inf
-        table.add_row(label, f"{first:.1f}", f"{again.throughput:.1f}", f"{spread:.1%}", f"{again.p99_ms:.2f}")
-        rows.append({"label": label, "study_throughput": first, "remeasured_throughput": again.throughput,
-                     "remeasured_p99_ms": again.p99_ms, "remeasured_feasible": again.feasible, "spread": spread})
+    for e in result.entrants:
+        runs = result.throughputs[e.label]
+        cv = stats.cv(runs)
+        table.add_row(e.label, e.baseline, f"{statistics.mean(runs):.1f}", f"{cv:.1%}" if cv == cv else "-",
+                      " ".join(f"{v:.0f}" for v in runs))
     console.print(table)
-    if any(r["spread"] > 0.10 for r in rows):
-        console.print("[yellow]warning: re-measured throughput differs by more than 10%: the machine is noisy; "
-                      "use longer --window or more trials before trusting small differences[/]")
-    return rows
+    console.print(("[green]" if result.significant else "[yellow]") + result.summary + "[/]")
+    return result.to_dict()

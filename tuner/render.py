@@ -6,6 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.tree import Tree
 
+from tuner.interference import describe
 from tuner.placement import Params, Plan
 from tuner.topology import UNKNOWN, Topology, format_cpulist
 
@@ -103,12 +104,17 @@ def result_table(result) -> Group:
     head.add_column("what")
     head.add_column("value")
     bound = f"{result.p99_bound_ms:g} ms" if result.p99_bound_ms is not None else "none"
-    verdict = "[green]feasible[/]" if result.feasible else f"[red]infeasible[/]: {result.reason}"
+    word = "[yellow]undecided[/]" if result.verdict == "undecided" else "[red]infeasible[/]"
+    verdict = "[green]feasible[/]" if result.feasible else f"{word}: {result.reason}"
     head.add_row("P99 bound", bound)
     head.add_row("result", verdict)
-    head.add_row("throughput", f"{result.throughput:.1f} req/s")
+    head.add_row("throughput", f"{result.throughput:.1f} req/s" + _interval(result.throughput_ci, result.confidence,
+                                                                          "req/s"))
     head.add_row("latency P50/P90/P99/P99.9",
-                 f"{result.p50_ms:.2f} / {result.p90_ms:.2f} / {result.p99_ms:.2f} / {result.p999_ms:.2f} ms")
+                 f"{result.p50_ms:.2f} / {result.p90_ms:.2f} / {result.p99_ms:.2f} / {result.p999_ms:.2f} ms"
+                 + _interval(result.p99_ci_ms, result.confidence, "ms", "P99 "))
+    if result.interference:
+        head.add_row("interference", describe(result.interference))
     head.add_row("capacity (closed loop)", f"{result.capacity:.1f} req/s")
     head.add_row("unloaded P50/P99", f"{result.unloaded_p50_ms:.2f} / {result.unloaded_p99_ms:.2f} ms")
     head.add_row("CPU use", f"workers {result.cpu_util:.2f} cores "
@@ -124,5 +130,16 @@ def result_table(result) -> Group:
     for w in result.windows:
         windows.add_row(w["scenario"], f"{w['offered_rate']:.1f}" if w["offered_rate"] else "-",
                         f"{w['achieved_rate']:.1f}", str(w["requests"]), f"{w['p50_ms']:.2f}",
-                        f"{w['p99_ms']:.2f}", "pass" if w["passed"] else w["reason"])
+                        f"{w['p99_ms']:.2f}", "pass" if w["passed"] else
+                        f"{w.get('verdict', 'fail')}: {w['reason']}")
     return Group(head, windows)
+
+
+def _interval(bounds, confidence: float, unit: str, what: str = "") -> str:
+    """ " (P99 95% bounds 3.10-4.20 ms)", or "" when the result has no interval (older results)."""
+    import math
+
+    lo, hi = (float(v) for v in bounds)
+    if not (math.isfinite(lo) and math.isfinite(confidence)):
+        return ""
+    return f" ({what}{round(confidence * 100)}% bounds {lo:.1f}-{hi:.1f} {unit})"

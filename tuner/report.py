@@ -49,6 +49,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "p99_ms": r.get("p99_ms"), "p999_ms": r.get("p999_ms"), "capacity": r.get("capacity"),
             "unloaded_p99_ms": r.get("unloaded_p99_ms"), "cpu_util": r.get("cpu_util"),
             "reused_from": t.user_attrs.get("reused_from", ""), "reason": reason,
+            "verdict": r.get("verdict", ""), "throughput_ci": r.get("throughput_ci"),
+            "steal_pct": (r.get("interference") or {}).get("steal_pct"),
+            "foreign_cpu": (r.get("interference") or {}).get("foreign_cpu"),
+            "disturbed_windows": (r.get("interference") or {}).get("disturbed_windows"),
             **{f"param_{k}": v for k, v in trial_params(t).items()},
             "started": t.datetime_start, "duration_s": r.get("duration_s"),
         })

@@ -221,7 +221,10 @@ class Tracker:
                               ("p50_ms", "window_p50_ms"), ("p99_ms", "window_p99_ms")):
                 if math.isfinite(w.get(key, math.nan)):
                     metrics.append(Metric(name, float(w[key]), now, step))
+        metrics += _confidence_metrics(result, now)
         tags = [RunTag("state", trial.state.name)]
+        if result.get("verdict"):
+            tags.append(RunTag("verdict", str(result["verdict"])))
         if "baseline" in trial.user_attrs:
             tags.append(RunTag("baseline", trial.user_attrs["baseline"]))
         reason = result.get("reason") or trial.user_attrs.get("plan_infeasible") or trial.user_attrs.get(
@@ -301,3 +304,18 @@ class Tracker:
                                  "that the server is up, then run this again") from None
         finally:
             self.warn = warn
+
+
+def _confidence_metrics(result: dict, now: int) -> list:
+    """The result's intervals and interference figures (issue 14), where it has them."""
+    from mlflow.entities import Metric
+
+    values = {}
+    for key in ("throughput_ci", "p99_ci_ms"):
+        bounds = result.get(key) or []
+        if len(bounds) == 2:
+            values[f"{key}_lo"], values[f"{key}_hi"] = bounds
+    for key, value in (result.get("interference") or {}).items():
+        values[f"interference_{key}"] = value
+    return [Metric(k, float(v), now, 0) for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 # numpy (and its OpenBLAS thread pool) is imported only after the worker has pinned itself:
 # threads inherit the affinity of the thread that creates them.
 
-# Shared control words (int64) at the start of the control block.
+# Shared control words (int64) at the start of the control block. OVER_ALLOWED is the early-stop
+# threshold the load generator computes from tuner.stats.fail_allowance: once OVER_BOUND exceeds
+# it, the window's fail verdict is proven whatever the remaining requests do, so it stops.
 NEXT, N_REQUESTS, OVER_BOUND, ABORT, MODE, OVER_ALLOWED = range(6)
 CONTROL_WORDS = 8
 ABORT_OVER_BOUND, ABORT_BACKLOG, ABORT_STOP = 1, 2, 3

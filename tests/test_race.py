@@ -1,0 +1,49 @@
+"""The final race over a seeded fake machine (no processes): interleaving, stopping, summary."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuner.placement import Params
+from tuner.race import Entrant, race
+
+BEST = Entrant("w2xc1-intra1", Params(workers=2))
+DEFAULT = Entrant("w1xc2-intra2", Params(workers=1, cores_per_worker=2, intra_op_threads=2), "ORT default")
+HEURISTIC = Entrant("w1xc2-intra1", Params(workers=1, cores_per_worker=2), "Intel heuristic")
+
+
+def fake_machine(true_rates: dict[str, float], seed: int = 0, noise: float = 0.15):
+    """Each round's machine state scales every entrant alike (a drifting neighbour), plus own noise."""
+    rng = np.random.default_rng(seed)
+    order: list[str] = []
+    state = {"factor": 1.0, "left": 0}
+
+    def measure(e: Entrant) -> float:
+        if state["left"] == 0:
+            state["factor"], state["left"] = float(rng.uniform(0.5, 1.0)), len(true_rates)
+        state["left"] -= 1
+        order.append(e.label)
+        return true_rates[e.label] * state["factor"] * float(rng.lognormal(0, noise / 3))
+    return measure, order
+
+
+def test_a_real_advantage_is_reported_with_intervals_and_rounds_are_interleaved():
+    measure, order = fake_machine({BEST.label: 300.0, DEFAULT.label: 100.0, HEURISTIC.label: 200.0})
+    result = race([BEST, DEFAULT, HEURISTIC], measure, min_rounds=3, max_rounds=8)
+    assert result.winner == BEST.label and result.recommended == BEST.label and result.significant
+    assert order[:3] == [BEST.label, DEFAULT.label, HEURISTIC.label]
+    assert order[3:6] == [DEFAULT.label, HEURISTIC.label, BEST.label]  # the order rotates
+    first, second = result.comparisons
+    assert first["baseline"] == "Intel heuristic" and first["ci"][0] < 1.5 < first["ci"][1]
+    assert second["ci"][0] < 3.0 < second["ci"][1]
+    assert result.summary.startswith("w2xc1-intra1: 1.") and "x Intel heuristic (95% CI " in result.summary
+    assert "x ORT default (" in result.summary
+    assert result.to_dict()["rounds"] == len(result.throughputs[BEST.label]) >= 3
+
+
+def test_no_significant_difference_recommends_the_simpler_config():
+    measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 100.0}, seed=4)
+    result = race([BEST, DEFAULT], measure, min_rounds=3, max_rounds=5)
+    assert len(result.throughputs[BEST.label]) == 5  # never settled: ran to the round limit
+    assert not result.significant and result.recommended == DEFAULT.label
+    assert "no significant difference from ORT default" in result.summary

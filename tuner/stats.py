@@ -1,0 +1,234 @@
+"""Statistics a verdict can rest on: quantile bounds, window verdicts, early stop, ratio intervals.
+
+A latency quantile (P99) is judged from a window's samples without assuming any distribution.
+For n independent latencies, the number O of them above the true P99 is Binomial(n, 0.01), so
+the order statistics give exact bounds (the idea behind MLPerf LoadGen's early stopping):
+
+- the UPPER bound is the sorted sample x_(u), u the smallest index with P(x_(u) >= P99) >= c;
+- the LOWER bound is x_(l), l the largest index with P(x_(l) <= P99) >= c.
+
+Each end is a one-sided bound at confidence ``c``. With a latency bound B and ``over`` samples
+above B, the verdict is ``pass`` when the upper bound is <= B (the P99 is under B, wrong with
+probability <= 1 - c), ``fail`` when the lower bound is > B, else ``undecided``. Both reduce to
+the count of over-bound samples, so a window can stop as soon as failure is certain: once the
+over-bound count exceeds what a ``fail`` verdict allows at the window's planned size, more
+requests cannot change it.
+
+A window looked at several times (an undecided window extended with more requests) spends
+its error rate over the looks it may take (Bonferroni: 1 - c divided by the looks), so the
+verdict's false-pass rate stays <= 1 - c however many extensions it gets.
+
+Numbers here are exact binomial sums in log space (math.lgamma); no scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
+VERDICTS = (PASS, FAIL, UNDECIDED)
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_QUANTILE = 0.99
+
+
+def check_confidence(confidence: float) -> None:
+    """Raise ValueError unless 0.5 < confidence < 1."""
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence!r} must be between 0.5 and 1 (e.g. 0.95)")
+
+
+def _log_pmf(k: int, n: int, p: float) -> float:
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) <= k), summed exactly term by term in log space."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    return min(1.0, math.fsum(math.exp(_log_pmf(i, n, p)) for i in range(k + 1)))
+
+
+@lru_cache(maxsize=8192)
+def over_count_limits(n: int, quantile: float, alpha: float) -> tuple[int, int]:
+    """For n samples and one-sided error ``alpha``: (most over-bound samples a pass allows,
+    most over-bound samples before a fail is proven). ``pass`` iff over <= first (-1: no pass is
+    possible with n samples), ``fail`` iff over > second."""
+    p_over = 1.0 - quantile
+    cdf = 0.0
+    m_pass = -1
+    for m in range(n + 1):
+        cdf += math.exp(_log_pmf(m, n, p_over))
+        if cdf <= alpha:
+            m_pass = m
+        if cdf >= 1.0 - alpha:
+            return m_pass, m
+    return m_pass, n
+
+
+def _alpha(confidence: float, looks: int) -> float:
+    check_confidence(confidence)
+    return (1.0 - confidence) / max(1, looks)
+
+
+def verdict_from_counts(over: int, n: int, quantile: float = DEFAULT_QUANTILE,
+                        confidence: float = DEFAULT_CONFIDENCE, looks: int = 1) -> str:
+    """Verdict on "quantile of the latency <= bound" from ``over`` of ``n`` samples above the bound."""
+    if n <= 0:
+        return UNDECIDED
+    m_pass, m_fail = over_count_limits(n, quantile, _alpha(confidence, looks))
+    if over <= m_pass:
+        return PASS
+    if over > m_fail:
+        return FAIL
+    return UNDECIDED
+
+
+def fail_allowance(planned_n: int, quantile: float = DEFAULT_QUANTILE,
+                   confidence: float = DEFAULT_CONFIDENCE, looks: int = 1) -> int:
+    """Over-bound samples a window of ``planned_n`` requests may see before its failure is proven:
+    the early-stop threshold (stop when the count exceeds it; the rest cannot change the verdict)."""
+    return over_count_limits(planned_n, quantile, _alpha(confidence, looks))[1]
+
+
+def failure_proven(over_so_far: int, requests_remaining: int, served_so_far: int,
+                   quantile: float = DEFAULT_QUANTILE, confidence: float = DEFAULT_CONFIDENCE,
+                   looks: int = 1) -> bool:
+    """Early stop: True once the window's fail verdict is certain whatever the remaining requests do."""
+    return over_so_far > fail_allowance(served_so_far + requests_remaining, quantile, confidence, looks)
+
+
+def quantile_ci(samples: Sequence[float] | np.ndarray, quantile: float = DEFAULT_QUANTILE,
+                confidence: float = DEFAULT_CONFIDENCE, looks: int = 1) -> tuple[float, float]:
+    """Distribution-free (lower, upper) bounds of the ``quantile``, each one-sided at ``confidence``
+    (per look). An end the samples cannot bound is -inf / +inf."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = int(x.size)
+    if n == 0:
+        return -math.inf, math.inf
+    m_pass, m_fail = over_count_limits(n, quantile, _alpha(confidence, looks))
+    upper = float(x[n - m_pass - 1]) if m_pass >= 0 else math.inf
+    lower = float(x[n - m_fail - 1]) if m_fail < n else -math.inf
+    return lower, upper
+
+
+def samples_needed(over_fraction: float = 0.0, quantile: float = DEFAULT_QUANTILE,
+                   confidence: float = DEFAULT_CONFIDENCE, looks: int = 1, max_n: int = 1_000_000) -> int:
+    """Fewest samples at which a window whose over-bound fraction is ``over_fraction`` gets a
+    decided verdict (``max_n`` when none does: a fraction at 1 - quantile never decides)."""
+    def decided(n: int) -> bool:
+        return verdict_from_counts(math.ceil(over_fraction * n), n, quantile, confidence, looks) != UNDECIDED
+
+    n = 16
+    while n < max_n and not decided(n):
+        n *= 2
+    if n >= max_n:
+        return max_n if not decided(max_n) else _bisect(decided, n // 2, max_n)
+    return _bisect(decided, max(1, n // 2), n)
+
+
+def _bisect(ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Smallest n in (lo, hi] with ok(n), given ok(hi) (roughly monotone predicates)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A window's judgement of "P(quantile) <= bound"."""
+
+    verdict: str
+    over: int  # samples over the bound (never-served requests count as over)
+    n: int
+    ci_s: tuple[float, float]  # quantile bounds in seconds
+    looks: int
+
+
+def judge(latencies_s: np.ndarray, bound_s: float, quantile: float = DEFAULT_QUANTILE,
+          confidence: float = DEFAULT_CONFIDENCE, looks: int = 1) -> Verdict:
+    """The verdict of one window's latencies (inf for requests never served) against ``bound_s``."""
+    lat = np.asarray(latencies_s, dtype=float)
+    over = int(np.count_nonzero(~(lat <= bound_s)))
+    return Verdict(verdict_from_counts(over, int(lat.size), quantile, confidence, looks), over, int(lat.size),
+                   quantile_ci(lat, quantile, confidence, looks), looks)
+
+
+def next_window_size(verdict: Verdict, max_n: int, quantile: float = DEFAULT_QUANTILE,
+                     confidence: float = DEFAULT_CONFIDENCE) -> int:
+    """Total requests an undecided window should grow to: what its observed over-bound fraction
+    needs, at least double, at most ``max_n``."""
+    need = samples_needed(verdict.over / max(1, verdict.n), quantile, confidence, verdict.looks, max_n)
+    return int(min(max_n, max(need, 2 * verdict.n)))
+
+
+def decide(first_latencies_s: np.ndarray, more: Callable[[int], np.ndarray], bound_s: float,
+           max_extensions: int, max_n: int, quantile: float = DEFAULT_QUANTILE,
+           confidence: float = DEFAULT_CONFIDENCE) -> tuple[Verdict, np.ndarray]:
+    """Sequential window verdict: judge the first samples; while undecided (and extensions and
+    ``max_n`` allow), ask ``more(count)`` for ``count`` further latencies at the same rate and judge
+    the pooled samples. Error spent over 1 + ``max_extensions`` looks. Returns the final verdict and
+    all latencies."""
+    looks = 1 + max_extensions
+    pooled = np.asarray(first_latencies_s, dtype=float)
+    verdict = judge(pooled, bound_s, quantile, confidence, looks)
+    for _ in range(max_extensions):
+        if verdict.verdict != UNDECIDED or pooled.size >= max_n:
+            break
+        extra = next_window_size(verdict, max_n, quantile, confidence) - int(pooled.size)
+        pooled = np.concatenate([pooled, np.asarray(more(extra), dtype=float)])
+        verdict = judge(pooled, bound_s, quantile, confidence, looks)
+    return verdict, pooled
+
+
+def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], confidence: float = DEFAULT_CONFIDENCE,
+             resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """Ratio of means of paired repeated measurements (round i of A with round i of B), with a
+    paired percentile-bootstrap interval (two-sided at ``confidence``): (ratio, low, high).
+    With fewer than two rounds the interval is (0, inf): nothing is known about the spread."""
+    a = np.asarray(numerator, dtype=float)
+    b = np.asarray(denominator, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("ratio_ci needs two equally long 1-D sequences (paired rounds)")
+    check_confidence(confidence)
+    ratio = float(a.mean() / b.mean()) if a.size and b.mean() > 0 else math.inf
+    if a.size < 2:
+        return ratio, 0.0, math.inf
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(resamples, a.size))
+    den = b[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = np.where(den > 0, a[idx].mean(axis=1) / den, np.inf)
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return ratio, float(low), float(high)
+
+
+def mean_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE, resamples: int = 4000,
+            seed: int = 0) -> tuple[float, float, float]:
+    """Mean of repeated measurements with a percentile-bootstrap interval: (mean, low, high)."""
+    v = np.asarray(values, dtype=float)
+    return ratio_ci(v, np.ones_like(v), confidence, resamples, seed)
+
+
+def cv(values: Sequence[float]) -> float:
+    """Coefficient of variation (sample std / mean); nan for fewer than two values."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2 or v.mean() == 0:
+        return math.nan
+    return float(v.std(ddof=1) / v.mean())
