@@ -56,9 +56,9 @@ def amdahl_bandwidth(params: dict, topology: Topology | None = None) -> float:
     pus_per_core = max((len(c.cpus) for c in topology.cores()), default=1) if topology else 2
     nodes = max(1, len(topology.usable_nodes)) if topology else 1
     cores_total = len(topology.cores()) if topology else 16
-    serial = 0.12
+    serial = 0.2
     effective = _effective_cores(p, pus_per_core)
-    service_ms = 9.0 * (serial + (1 - serial) / effective)
+    service_ms = 6.0 * (serial + (1 - serial) / effective)
     if p["spinning"] and p["intra_op_threads"] > 1:
         service_ms *= 0.93
     if p["execution_mode"] == "parallel":
@@ -89,7 +89,7 @@ def cache_numa(params: dict, topology: Topology | None = None) -> float:
         worker_groups.append(mine)
         for g in mine:
             groups[g] = groups.get(g, 0) + 1
-    l3_mb, weights_mb = 32.0, 24.0
+    l3_mb, weights_mb = 32.0, 12.0
     total = 0.0
     for w, mine in zip(placed.workers, worker_groups, strict=True):
         sharers = max(groups[g] for g in mine)

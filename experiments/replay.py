@@ -134,9 +134,18 @@ def unmeasured_config(study: optuna.Study, space: SearchSpace, topology: Topolog
         fixed = t.system_attrs.get("fixed_params") or {}
         taken.add(Params.from_dict(t.user_attrs["params"]).label() if "params" in t.user_attrs
                   else space.params(fixed).label())
-    fresh = [values for values in space.combinations()
-             if check(space, topology, values) is None and space.params(values).label() not in taken]
+    fresh = [values for values in _plannable_static(space, topology) if space.params(values).label() not in taken]
     return random.Random(seed).choice(fresh) if fresh else None
+
+
+_plannable: dict[int, tuple[SearchSpace, list[dict]]] = {}
+
+
+def _plannable_static(space: SearchSpace, topology: Topology) -> list[dict]:
+    """main's static combinations the planner accepts (computed once per space: a cache only)."""
+    if id(space) not in _plannable:
+        _plannable[id(space)] = (space, [v for v in space.combinations() if check(space, topology, v) is None])
+    return _plannable[id(space)][1]
 
 
 def replay_tpe_main(space: SearchSpace, topology: Topology, oracle: Oracle, budget: int, seed: int) -> dict:

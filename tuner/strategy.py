@@ -126,6 +126,9 @@ class Sampled:
     def propose(self, trials: list[optuna.trial.FrozenTrial]) -> Proposal | None:
         self._sync(trials)
         taken = taken_labels(trials, self.space)
+        guided = guided_proposal(self.space, trials, taken)
+        if guided is not None:
+            return guided
         wish = None
         for _ in range(MAX_SAMPLER_RETRIES):
             trial = self._scratch.ask()
@@ -143,6 +146,89 @@ class Sampled:
             return None
         values, params = min(fresh, key=lambda vp: distance(wish, vp[1]))
         return Proposal(values, params, f"{self.name}+nearest")
+
+
+def _measured(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, Params]]:
+    out = []
+    for t in trials:
+        result = t.user_attrs.get("result")
+        if t.state == optuna.trial.TrialState.COMPLETE and result and "repeat_of" not in t.user_attrs:
+            out.append((result["throughput"] if result["feasible"] else 0.0, Params.from_dict(result["params"])))
+    return out
+
+
+def _in_space(space: SearchSpace, values: dict) -> Params | None:
+    try:
+        params = Params(**values)
+    except Exception:
+        return None
+    return params if space.express(params) is not None else None
+
+
+def diagonal(space: SearchSpace) -> list[Params]:
+    """The configs that fill the machine: for each cores-per-worker choice, as many workers as fit,
+    one intra-op thread per core (the most it can have up to that), no SMT, spinning, sequential."""
+    base = {"io_cores": space.options("io_cores", {})[0], "smt": False, "execution_mode": "sequential",
+            "inter_op_threads": 1, "spinning": True}
+    policies = space.choices["numa_policy"]
+    base["numa_policy"] = "bind" if "bind" in policies else policies[0]
+    out = []
+    for cores in space.choices["cores_per_worker"]:
+        workers = [w for w in space.options("workers", base)
+                   if cores in space.options("cores_per_worker", {**base, "workers": w})]
+        if not workers:
+            continue
+        values = {**base, "workers": max(workers), "cores_per_worker": cores}
+        intra = space.options("intra_op_threads", values)
+        values["intra_op_threads"] = max(t for t in intra if t <= cores) if min(intra) <= cores else min(intra)
+        params = _in_space(space, values)
+        if params is not None:
+            out.append(params)
+    return out
+
+
+def neighbours(space: SearchSpace, params: Params) -> list[Params]:
+    """Configs one step away: another choice of one dimension (the next integer choice up or down;
+    intra-op threads follow a change of cores per worker)."""
+    d = params.to_dict()
+    out = []
+    for dim in ("numa_policy", "spinning", "smt", "intra_op_threads", "workers", "cores_per_worker",
+                "execution_mode", "inter_op_threads", "io_cores"):
+        choices = space.choices[dim]
+        if dim in INT_DIMS:
+            i = choices.index(d[dim]) if d[dim] in choices else None
+            others = [] if i is None else [choices[j] for j in (i - 1, i + 1) if 0 <= j < len(choices)]
+        else:
+            others = [c for c in choices if c != d[dim]]
+        for value in others:
+            candidate = {**d, dim: value}
+            if dim == "cores_per_worker":
+                candidate["intra_op_threads"] = max(1, round(d["intra_op_threads"] * value / d[dim]))
+            params_ = _in_space(space, {k: candidate[k] for k in ORDER})
+            if params_ is not None:
+                out.append(params_)
+    return out
+
+
+def guided_proposal(space: SearchSpace, trials: list[optuna.trial.FrozenTrial], taken: set[str]) -> Proposal | None:
+    """Before the sampler: a line search along the diagonal (how many cores per worker, filling
+    the machine), from its best measured point to its untaken neighbours; then the untaken
+    neighbours of the best config measured so far. None once both are exhausted."""
+    measured = _measured(trials)
+    by_label = {p.label(): thr for thr, p in measured}
+    line = diagonal(space)
+    if line:
+        scored = [(by_label[p.label()], i) for i, p in enumerate(line) if p.label() in by_label]
+        start = max(scored)[1] if scored else len(line) // 2
+        for i in (start, start - 1, start + 1):
+            if 0 <= i < len(line) and line[i].label() not in taken:
+                return Proposal(space.express(line[i]), line[i], "diagonal")
+    if measured:
+        best = max(measured, key=lambda tp: tp[0])[1]
+        for params in neighbours(space, best):
+            if params.label() not in taken:
+                return Proposal(space.express(params), params, "neighbour")
+    return None
 
 
 def distance(a: Params, b: Params) -> float:
