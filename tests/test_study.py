@@ -228,3 +228,16 @@ def test_a_repeat_from_a_fleet_race_is_not_measured_and_not_shown(tmp_path):
     assert len(calls) == len(set(calls)) == 4
     assert params.label() not in shown
     assert repeats[0].number not in set(report.trials_frame(study).trial)
+
+
+def test_a_study_made_with_the_static_space_is_not_resumed(tmp_path):
+    import shutil
+
+    from tuner.errors import StudyMismatch
+    from tuner.study import _refuse_static_space_study
+
+    shutil.copy(REPO / "experiments/results/squeezenet-p99-100ms-2core/placetune.db", tmp_path / "old.db")
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    with pytest.raises(StudyMismatch, match="older placetune"):
+        _refuse_static_space_study(optuna.load_study(study_name=summary.study_name, storage=storage))

@@ -32,7 +32,7 @@ from tuner.errors import Infeasible, PlacementMismatch, PlacetuneError, StudyMis
 from tuner.measure import MeasureSettings, TrialResult, measure
 from tuner.model import ModelInfo
 from tuner.placement import Params, plan
-from tuner.space import SearchSpace
+from tuner.space import INT_DIMS, SearchSpace
 from tuner.strategy import Proposal, choose_strategy
 from tuner.topology import Topology, format_cpulist
 
@@ -450,11 +450,22 @@ def study_strategy(cfg: StudyConfig):
     return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra)
 
 
+def _refuse_static_space_study(study: optuna.Study) -> None:
+    """Studies made before the conditional space suggested integers as categories; Optuna cannot
+    mix both kinds under one name, so such a study is read (report, export) but not resumed."""
+    for t in study.get_trials(deepcopy=False):
+        if any(isinstance(d, optuna.distributions.CategoricalDistribution) and name in INT_DIMS
+               for name, d in t.distributions.items()):
+            raise StudyMismatch(f"study {study.study_name!r} was made by an older placetune (a static search space) "
+                                "and cannot be resumed; give another --study-name (report and export still read it)")
+
+
 def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[str], None],
               stop_flag: Callable[[], bool] | None = None, measure_fn: MeasureFn = measure) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` configs are measured, the timeout, or the space
     is exhausted. ``measure_fn`` stands in for ``measure`` (tests, replays)."""
     study = open_study(cfg)
+    _refuse_static_space_study(study)
     with StudyMutex(cfg.storage, cfg.study_name):
         enqueue_baselines(study, cfg.topology, cfg.space)
     lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
