@@ -192,8 +192,8 @@ def neighbours(space: SearchSpace, params: Params) -> list[Params]:
     intra-op threads follow a change of cores per worker)."""
     d = params.to_dict()
     out = []
-    for dim in ("numa_policy", "spinning", "smt", "intra_op_threads", "workers", "cores_per_worker",
-                "execution_mode", "inter_op_threads", "io_cores"):
+    for dim in ("smt", "intra_op_threads", "cores_per_worker", "workers", "numa_policy", "spinning",
+                "execution_mode", "inter_op_threads", "io_cores"):  # how the CPUs are used first
         choices = space.choices[dim]
         if dim in INT_DIMS:
             i = choices.index(d[dim]) if d[dim] in choices else None
@@ -204,15 +204,22 @@ def neighbours(space: SearchSpace, params: Params) -> list[Params]:
             candidate = {**d, dim: value}
             if dim == "cores_per_worker":
                 candidate["intra_op_threads"] = max(1, round(d["intra_op_threads"] * value / d[dim]))
-            params_ = _in_space(space, {k: candidate[k] for k in ORDER})
-            if params_ is not None:
-                out.append(params_)
+            variants = [candidate]
+            if dim == "smt" and space.shape is not None:  # SMT on: a thread on each sibling too (first)
+                per_core = space.shape.pus_per_core
+                threads = d["intra_op_threads"] * per_core if value else d["intra_op_threads"] // per_core
+                variants.insert(0, {**candidate, "intra_op_threads": max(1, threads)})
+            for variant in variants:
+                params_ = _in_space(space, {k: variant[k] for k in ORDER})
+                if params_ is not None and params_ not in out:
+                    out.append(params_)
     return out
 
 
 def guided_proposal(space: SearchSpace, trials: list[optuna.trial.FrozenTrial], taken: set[str]) -> Proposal | None:
     """Before the sampler: a line search along the diagonal (how many cores per worker, filling
-    the machine), from its best measured point to its untaken neighbours; then the untaken
+    the machine), from its best measured point to its untaken neighbours up to two steps away
+    (a cores-per-worker size that leaves cores idle can hide a better one beyond); then the untaken
     neighbours of the best config measured so far. None once both are exhausted."""
     measured = _measured(trials)
     by_label = {p.label(): thr for thr, p in measured}
@@ -220,7 +227,7 @@ def guided_proposal(space: SearchSpace, trials: list[optuna.trial.FrozenTrial], 
     if line:
         scored = [(by_label[p.label()], i) for i, p in enumerate(line) if p.label() in by_label]
         start = max(scored)[1] if scored else len(line) // 2
-        for i in (start, start - 1, start + 1):
+        for i in (start, start - 1, start + 1, start - 2, start + 2):  # 2 steps: idle cores make it bumpy
             if 0 <= i < len(line) and line[i].label() not in taken:
                 return Proposal(space.express(line[i]), line[i], "diagonal")
     if measured:
