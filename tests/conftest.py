@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -13,14 +17,35 @@ import pytest
 from tuner.topology import Topology, read_topology
 
 REPO = Path(__file__).resolve().parent.parent
-TOPOLOGIES = Path(os.environ.get("PLACETUNE_TOPOLOGIES", REPO.parent / "shared" / "topologies"))
+TOPOLOGIES = REPO / "tests" / "topologies"
+_extracted_roots: list[tempfile.TemporaryDirectory] = []
 
 
+@functools.cache
 def fixture_dirs() -> list[Path]:
-    """Every captured machine root (a folder with expected.json) in ../shared/topologies."""
-    if not TOPOLOGIES.is_dir():
-        return []
-    return sorted(p for p in TOPOLOGIES.iterdir() if (p / "expected.json").is_file())
+    """Every captured machine root, extracted once per test session from tests/topologies/NAME.tar.bz2
+    into a temporary folder, with its NAME.expected.json copied in as expected.json. Raises when the
+    fixtures are missing: no test may silently run without them."""
+    archives = sorted(TOPOLOGIES.glob("*.tar.bz2"))
+    if not archives:
+        raise RuntimeError(f"no machine fixtures (*.tar.bz2) in {TOPOLOGIES}: the checkout is incomplete")
+    tmp = tempfile.TemporaryDirectory(prefix="placetune-topologies-")
+    _extracted_roots.append(tmp)  # removed when the test session's interpreter exits
+    roots = []
+    for archive in archives:
+        name = archive.name.removesuffix(".tar.bz2")
+        expected = TOPOLOGIES / f"{name}.expected.json"
+        if not expected.is_file():
+            raise RuntimeError(f"{archive} has no {expected.name} beside it")
+        with tarfile.open(archive) as tar:
+            if any(not m.name.startswith(f"{name}/") for m in tar.getmembers()):
+                raise RuntimeError(f"{archive}: every entry must lie under {name}/")
+            # the "data" filter refuses absolute paths and links out of the folder (Python >= 3.11.4)
+            tar.extractall(tmp.name, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        root = Path(tmp.name) / name
+        shutil.copyfile(expected, root / "expected.json")
+        roots.append(root)
+    return roots
 
 
 _cache: dict[Path, Topology] = {}
@@ -32,9 +57,10 @@ def fixture_topology(path: Path) -> Topology:
     return _cache[path]
 
 
-@pytest.fixture(params=fixture_dirs(), ids=lambda p: p.name)
-def machine_dir(request) -> Path:
-    return request.param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``machine_dir``: one test per real-machine fixture (extracted only when a test asks for one)."""
+    if "machine_dir" in metafunc.fixturenames:
+        metafunc.parametrize("machine_dir", fixture_dirs(), ids=lambda p: p.name)
 
 
 def free_port() -> int:

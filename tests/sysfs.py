@@ -16,7 +16,7 @@ from tuner.topology import format_cpulist
 class FakeCpu:
     id: int
     package: int = 0
-    core_id: int = 0
+    core_id: int | None = 0  # None = do not write (some architectures have no core_id)
     siblings: tuple[int, ...] | None = None  # thread siblings; None = do not write
     package_cpus: tuple[int, ...] | None = None
     online: bool = True
@@ -33,6 +33,7 @@ class FakeMachine:
     node_memory_kb: int = 1024 * 1024
     write_online_file: bool = True
     extra: dict[str, str] = field(default_factory=dict)  # relative path -> content
+    links: dict[str, str] = field(default_factory=dict)  # relative path -> symlink target (cpuN/nodeM)
 
     def write(self, root: Path) -> Path:
         cpu_dir = root / "sys/devices/system/cpu"
@@ -51,7 +52,8 @@ class FakeMachine:
             t = d / "topology"
             t.mkdir(exist_ok=True)
             (t / "physical_package_id").write_text(f"{c.package}\n")
-            (t / "core_id").write_text(f"{c.core_id}\n")
+            if c.core_id is not None:
+                (t / "core_id").write_text(f"{c.core_id}\n")
             if c.die is not None:
                 (t / "die_id").write_text(f"{c.die}\n")
             if c.cluster is not None:
@@ -82,6 +84,10 @@ class FakeMachine:
             p = root / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(content)
+        for rel, target in self.links.items():
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.symlink_to(target)
         return root
 
 

@@ -83,9 +83,9 @@ def test_bind_keeps_each_worker_inside_one_node_when_it_fits(case):
         nodes = {topo.cpu(cpu).node for cpu in w.cpus}
         if params.numa_policy == "bind" and fits:
             assert len(nodes) == 1
-            assert w.mem_policy == "bind"
             node = next(iter(nodes))
-            if node is not None:
+            if node is not None:  # CPUs of no NUMA node (offline-cpu0-node0) have no memory to bind to
+                assert w.mem_policy == "bind"
                 assert w.mem_nodes == (node,)
 
 

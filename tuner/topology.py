@@ -5,12 +5,19 @@ The reader follows the kernel's documentation of ``/sys/devices/system/cpu`` and
 Documentation/admin-guide/cputopology.rst) and degrades when files are missing:
 
 - a physical core is identified by ``(package, die, cluster, core_id)``; sibling masks
-  (``core_cpus_list`` / ``thread_siblings``) are used only where ``core_id`` is absent;
+  (``core_cpus_list`` / ``thread_siblings``) are used only where ``core_id`` is absent, and a CPU
+  with neither is a core of its own (hwloc makes no core object there);
 - a CPU is online when ``cpu/online`` lists it, else when its own ``cpuN/online`` is not ``0``;
 - with no ``node/`` folder the machine has one NUMA node holding every CPU;
-- a CPU claimed by several nodes belongs to the lowest-numbered one (or to the node its
-  ``cpuN/nodeM`` link names); a CPU claimed by none has ``node=None``;
-- usable CPUs are online AND allowed: the cgroup cpuset (v1 or v2) under the root, and,
+- a node's CPUs are its ``cpumap``; a node whose CPUs overlap an earlier node's (a buggy BIOS)
+  is dropped, as hwloc drops it; a CPU no node claims (an offline one) belongs to the node its
+  ``cpuN/nodeM`` link names if that node exists, else to none (``node=None``);
+- a CPU set the kernel gives twice (hex mask and ``_list``) is read from the mask, as hwloc does;
+  where the two disagree about online CPUs (a corrupted dump), the one consistent with the
+  CPUs' ``physical_package_id`` wins and ``Topology.notes`` says so; a cache group never spans
+  packages;
+- usable CPUs are online AND allowed: the cgroup cpuset (v1 or v2; the cgroup is named by
+  ``proc/self/cpuset``, else ``proc/self/cgroup``, as hwloc reads them) under the root, and,
   for the live root ``/`` only, this process's affinity mask.
 """
 
@@ -20,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -386,8 +393,10 @@ def _online_cpus(fs: _Root, known: list[int]) -> set[int]:
 
 
 def _cache_group(
-    fs: _Root, cpu: int, level: int, online: set[int], core_cpus: set[int]
+    fs: _Root, cpu: int, level: int, online: set[int], core_cpus: set[int], package_cpus: set[int],
+    conflicts: list[tuple[str, str]],
 ) -> int | None:
+    """The lowest online CPU sharing ``cpu``'s cache of ``level``; never one of another package."""
     base = f"{_CPU_DIR}/cpu{cpu}/cache"
     for name in sorted(fs.listdir(base)):
         if not name.startswith("index"):
@@ -397,24 +406,51 @@ def _cache_group(
         kind = (fs.read(f"{base}/{name}/type") or "").strip()
         if kind not in ("Unified", "Data"):
             continue
-        shared = _read_set_mask_first(fs, f"{base}/{name}/shared_cpu_map",
-                                      f"{base}/{name}/shared_cpu_list")
+        rel = f"{base}/{name}/shared_cpu"
+        shared = _pick(fs, f"{rel}_map", f"{rel}_list", online, conflicts,
+                       lambda s: cpu in s and s & online <= package_cpus, "its package")
         if not shared:  # ia64 kernels give an empty map for a core-private cache
             shared = frozenset(core_cpus)
-        members = (set(shared) & online) | {cpu}
+        if shared & online - package_cpus:
+            conflicts.append(("a cache's shared CPUs span other packages; the cache group is kept inside its package",
+                              f"{rel}_map: {format_cpulist(shared & online - package_cpus)}"))
+        members = (set(shared) & online & package_cpus) | {cpu}
         return min(members)
     return None
 
 
-def _read_set_mask_first(fs: _Root, rel_mask: str, rel_list: str) -> frozenset[int] | None:
-    """The hex mask first, as hwloc does (a dump's list and mask can disagree), then the list."""
-    text = fs.read(rel_mask)
-    if text is not None:
+def _pick(fs: _Root, rel_mask: str, rel_list: str, online: set[int], conflicts: list[tuple[str, str]],
+          fits: Callable[[frozenset[int]], bool] = lambda cpus: True,
+          why: str = "") -> frozenset[int] | None:
+    """A CPU set the kernel gives twice, as a hex mask and as a ``_list``: the mask, as hwloc reads it,
+    unless the two disagree about online CPUs (a corrupted dump); then the first that ``fits`` (is
+    consistent with the rest of the topology, ``why`` says with what), and a conflict recorded."""
+    texts = fs.read(rel_mask), fs.read(rel_list)
+    parsed: list[frozenset[int] | None] = []
+    for text, parse in zip(texts, (parse_cpumask, parse_cpulist), strict=True):
         try:
-            return parse_cpumask(text)
+            parsed.append(parse(text) if text is not None else None)
         except ValueError:
-            pass
-    return fs.read_set(rel_list)
+            parsed.append(None)
+    mask, listed = parsed
+    if mask is None or listed is None or mask & online == listed & online:
+        return mask if mask is not None else listed
+    chosen = listed if not fits(mask) and fits(listed) else mask
+    other = mask if chosen is listed else listed
+    reason = f"the one consistent with {why}" if why and fits(chosen) and not fits(other) else "as hwloc does"
+    conflicts.append((f"{re.sub(r'[0-9]+', 'N', rel_list)} and its mask disagree; "
+                      f"used the {'list' if chosen is listed else 'mask'}, {reason}",
+                      f"{rel_list}: {format_cpulist(listed)}, mask: {format_cpulist(mask)}"))
+    return chosen
+
+
+def _conflict_notes(conflicts: list[tuple[str, str]]) -> list[str]:
+    """One note per kind of conflict, with its first example and a count."""
+    grouped: dict[str, list[str]] = {}
+    for what, example in conflicts:
+        grouped.setdefault(what, []).append(example)
+    return [f"{what} ({examples[0]})" if len(examples) == 1 else f"{what} ({len(examples)} times; e.g. {examples[0]})"
+            for what, examples in grouped.items()]
 
 
 def _hybrid_types(fs: _Root) -> dict[int, str]:
@@ -449,8 +485,8 @@ def _cgroup_paths(fs: _Root) -> tuple[str | None, str | None]:
         elif "cpuset" in controllers.split(","):
             v1 = path
     cpuset = (fs.read("proc/self/cpuset") or "").strip()
-    if v1 is None and cpuset:
-        v1 = cpuset
+    if cpuset:  # hwloc reads this name first: the process's cpuset in whichever hierarchy holds it
+        v1 = v2 = cpuset
     return v1, v2
 
 
@@ -520,22 +556,16 @@ def read_topology(root: str | os.PathLike = "/") -> Topology:
         raise TopologyError(f"no CPU found below {fs.path(_CPU_DIR)}")
 
     # -- NUMA nodes
-    node_ids = _numbered(fs.listdir(_NODE_DIR), "node")
-    node_claims: dict[int, frozenset[int]] = {}
-    for node in node_ids:
-        node_claims[node] = fs.read_set(
-            f"{_NODE_DIR}/node{node}/cpulist", f"{_NODE_DIR}/node{node}/cpumap"
-        ) or frozenset()
+    node_dirs = _numbered(fs.listdir(_NODE_DIR), "node")
+    conflicts: list[tuple[str, str]] = []  # a dump contradicting itself: grouped into notes at the end
+    node_cpus = _numa_node_cpus(fs, node_dirs, online, notes, conflicts)
+    node_ids = sorted(node_cpus)
     cpu_node: dict[int, int | None] = {}
     for cpu in all_ids:
-        linked = _numbered(fs.listdir(f"{_CPU_DIR}/cpu{cpu}"), "node")
-        if linked:
-            cpu_node[cpu] = linked[0]
-            continue
-        claimants = [n for n in node_ids if cpu in node_claims[n]]
-        cpu_node[cpu] = claimants[0] if claimants else None
-        if len(claimants) > 1:
-            notes.append(f"cpu {cpu} is claimed by nodes {claimants}; placed in node {claimants[0]}")
+        owner = next((n for n in node_ids if cpu in node_cpus[n]), None)
+        if owner is None:  # not in any cpumap (offline): its cpuN/nodeM link, if that node exists
+            owner = next((n for n in _numbered(fs.listdir(f"{_CPU_DIR}/cpu{cpu}"), "node") if n in node_cpus), None)
+        cpu_node[cpu] = owner
     if not node_ids:
         node_ids = [0]
         cpu_node = dict.fromkeys(all_ids, 0)
@@ -563,31 +593,21 @@ def read_topology(root: str | os.PathLike = "/") -> Topology:
 
     # -- per CPU topology
     hybrid = _hybrid_types(fs)
-    raw: dict[int, dict] = {}
-    for cpu in all_ids:
-        top = f"{_CPU_DIR}/cpu{cpu}/topology"
-        raw[cpu] = {
-            "package_id": fs.read_int(f"{top}/physical_package_id"),
-            "die": fs.read_int(f"{top}/die_id"),
-            "cluster": fs.read_int(f"{top}/cluster_id"),
-            "core_id": fs.read_int(f"{top}/core_id"),
-            "package_mask": _read_set_mask_first(fs, f"{top}/package_cpus", f"{top}/package_cpus_list")
-            or _read_set_mask_first(fs, f"{top}/core_siblings", f"{top}/core_siblings_list"),
-            "siblings": _read_set_mask_first(fs, f"{top}/core_cpus", f"{top}/core_cpus_list")
-            or _read_set_mask_first(fs, f"{top}/thread_siblings", f"{top}/thread_siblings_list"),
-            "capacity": fs.read_int(f"{_CPU_DIR}/cpu{cpu}/cpu_capacity"),
-        }
+    raw = _cpu_topology_files(fs, all_ids, online, conflicts)
     package_index, core_index = _assign_packages_and_cores(raw, online)
     core_members: dict[int, set[int]] = {}
+    package_members: dict[int, set[int]] = {}
     for cpu in all_ids:
         if cpu in online:
             core_members.setdefault(core_index[cpu], set()).add(cpu)
+            package_members.setdefault(package_index[cpu], set()).add(cpu)
 
     cpus = []
     for cpu in all_ids:
         e = raw[cpu]
         is_online = cpu in online
         members = core_members.get(core_index[cpu], {cpu})
+        package = package_members.get(package_index[cpu], {cpu})
         cpus.append(
             Cpu(
                 id=cpu,
@@ -600,8 +620,8 @@ def read_topology(root: str | os.PathLike = "/") -> Topology:
                 core_id=e["core_id"] if e["core_id"] is not None else UNKNOWN,
                 core=core_index[cpu],
                 node=cpu_node.get(cpu),
-                l2_group=_cache_group(fs, cpu, 2, online, members) if is_online else None,
-                l3_group=_cache_group(fs, cpu, 3, online, members) if is_online else None,
+                l2_group=_cache_group(fs, cpu, 2, online, members, package, conflicts) if is_online else None,
+                l3_group=_cache_group(fs, cpu, 3, online, members, package, conflicts) if is_online else None,
                 core_type=hybrid.get(cpu),
                 capacity=e["capacity"],
             )
@@ -616,8 +636,8 @@ def read_topology(root: str | os.PathLike = "/") -> Topology:
                 values = tuple(int(v) for v in text.split())
             except ValueError:
                 values = ()
-            if len(values) == len(node_ids):
-                distances = values
+            if len(values) == len(node_dirs):  # one per node folder, dropped nodes included
+                distances = tuple(values[node_dirs.index(other)] for other in node_ids)
         memory = _node_memory(fs, node)
         if memory is None and len(node_ids) == 1:
             memory = _machine_memory(fs)
@@ -635,8 +655,65 @@ def read_topology(root: str | os.PathLike = "/") -> Topology:
         nodes=tuple(nodes),
         source="/" if live else str(Path(root)),
         restriction=" and ".join(restriction) if restriction else "none",
-        notes=tuple(notes),
+        notes=tuple(notes + _conflict_notes(conflicts)),
     )
+
+
+def _numa_node_cpus(fs: _Root, node_dirs: list[int], online: set[int], notes: list[str],
+                    conflicts: list[tuple[str, str]]) -> dict[int, frozenset[int]]:
+    """Each node's CPUs (its cpumap). As hwloc does, a node whose CPUs overlap an earlier node's (a
+    buggy BIOS: every node claiming every CPU) is dropped, memory and all."""
+    kept: dict[int, frozenset[int]] = {}
+    claimed: set[int] = set()
+    overlapping = []
+    for node in node_dirs:
+        base = f"{_NODE_DIR}/node{node}"
+        cpus = _pick(fs, f"{base}/cpumap", f"{base}/cpulist", online, conflicts) or frozenset()
+        if cpus & claimed:
+            overlapping.append(node)
+            continue
+        claimed |= cpus
+        kept[node] = cpus
+    if overlapping:
+        notes.append(f"NUMA node(s) {format_cpulist(overlapping)} claim CPUs of an earlier node (buggy firmware): "
+                     "ignored, as hwloc does")
+    return kept
+
+
+def _cpu_topology_files(fs: _Root, all_ids: list[int], online: set[int],
+                        conflicts: list[tuple[str, str]]) -> dict[int, dict]:
+    """Each CPU's ids and masks from ``cpuN/topology``. A package or sibling mask that its ``_list``
+    contradicts is taken from the one whose CPUs share this CPU's physical_package_id."""
+    raw: dict[int, dict] = {}
+    for cpu in all_ids:
+        top = f"{_CPU_DIR}/cpu{cpu}/topology"
+        raw[cpu] = {
+            "package_id": fs.read_int(f"{top}/physical_package_id"),
+            "die": fs.read_int(f"{top}/die_id"),
+            "cluster": fs.read_int(f"{top}/cluster_id"),
+            "core_id": fs.read_int(f"{top}/core_id"),
+            "capacity": fs.read_int(f"{_CPU_DIR}/cpu{cpu}/cpu_capacity"),
+        }
+    for cpu in all_ids:
+        raw[cpu]["package_mask"] = _topology_mask(fs, cpu, ("package_cpus", "core_siblings"), raw, online, conflicts)
+        raw[cpu]["siblings"] = _topology_mask(fs, cpu, ("core_cpus", "thread_siblings"), raw, online, conflicts)
+    return raw
+
+
+def _topology_mask(fs: _Root, cpu: int, names: tuple[str, ...], raw: dict[int, dict], online: set[int],
+                   conflicts: list[tuple[str, str]]) -> frozenset[int] | None:
+    """The first non-empty of ``cpuN/topology/NAME`` (mask or list, see _pick)."""
+    package_id = raw[cpu]["package_id"]
+
+    def same_package(cpus: frozenset[int]) -> bool:
+        return cpu in cpus and all(raw.get(m, {}).get("package_id") in (None, package_id) for m in cpus)
+
+    for name in names:
+        rel = f"{_CPU_DIR}/cpu{cpu}/topology/{name}"
+        cpus = _pick(fs, rel, f"{rel}_list", online, conflicts, same_package, "physical_package_id")
+        if cpus:
+            return cpus
+    return None
 
 
 def _assign_packages_and_cores(
@@ -649,7 +726,8 @@ def _assign_packages_and_cores(
     physical_package_id; a core is the CPUs of one sibling mask (core_cpus /
     thread_siblings) with one core_id. Siblings with different core_ids (AMD compute
     units) are separate cores. Without masks, ids alone decide:
-    (package, die, cluster, core_id). Offline CPUs with no topology get their own core.
+    (package, die, cluster, core_id); without either, each CPU is its own core. Offline CPUs
+    with no topology get their own core.
     """
 
     def lowest(mask: frozenset[int] | None, cpu: int) -> int | None:
@@ -670,8 +748,10 @@ def _assign_packages_and_cores(
         sibling = lowest(e["siblings"], cpu)
         if sibling is not None:
             core_keys[cpu] = (package_key, sibling, e["core_id"])
-        else:
+        elif e["core_id"] is not None:
             core_keys[cpu] = (package_key, e["die"], e["cluster"], e["core_id"])
+        else:  # neither core_id nor sibling mask: hwloc makes no core; the CPU is a core of its own
+            core_keys[cpu] = (package_key, "cpu", cpu)
 
     def canonical(keys: dict[int, tuple]) -> dict[int, int]:
         index: dict[tuple, int] = {}
