@@ -261,7 +261,7 @@ def resolve(name: str, dims: dict, topology: Topology, where: str = "search spac
                 raise UsageError(f"{where}: {dim} bounds must be integers or 'auto', got {spec}") from None
             hi = min(hi, auto[dim]) if dim != "intra_op_threads" else hi
             hi = max(hi, lo)
-            values = _spread(lo, hi)
+            values = _spread(lo, hi, _landmarks(topology))
         elif isinstance(spec, list) and spec:
             values = list(spec)
         else:
@@ -283,12 +283,23 @@ def resolve(name: str, dims: dict, topology: Topology, where: str = "search spac
     return space
 
 
-def _spread(lo: int, hi: int) -> list[int]:
-    """All integers lo..hi when few, else lo, hi and the 1-2-3 ladder (1, 2, 3, 4, 6, 8, 12, ...)
-    between them, so that powers of two and their halves are always choices."""
+def _landmarks(topology: Topology) -> set[int]:
+    """Counts the machine makes natural: divisors of the core count, a half, third and quarter of
+    it, the number of NUMA nodes and the cores of each (what the baselines use)."""
+    cores = topology.cores()
+    n = len(cores)
+    per_node = Counter(c.node for c in cores).values()
+    return ({d for d in range(1, n + 1) if n % d == 0} | {n // k for k in (1, 2, 3, 4)}
+            | {len(topology.usable_nodes)} | set(per_node)) - {0}
+
+
+def _spread(lo: int, hi: int, landmarks: set[int] = frozenset()) -> list[int]:
+    """All integers lo..hi when few, else lo, hi, the 1-2-3 ladder (1, 2, 3, 4, 6, 8, 12, ...)
+    between them, so that powers of two and their halves are always choices, and the machine's
+    ``landmarks`` in range."""
     if hi - lo + 1 <= _DENSE_INT_CHOICES:
         return list(range(lo, hi + 1))
-    ladder = {lo, hi}
+    ladder = {lo, hi} | {v for v in landmarks if lo <= v <= hi}
     power = 1
     while power <= hi:
         ladder.update(v for v in (power, 3 * power // 2) if lo <= v <= hi)

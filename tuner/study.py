@@ -53,9 +53,11 @@ def baselines(topology: Topology) -> list[tuple[str, Params]]:
     multi = len(topology.usable_nodes) > 1
     policy = "bind" if multi else "none"
     chunk = max(1, min(4, per_node))
+    # bound to nodes, an instance never straddles two: 10-core nodes hold 2 instances of 4 each
+    instances = sum(sum(1 for c in cores if c.node == n) // chunk for n in nodes) if multi else n_cores // chunk
     candidates = [
         ("ort_default", Params(workers=1, pin=False, intra_op_threads=0)),
-        ("intel_throughput", Params(workers=max(1, n_cores // chunk), cores_per_worker=chunk,
+        ("intel_throughput", Params(workers=max(1, instances), cores_per_worker=chunk,
                                     intra_op_threads=chunk, numa_policy=policy)),
         ("intel_latency", Params(workers=len(nodes), cores_per_worker=max(1, per_node),
                                  intra_op_threads=max(1, per_node), numa_policy=policy)),
