@@ -4,7 +4,10 @@ being measured or queued.
 - ``Exhaustive``: every config of the conditional space, once, in a fixed order. Chosen when the
   whole space (plus the baselines it cannot express) fits the budget (``--n-trials``), or with
   ``--sampler grid``: sampling a space you can afford to measure entirely only adds repeats.
-- ``Sampled``: an Optuna sampler (TPE by default) over the conditional space, proposing in a
+- ``Sampled``: first a guided phase (``guided_proposal``): a line search along the diagonal of
+  configs that fill the machine (how many cores per worker), then the neighbours of the best config
+  so far (hill climbing, one dimension at a time) until none is left untaken; then an Optuna
+  sampler (TPE by default) over the conditional space, proposing in a
   private in-memory study that holds a copy of every measured trial (throughput at the bound as
   its single objective). A proposal equal to a taken config is dropped there and the sampler asks
   again; after ``MAX_SAMPLER_RETRIES`` repeats in a row the untaken config nearest to the
