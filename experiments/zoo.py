@@ -28,6 +28,7 @@ import numpy as np
 import optuna
 import yaml
 
+from experiments.replay import MAX_FREE_STREAK
 from tuner.measure import MeasureSettings, machine_metadata, measure, parse_duration
 from tuner.model import inspect_model
 from tuner.placement import Params, plan
@@ -35,7 +36,6 @@ from tuner.space import check, load_space
 from tuner.study import (
     CONSTRAINT,
     INFEASIBLE_P99,
-    MAX_FREE_STREAK,
     StudyConfig,
     baseline_results,
     baselines,
@@ -182,7 +182,7 @@ def _replay_one(space, topo, table, sampler, with_baselines: bool, goal: float, 
     can express them), unplannable configs pruned for free, a measured config reused for free, an
     unmeasured config enqueued after EXPLORE_AFTER free trials in a row, the end when none is left.
     Returns (configs measured, trials) when a config reaches ``goal``, else None."""
-    from tuner.study import EXPLORE_AFTER, unmeasured_config
+    from experiments.replay import EXPLORE_AFTER, unmeasured_config
 
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     if with_baselines:

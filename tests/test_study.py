@@ -117,7 +117,7 @@ def test_space_collapses_what_the_machine_cannot_vary(machine):
     assert space.choices["inter_op_threads"] == (1,)  # sequential only in the default space
 
 
-def test_planner_infeasible_params_are_flagged_before_measurement():
+def test_planner_infeasible_outer_values_are_flagged():
     topo = fixture_topology(next(p for p in FIXTURES if p.name.startswith("2arm")))
     space = load_space("default", topo)
     assert "need 4 cores" in check(space, topo, {"workers": 2, "cores_per_worker": 2})
@@ -151,9 +151,93 @@ def test_baselines_are_plannable_and_distinct(machine):
     assert all(isinstance(p, Params) for _, p in found)
 
 
-def test_a_stored_result_is_reused_as_it_was_stored():
-    """A config measured once is reused from the study's copy, which carries the trial number."""
-    from tuner.measure import TrialResult
+def _oracle_config(tmp_path, machine: str, n_trials: int | None, sampler: str = "tpe"):
+    from experiments.replay import ORACLE_MODEL
+    from tuner.measure import MeasureSettings
+    from tuner.study import StudyConfig
 
-    stored = {f: 0 for f in TrialResult.__dataclass_fields__} | {"_trial": 3, "notes": []}
-    assert TrialResult.from_dict(stored).throughput == 0
+    topo = fixture_topology(next(p for p in FIXTURES if p.name.startswith(machine)))
+    return StudyConfig(model=ORACLE_MODEL, topology=topo, space=load_space("default", topo),
+                       settings=MeasureSettings(p99_bound_s=0.05), storage=f"sqlite:///{tmp_path / 'study.db'}",
+                       study_name="oracle", sampler=sampler, seed=0, n_trials=n_trials, lock_wait_s=60)
+
+
+def _counting_oracle_measure(calls: list[str]):
+    from experiments.oracles import amdahl_bandwidth
+    from experiments.replay import oracle_measure
+
+    inner = oracle_measure(amdahl_bandwidth)
+
+    def measure_fn(the_plan, model, settings, progress=None):
+        calls.append(the_plan.params.label())
+        return inner(the_plan, model, settings, progress)
+
+    return measure_fn
+
+
+def test_a_2_core_study_measures_each_feasible_config_once_and_stops(tmp_path):
+    from tuner.strategy import Exhaustive
+    from tuner.study import run_study, study_strategy
+
+    cfg = _oracle_config(tmp_path, "2arm", n_trials=50)
+    assert isinstance(study_strategy(cfg), Exhaustive)
+    calls: list[str] = []
+    shown: list[str] = []
+    study = run_study(cfg, lambda t, info: shown.append(info["label"]), lambda _m: None,
+                      measure_fn=_counting_oracle_measure(calls))
+    expected = {p.label() for _, p in cfg.space.configurations()} | {p.label() for _, p in baselines(cfg.topology)}
+    assert sorted(calls) == sorted(expected)  # every config once, nothing else
+    assert sorted(shown) == sorted(expected)
+    assert study.user_attrs["space_exhausted"] is True
+    assert len(measured_trials(study)) == len(expected) == len(study.trials)
+    again: list[str] = []  # resuming an exhausted study measures nothing
+    run_study(cfg, lambda t, info: None, lambda _m: None, measure_fn=_counting_oracle_measure(again))
+    assert again == []
+
+
+def test_a_sampled_study_never_measures_a_config_twice(tmp_path):
+    from tuner.strategy import Sampled
+    from tuner.study import run_study, study_strategy
+
+    cfg = _oracle_config(tmp_path, "8em64t-2s2ca2c", n_trials=25)
+    assert isinstance(study_strategy(cfg), Sampled)
+    calls: list[str] = []
+    study = run_study(cfg, lambda t, info: None, lambda _m: None, measure_fn=_counting_oracle_measure(calls))
+    assert len(calls) == len(set(calls)) == 25 == len(measured_trials(study))
+    assert not [t for t in study.trials if t.state.name == "PRUNED"]
+
+
+def test_a_repeat_from_a_fleet_race_is_not_measured_and_not_shown(tmp_path):
+    from tuner import report
+    from tuner.strategy import Proposal
+    from tuner.study import enqueue_proposal, run_study
+
+    cfg = _oracle_config(tmp_path, "2arm", n_trials=3)
+    calls: list[str] = []
+    study = run_study(cfg, lambda t, info: None, lambda _m: None, measure_fn=_counting_oracle_measure(calls))
+    done = next(t for t in measured_trials(study)
+                if cfg.space.express(Params.from_dict(t.user_attrs["result"]["params"])) is not None)
+    params = Params.from_dict(done.user_attrs["result"]["params"])
+    enqueue_proposal(study, Proposal(cfg.space.express(params), params, "another host"))  # a race's twin
+    cfg = _oracle_config(tmp_path, "2arm", n_trials=4)
+    shown: list[str] = []
+    study = run_study(cfg, lambda t, info: shown.append(info["label"]), lambda _m: None,
+                      measure_fn=_counting_oracle_measure(calls))
+    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
+    assert len(repeats) == 1 and repeats[0].user_attrs["repeat_of"] == done.number
+    assert len(calls) == len(set(calls)) == 4
+    assert params.label() not in shown
+    assert repeats[0].number not in set(report.trials_frame(study).trial)
+
+
+def test_a_study_made_with_the_static_space_is_not_resumed(tmp_path):
+    import shutil
+
+    from tuner.errors import StudyMismatch
+    from tuner.study import _refuse_static_space_study
+
+    shutil.copy(REPO / "experiments/results/squeezenet-p99-100ms-2core/placetune.db", tmp_path / "old.db")
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    with pytest.raises(StudyMismatch, match="older placetune"):
+        _refuse_static_space_study(optuna.load_study(study_name=summary.study_name, storage=storage))

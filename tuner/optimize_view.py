@@ -14,7 +14,6 @@ from rich.table import Table
 from tuner import stats
 from tuner.outputs import write_atomic
 from tuner.study import (
-    MAX_FREE_STREAK,
     StudyConfig,
     StudyMutex,
     baseline_results,
@@ -39,7 +38,7 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
     already = len(measured_trials(study))
     console.print(f"study [bold]{cfg.study_name}[/] in {cfg.storage} ({already} config(s) already measured)")
     fixed = ", ".join(f"{k}={v}" for k, v in cfg.space.fixed.items())
-    console.print(f"space {cfg.space.name}: {cfg.space.size()} combinations; fixed on this machine: {fixed}")
+    console.print(f"space {cfg.space.name}: {cfg.space.size()} plannable configs; fixed on this machine: {fixed}")
     best_so_far = {"throughput": 0.0}
     total = cfg.n_trials or max(already + 1, 1)
     with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -75,8 +74,8 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
             raise
         trial_study[0] = study
     if study.user_attrs.get("space_exhausted") and len(measured_trials(study)) < total:
-        console.print(f"[yellow]the sampler found no new plannable config in {MAX_FREE_STREAK} tries: the space "
-                      f"is exhausted at {len(measured_trials(study))} measured configs[/]")
+        console.print(f"[yellow]every config of the space is measured ({len(measured_trials(study))} configs, "
+                      "baselines included): the study stops here[/]")
     mlflow_uri = tracker.uri if tracker is not None and tracker.enabled else None
     code = _report(cfg, study, console, revalidate, out, mlflow_uri)
     if tracker is not None:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tuner.envelope import envelope, envelope_points
 from tuner.placement import Params
-from tuner.study import baseline_results, best_config_document, best_trial, pareto_front
+from tuner.study import baseline_results, best_config_document, best_trial, measured_trials, pareto_front, shown_trials
 
 PARAM_KEYS = tuple(Params().to_dict())
 
@@ -33,7 +33,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, config, result, why infeasible."""
     front = {t.number for t in pareto_front(study)}
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in shown_trials(study):
         r = t.user_attrs.get("result") or {}
         reason = r.get("reason", "")
         if t.state == optuna.trial.TrialState.PRUNED:
@@ -75,16 +75,19 @@ def by_fingerprint(frame: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def importances(study: optuna.Study) -> dict[str, float] | str:
-    """optuna.importance on throughput over the sampled (non-baseline) trials, or why not."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.params]
-    varying = {k for t in complete for k in t.params if len({str(o.params.get(k)) for o in complete}) > 1}
+    """optuna.importance on throughput over the measured trials (no repeats), for the parameters
+    every one of them suggested (the space is conditional), or why not."""
+    complete = [t for t in measured_trials(study) if t.params]
+    common = set.intersection(*(set(t.params) for t in complete)) if complete else set()
+    varying = {k for k in common if len({str(o.params.get(k)) for o in complete}) > 1}
     if len(complete) < 4 or not varying:
         return f"not enough sampled trials to estimate importances ({len(complete)} with varying params)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(study, target=lambda t: t.values[0],
+            measured = optuna.create_study(directions=study.directions)
+            measured.add_trials(complete)
+            return dict(optuna.importance.get_param_importances(measured, target=lambda t: t.values[0],
                                                                 params=sorted(varying)))
     except Exception as exc:  # fANOVA refuses some degenerate studies
         return f"importances unavailable ({type(exc).__name__}: {str(exc)[:120]})"
@@ -184,7 +187,7 @@ def summary(study: optuna.Study) -> dict:
     model = study.user_attrs.get("model", {})
     out = {"study": study.study_name, "model": model.get("name"), "model_sha256": model.get("sha256"),
            "p99_bound_ms": _bound(study), "scenario": study.user_attrs.get("scenario"),
-           "trials": len(study.get_trials(deepcopy=False)), "best": None, "baselines": {}}
+           "trials": len(shown_trials(study)), "best": None, "baselines": {}}
     if best is not None:
         r = best.user_attrs["result"]
         out["best"] = {"trial": best.number, "label": best.user_attrs.get("label"), "throughput": r["throughput"],

@@ -1,9 +1,13 @@
-"""The Optuna study: baselines first, then sampled configs; resumable, one trial at a time per host.
+"""The Optuna study: baselines first, then what the strategy proposes; resumable, one trial at a
+time per host.
 
 Objectives: maximize throughput at the bound, minimize P99. The bound is a constraint
 (``trial.set_constraint([p99 - bound])``, Optuna >= 5), so the Pareto front is made of
-feasible trials only. Trials whose params the planner rejects are PRUNED before any
-measurement, with the planner's reason in ``user_attrs["plan_infeasible"]``.
+feasible trials only. Every trial is a config measured once: the search space is conditional
+(always plannable) and the strategy (``tuner/strategy.py``) never proposes a config already
+measured, being measured or queued. Only a fleet race (two hosts picking the same config at
+once) can still produce a repeat: that trial is FAILED with ``user_attrs["repeat_of"]``, is not
+measured, and every view hides it.
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
-from tuner.errors import PlacementMismatch, PlacetuneError, StudyMismatch, UsageError, WorkerError
+from tuner.errors import Infeasible, PlacementMismatch, PlacetuneError, StudyMismatch, UsageError, WorkerError
 from tuner.measure import MeasureSettings, TrialResult, measure
 from tuner.model import ModelInfo
 from tuner.placement import Params, plan
-from tuner.space import SearchSpace, check
+from tuner.space import INT_DIMS, SearchSpace
+from tuner.strategy import Proposal, choose_strategy
 from tuner.topology import Topology, format_cpulist
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -47,9 +53,11 @@ def baselines(topology: Topology) -> list[tuple[str, Params]]:
     multi = len(topology.usable_nodes) > 1
     policy = "bind" if multi else "none"
     chunk = max(1, min(4, per_node))
+    # bound to nodes, an instance never straddles two: 10-core nodes hold 2 instances of 4 each
+    instances = sum(sum(1 for c in cores if c.node == n) // chunk for n in nodes) if multi else n_cores // chunk
     candidates = [
         ("ort_default", Params(workers=1, pin=False, intra_op_threads=0)),
-        ("intel_throughput", Params(workers=max(1, n_cores // chunk), cores_per_worker=chunk,
+        ("intel_throughput", Params(workers=max(1, instances), cores_per_worker=chunk,
                                     intra_op_threads=chunk, numa_policy=policy)),
         ("intel_latency", Params(workers=len(nodes), cores_per_worker=max(1, per_node),
                                  intra_op_threads=max(1, per_node), numa_policy=policy)),
@@ -91,8 +99,8 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samp
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler({k: list(v) for k, v in space.varying.items()}, seed=seed)
+    if name == "grid":  # the conditional space has no static grid: the Exhaustive strategy walks it
+        return optuna.samplers.RandomSampler(seed=seed)
     raise UsageError(f"--sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
@@ -246,36 +254,16 @@ def storage_url(storage: str | None) -> str:
 
 
 def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that cost a measurement: complete, and not a reuse of a config already measured.
-    ``--n-trials`` counts these; planner-rejected (pruned) and reused trials are free."""
+    """Trials that cost a measurement: complete, with a result, and not a repeat (``reused_from``:
+    studies made before repeats were dropped). ``--n-trials`` counts these."""
     return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if "result" in t.user_attrs and "reused_from" not in t.user_attrs]
 
 
-MAX_FREE_STREAK = 25  # trials in a row the sampler wastes on pruned or already-measured configs
-EXPLORE_AFTER = 3  # after this many free trials in a row, an unmeasured plannable config is enqueued
-
-
-def unmeasured_config(study: optuna.Study, space: SearchSpace, topology: Topology, seed: int = 0) -> dict | None:
-    """A random plannable config of the space that no trial has measured, is measuring or is queued."""
-    import random
-
-    taken = {t.user_attrs.get("label") for t in study.get_trials(deepcopy=False)
-             if t.state != optuna.trial.TrialState.PRUNED and t.state != optuna.trial.TrialState.FAIL}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        fixed = t.system_attrs.get("fixed_params") or {}
-        try:
-            taken.add(Params.from_dict(t.user_attrs["params"]).label() if "params" in t.user_attrs
-                      else space.params(fixed).label())
-        except (UsageError, TypeError):
-            pass
-    fresh = [values for values in space.combinations()
-             if check(space, topology, values) is None and space.params(values).label() not in taken]
-    return random.Random(seed).choice(fresh) if fresh else None
-
-
-def _waiting(study: optuna.Study) -> bool:
-    return any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+def shown_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every trial but repeats (a fleet race, or a reuse in an older study): what views show."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if "repeat_of" not in t.user_attrs and "reused_from" not in t.user_attrs]
 
 
 def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpace | None = None) -> None:
@@ -371,10 +359,17 @@ TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
 
 TRIAL_FAULTS = (WorkerError, PlacementMismatch)  # the trial fails, the study goes on
 MAX_CONSECUTIVE_FAILURES = 3  # then something is wrong with the setup, not with one config
+MeasureFn = Callable[..., TrialResult]  # measure(plan, model, settings, progress=...) or a stand-in
+
+
+class RepeatedConfig(Exception):
+    """A trial got a config another trial already measured (a fleet race): it is not measured."""
 
 
 def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[[str], None],
-                   host_key: str = ""):
+                   host_key: str = "", measure_fn: MeasureFn = measure):
+    """The Optuna objective: the trial's config (a baseline, or the space's define-by-run
+    suggestion, which an enqueued proposal fixes), measured by ``measure_fn``."""
     bound_ms = cfg.settings.p99_bound_s * 1000 if cfg.settings.p99_bound_s else None
 
     fingerprint = cfg.topology.fingerprint()
@@ -387,35 +382,29 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
         if "baseline" in trial.user_attrs:
             params = Params.from_dict(trial.user_attrs["params"])
             if cfg.space.express(params) is not None:  # enqueued with its values: let the sampler see them
-                for dim, choices in cfg.space.varying.items():
-                    trial.suggest_categorical(dim, list(choices))
+                cfg.space.suggest(trial)
         else:
-            values = {dim: trial.suggest_categorical(dim, list(choices))
-                      for dim, choices in cfg.space.varying.items()}
-            reason = check(cfg.space, cfg.topology, values)
-            params = cfg.space.params(values) if reason is None else None
-            if reason is not None:
-                try:
-                    trial.set_user_attr("label", cfg.space.params(values).label())
-                except UsageError:
-                    pass
-                trial.set_user_attr("plan_infeasible", reason)
-                trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
-                raise optuna.TrialPruned(f"planner: {reason}")
+            params = cfg.space.suggest(trial)
             trial.set_user_attr("params", params.to_dict())
-        trial.set_user_attr("label", params.label())
-        _wait_for_same_config(study, params.label(), trial.number, on_progress)
-        previous = _same_config(study, params.label(), trial.number)
+        label = params.label()
+        trial.set_user_attr("label", label)
+        _wait_for_same_config(study, label, trial.number, on_progress)
+        previous = _measured_config(study, label, trial.number)
         if previous is not None:
-            result = TrialResult.from_dict(previous)
-            trial.set_user_attr("reused_from", previous.get("_trial", -1))
-        else:
-            try:
-                result = measure(plan(cfg.topology, params), cfg.model, cfg.settings, progress=on_progress)
-            except TRIAL_FAULTS as exc:
-                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-                requeue_once(study, trial)
-                raise
+            trial.set_user_attr("repeat_of", previous)
+            raise RepeatedConfig(f"{label} was measured by trial {previous}")
+        try:
+            the_plan = plan(cfg.topology, params)
+        except Infeasible as exc:  # a baseline or an old custom space the planner refuses
+            trial.set_user_attr("plan_infeasible", str(exc))
+            trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
+            raise optuna.TrialPruned(f"planner: {exc}") from None
+        try:
+            result = measure_fn(the_plan, cfg.model, cfg.settings, progress=on_progress)
+        except TRIAL_FAULTS as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            requeue_once(study, trial)
+            raise
         stored = result.to_dict()
         stored["_trial"] = trial.number
         trial.set_user_attr("result", stored)
@@ -459,66 +448,95 @@ def _wait_for_same_config(study: optuna.Study, label: str, number: int, on_progr
         time.sleep(1.0)
 
 
-def _same_config(study: optuna.Study, label: str, number: int) -> dict | None:
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.number != number and t.user_attrs.get("label") == label and "result" in t.user_attrs:
-            return t.user_attrs["result"]
+def _measured_config(study: optuna.Study, label: str, number: int) -> int | None:
+    """The number of another trial that measured this config, if any."""
+    for t in measured_trials(study):
+        if t.number != number and t.user_attrs.get("label") == label:
+            return t.number
     return None
 
 
+def enqueue_proposal(study: optuna.Study, proposal: Proposal) -> None:
+    """Queue a strategy's proposal: the next trial suggests exactly these values."""
+    study.enqueue_trial(proposal.values, user_attrs={"proposed_by": proposal.source,
+                                                     "label": proposal.params.label()})
+
+
+def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_trial: TrialCallback,
+               on_progress: Callable[[str], None], stop_flag: Callable[[], bool] | None = None,
+               mutex: Callable[[], AbstractContextManager] = nullcontext) -> None:
+    """The study loop (the replay in experiments/replay.py drives it too): when the queue is empty,
+    ask ``strategy`` for a config and queue it; run the next queued trial; stop at ``n_trials``
+    measured configs, the timeout, ``stop_flag``, or when nothing is left to measure (then the
+    study's ``space_exhausted`` attribute is set)."""
+    started = time.monotonic()
+    failures = 0
+    while True:
+        if cfg.n_trials is not None and len(measured_trials(study)) >= cfg.n_trials:
+            break
+        if cfg.timeout_s is not None and time.monotonic() - started >= cfg.timeout_s:
+            break
+        if stop_flag is not None and stop_flag():
+            break
+        with mutex():  # a fleet's tuners must not queue the same proposal twice
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+            proposal = None if waiting else strategy.propose(trials)
+            if proposal is not None:
+                enqueue_proposal(study, proposal)
+        if not waiting and proposal is None:
+            if not _others_running(study):
+                study.set_user_attr("space_exhausted", True)
+                break
+            on_progress("nothing new to measure; waiting for the other hosts' trials")
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(1.0)
+            continue
+        ended: list[optuna.trial.FrozenTrial] = []
+        study.optimize(objective, n_trials=1, catch=(*TRIAL_FAULTS, RepeatedConfig), gc_after_trial=False,
+                       callbacks=[lambda s, t, ended=ended: ended.append(t)])
+        last = ended[-1] if ended else None
+        if last is None or "repeat_of" in last.user_attrs:
+            continue  # a repeat is neither a result nor a failure, and is not shown
+        on_trial(last, summarize_trial(last))
+        failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
+                                 "fix the cause and re-run the same command to resume the study")
+
+
+def study_strategy(cfg: StudyConfig):
+    """The strategy for this study's space and budget (tuner/strategy.py ``choose_strategy``)."""
+    extra = sum(1 for _, params in baselines(cfg.topology) if cfg.space.express(params) is None)
+    return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra)
+
+
+def _refuse_static_space_study(study: optuna.Study) -> None:
+    """Studies made before the conditional space suggested integers as categories; Optuna cannot
+    mix both kinds under one name, so such a study is read (report, export) but not resumed."""
+    for t in study.get_trials(deepcopy=False):
+        if any(isinstance(d, optuna.distributions.CategoricalDistribution) and name in INT_DIMS
+               for name, d in t.distributions.items()):
+            raise StudyMismatch(f"study {study.study_name!r} was made by an older placetune (a static search space) "
+                                "and cannot be resumed; give another --study-name (report and export still read it)")
+
+
 def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[str], None],
-              stop_flag: Callable[[], bool] | None = None) -> optuna.Study:
-    """Run (or resume) the study until ``n_trials`` trials in total have finished, or the timeout."""
+              stop_flag: Callable[[], bool] | None = None, measure_fn: MeasureFn = measure) -> optuna.Study:
+    """Run (or resume) the study until ``n_trials`` configs are measured, the timeout, or the space
+    is exhausted. ``measure_fn`` stands in for ``measure`` (tests, replays)."""
     study = open_study(cfg)
+    _refuse_static_space_study(study)
     with StudyMutex(cfg.storage, cfg.study_name):
         enqueue_baselines(study, cfg.topology, cfg.space)
-    started = time.monotonic()
     lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
-    objective = make_objective(cfg, study, on_progress, lock.key)
-    failures = free_streak = 0
+    objective = make_objective(cfg, study, on_progress, lock.key, measure_fn)
     if study.user_attrs.get("space_exhausted"):
         study.set_user_attr("space_exhausted", False)
     with lock:
         fail_orphaned_trials(study, lock.key)
-        while True:
-            if cfg.n_trials is not None and len(measured_trials(study)) >= cfg.n_trials:
-                break
-            if free_streak >= EXPLORE_AFTER and cfg.sampler != "grid" and not _waiting(study):
-                fresh = unmeasured_config(study, cfg.space, cfg.topology, seed=(cfg.seed or 0) + len(study.trials))
-                if fresh is not None:  # the sampler keeps proposing measured configs: try an unmeasured one
-                    study.enqueue_trial(fresh, user_attrs={"exploration": True})
-                    free_streak = 0
-                    continue
-                free_streak = MAX_FREE_STREAK  # nothing left to measure
-            if free_streak >= MAX_FREE_STREAK:
-                if _others_running(study):  # a fleet: their trials may still fail and come back to the queue
-                    on_progress("nothing new to measure; waiting for the other hosts' trials")
-                    optuna.storages.fail_stale_trials(study)
-                    time.sleep(1.0)
-                    if not any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-                        continue
-                    free_streak = 0
-                else:
-                    study.set_user_attr("space_exhausted", True)
-                    break
-            if cfg.timeout_s is not None and time.monotonic() - started >= cfg.timeout_s:
-                break
-            if stop_flag is not None and stop_flag():
-                break
-            ended: list[optuna.trial.FrozenTrial] = []
-            study.optimize(objective, n_trials=1, catch=TRIAL_FAULTS, gc_after_trial=False,
-                           callbacks=[lambda s, t, ended=ended: (ended.append(t), on_trial(t, summarize_trial(t)))])
-            last = ended[-1] if ended else None
-            if last is None:
-                continue
-            failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
-            free = last.state == optuna.trial.TrialState.PRUNED or "reused_from" in last.user_attrs
-            free_streak = free_streak + 1 if free else 0
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
-                                     "fix the cause and re-run the same command to resume the study")
-            if cfg.sampler == "grid" and _grid_exhausted(study, cfg.space):
-                break
+        run_trials(study, cfg, study_strategy(cfg), objective, on_trial, on_progress, stop_flag,
+                   mutex=lambda: StudyMutex(cfg.storage, cfg.study_name))
     return study
 
 
@@ -545,11 +563,6 @@ def fail_orphaned_trials(study: optuna.Study, host_key: str) -> list[int]:
                     callback(study, study._storage.get_trial(t._trial_id))
             failed.append(t.number)
     return failed
-
-
-def _grid_exhausted(study: optuna.Study, space: SearchSpace) -> bool:
-    sampled = sum(1 for t in study.get_trials(deepcopy=False) if "baseline" not in t.user_attrs)
-    return sampled >= space.size()
 
 
 def summarize_trial(t: optuna.trial.FrozenTrial) -> dict:

@@ -179,8 +179,8 @@ class Tracker:
         from tuner.report import trial_params
 
         status = _STATUS.get(trial.state)
-        if status is None or self._parent is None:
-            return
+        if status is None or self._parent is None or "repeat_of" in trial.user_attrs:
+            return  # a repeat (a fleet race) measured nothing: it is not a run
         if trial.number not in self._children:  # another host of a fleet may have logged it already
             found = self.client.search_runs(
                 [self._experiment()], max_results=1,

@@ -1,0 +1,263 @@
+"""What a study measures next: a strategy proposes one config at a time, never one already measured,
+being measured or queued.
+
+- ``Exhaustive``: every config of the conditional space, once, in a fixed order. Chosen when the
+  whole space (plus the baselines it cannot express) fits the budget (``--n-trials``), or with
+  ``--sampler grid``: sampling a space you can afford to measure entirely only adds repeats.
+- ``Sampled``: first a guided phase (``guided_proposal``): a line search along the diagonal of
+  configs that fill the machine (how many cores per worker), then the neighbours of the best config
+  so far (hill climbing, one dimension at a time) until none is left untaken; then an Optuna
+  sampler (TPE by default) over the conditional space, proposing in a
+  private in-memory study that holds a copy of every measured trial (throughput at the bound as
+  its single objective). A proposal equal to a taken config is dropped there and the sampler asks
+  again; after ``MAX_SAMPLER_RETRIES`` repeats in a row the untaken config nearest to the
+  sampler's last wish is proposed instead. The study's own storage therefore only ever holds
+  configs that are measured once.
+
+The baselines run first in both (the study enqueues them); a strategy is asked only when the
+queue is empty. ``None`` from ``propose`` means the space is exhausted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import optuna
+
+from tuner.placement import Params
+from tuner.space import INT_DIMS, ORDER, SearchSpace
+
+MAX_SAMPLER_RETRIES = 20
+SAMPLER_STARTUP_TRIALS = 5
+_TAKEN = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One config to measure: the values its trial suggests (for ``enqueue_trial``), its Params,
+    and what proposed it."""
+
+    values: dict
+    params: Params
+    source: str
+
+
+def trial_label(t: optuna.trial.FrozenTrial, space: SearchSpace) -> str | None:
+    """The config label a trial has (or will have, for a queued one)."""
+    if "label" in t.user_attrs:
+        return t.user_attrs["label"]
+    if "params" in t.user_attrs:
+        return Params.from_dict(t.user_attrs["params"]).label()
+    fixed = t.system_attrs.get("fixed_params")
+    if fixed is not None:
+        params = _from_values(space, fixed)
+        return params.label() if params is not None else None
+    return None
+
+
+def taken_labels(trials: Iterable[optuna.trial.FrozenTrial], space: SearchSpace) -> set[str]:
+    """Configs measured, being measured or queued (a failed trial's config may be tried again)."""
+    out = set()
+    for t in trials:
+        if t.state in _TAKEN and "repeat_of" not in t.user_attrs:
+            label = trial_label(t, space)
+            if label is not None:
+                out.add(label)
+    return out
+
+
+def _from_values(space: SearchSpace, values: dict) -> Params | None:
+    try:
+        return Params(**space.walk(lambda dim, opts: values[dim] if values.get(dim) in opts else opts[0])[0])
+    except Exception:
+        return None
+
+
+class Exhaustive:
+    """Every config of the space once, in the space's order."""
+
+    name = "exhaustive"
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self._configs = list(space.configurations())
+
+    def propose(self, trials: list[optuna.trial.FrozenTrial]) -> Proposal | None:
+        taken = taken_labels(trials, self.space)
+        for values, params in self._configs:
+            if params.label() not in taken:
+                return Proposal(values, params, self.name)
+        return None
+
+
+def scratch_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The sampler a ``Sampled`` strategy proposes with (single objective: throughput at the bound)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          n_startup_trials=SAMPLER_STARTUP_TRIALS)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"no sampled strategy for sampler {name!r}")
+
+
+class Sampled:
+    """An Optuna sampler over the conditional space, without repeats (see the module docstring)."""
+
+    def __init__(self, space: SearchSpace, sampler: str = "tpe", seed: int | None = None):
+        self.space = space
+        self.name = sampler
+        self._scratch = optuna.create_study(direction="maximize", sampler=scratch_sampler(sampler, seed))
+        self._copied: set[tuple] = set()
+        self._configs: list[tuple[dict, Params]] | None = None
+
+    def _sync(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Copy measured trials (by anyone, baselines included) into the private study."""
+        for t in trials:
+            key = (t.number, t.datetime_start)
+            if key in self._copied or t.state != optuna.trial.TrialState.COMPLETE or not t.values:
+                continue
+            if "repeat_of" in t.user_attrs or "result" not in t.user_attrs:
+                continue
+            self._copied.add(key)
+            self._scratch.add_trial(optuna.trial.create_trial(
+                params=dict(t.params), distributions=dict(t.distributions), value=float(t.values[0])))
+
+    def propose(self, trials: list[optuna.trial.FrozenTrial]) -> Proposal | None:
+        self._sync(trials)
+        taken = taken_labels(trials, self.space)
+        guided = guided_proposal(self.space, trials, taken)
+        if guided is not None:
+            return guided
+        wish = None
+        for _ in range(MAX_SAMPLER_RETRIES):
+            trial = self._scratch.ask()
+            wish = self.space.suggest(trial)
+            self._scratch.tell(trial, state=optuna.trial.TrialState.FAIL)  # its result arrives via _sync
+            if wish.label() not in taken:
+                return Proposal(self.space.express(wish) or {}, wish, self.name)
+        return self._nearest_untaken(wish, taken)
+
+    def _nearest_untaken(self, wish: Params, taken: set[str]) -> Proposal | None:
+        if self._configs is None:
+            self._configs = list(self.space.configurations())
+        fresh = [(v, p) for v, p in self._configs if p.label() not in taken]
+        if not fresh:
+            return None
+        values, params = min(fresh, key=lambda vp: distance(wish, vp[1]))
+        return Proposal(values, params, f"{self.name}+nearest")
+
+
+def _measured(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, Params]]:
+    out = []
+    for t in trials:
+        result = t.user_attrs.get("result")
+        if t.state == optuna.trial.TrialState.COMPLETE and result and "repeat_of" not in t.user_attrs:
+            out.append((result["throughput"] if result["feasible"] else 0.0, Params.from_dict(result["params"])))
+    return out
+
+
+def _in_space(space: SearchSpace, values: dict) -> Params | None:
+    try:
+        params = Params(**values)
+    except Exception:
+        return None
+    return params if space.express(params) is not None else None
+
+
+def diagonal(space: SearchSpace) -> list[Params]:
+    """The configs that fill the machine: for each cores-per-worker choice, as many workers as fit,
+    one intra-op thread per core (the most it can have up to that), no SMT, spinning, sequential."""
+    base = {"io_cores": space.options("io_cores", {})[0], "smt": False, "execution_mode": "sequential",
+            "inter_op_threads": 1, "spinning": True}
+    policies = space.choices["numa_policy"]
+    base["numa_policy"] = "bind" if "bind" in policies else policies[0]
+    out = []
+    for cores in space.choices["cores_per_worker"]:
+        workers = [w for w in space.options("workers", base)
+                   if cores in space.options("cores_per_worker", {**base, "workers": w})]
+        if not workers:
+            continue
+        values = {**base, "workers": max(workers), "cores_per_worker": cores}
+        intra = space.options("intra_op_threads", values)
+        values["intra_op_threads"] = max(t for t in intra if t <= cores) if min(intra) <= cores else min(intra)
+        params = _in_space(space, values)
+        if params is not None:
+            out.append(params)
+    return out
+
+
+def neighbours(space: SearchSpace, params: Params) -> list[Params]:
+    """Configs one step away: another choice of one dimension (the next integer choice up or down;
+    intra-op threads follow a change of cores per worker)."""
+    d = params.to_dict()
+    out = []
+    for dim in ("smt", "intra_op_threads", "cores_per_worker", "workers", "numa_policy", "spinning",
+                "execution_mode", "inter_op_threads", "io_cores"):  # how the CPUs are used first
+        choices = space.choices[dim]
+        if dim in INT_DIMS:
+            i = choices.index(d[dim]) if d[dim] in choices else None
+            others = [] if i is None else [choices[j] for j in (i - 1, i + 1) if 0 <= j < len(choices)]
+        else:
+            others = [c for c in choices if c != d[dim]]
+        for value in others:
+            candidate = {**d, dim: value}
+            if dim == "cores_per_worker":
+                candidate["intra_op_threads"] = max(1, round(d["intra_op_threads"] * value / d[dim]))
+            variants = [candidate]
+            if dim == "smt" and space.shape is not None:  # SMT on: a thread on each sibling too (first)
+                per_core = space.shape.pus_per_core
+                threads = d["intra_op_threads"] * per_core if value else d["intra_op_threads"] // per_core
+                variants.insert(0, {**candidate, "intra_op_threads": max(1, threads)})
+            for variant in variants:
+                params_ = _in_space(space, {k: variant[k] for k in ORDER})
+                if params_ is not None and params_ not in out:
+                    out.append(params_)
+    return out
+
+
+def guided_proposal(space: SearchSpace, trials: list[optuna.trial.FrozenTrial], taken: set[str]) -> Proposal | None:
+    """Before the sampler: a line search along the diagonal (how many cores per worker, filling
+    the machine), from its best measured point to its untaken neighbours up to two steps away
+    (a cores-per-worker size that leaves cores idle can hide a better one beyond); then the untaken
+    neighbours of the best config measured so far. None once both are exhausted."""
+    measured = _measured(trials)
+    by_label = {p.label(): thr for thr, p in measured}
+    line = diagonal(space)
+    if line:
+        scored = [(by_label[p.label()], i) for i, p in enumerate(line) if p.label() in by_label]
+        start = max(scored)[1] if scored else len(line) // 2
+        for i in (start, start - 1, start + 1, start - 2, start + 2):  # 2 steps: idle cores make it bumpy
+            if 0 <= i < len(line) and line[i].label() not in taken:
+                return Proposal(space.express(line[i]), line[i], "diagonal")
+    if measured:
+        best = max(measured, key=lambda tp: tp[0])[1]
+        for params in neighbours(space, best):
+            if params.label() not in taken:
+                return Proposal(space.express(params), params, "neighbour")
+    return None
+
+
+def distance(a: Params, b: Params) -> float:
+    """How far apart two configs are: octaves for integer dimensions, 1 per differing choice."""
+    da, db = a.to_dict(), b.to_dict()
+    total = 0.0
+    for dim in ORDER:
+        x, y = da[dim], db[dim]
+        if dim in INT_DIMS:
+            total += abs(math.log2(x + 1) - math.log2(y + 1))
+        elif x != y:
+            total += 1.0
+    return total
+
+
+def choose_strategy(space: SearchSpace, sampler: str, seed: int | None, n_trials: int | None,
+                    extra_baselines: int = 0):
+    """Exhaustive when the whole space plus the ``extra_baselines`` it cannot express fit in
+    ``n_trials`` measured configs (or ``sampler == "grid"``); else the sampler, without repeats."""
+    if sampler == "grid" or (n_trials is not None and space.size() + extra_baselines <= n_trials):
+        return Exhaustive(space)
+    return Sampled(space, sampler, seed)
