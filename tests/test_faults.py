@@ -147,7 +147,7 @@ def test_a_second_tuner_on_the_same_cpus_waits_refuses_then_takes_over_a_dead_on
     other.mkdir()
     second = optimize(other, model_path, 2, "--lock-wait", "1s")
     out, err = second.communicate(timeout=120)
-    assert second.returncode == 1 and f"another placetune (pid {first.pid})" in err and "--lock-wait" in err
+    assert second.returncode == 1 and f"another placetune (pid {first.pid}" in err and "--lock-wait" in err
     first.kill()
     first.communicate(timeout=60)
     third = optimize(other, model_path, 2, "--lock-wait", "30s")
