@@ -102,8 +102,11 @@ def main() -> None:
             pass
 
     server = ThreadingHTTPServer((args.host, args.port + index), Handler)
-    print(f"worker {index} (pid {os.getpid()}, cpus {health['cpus']}) serving on {args.host}:"
-          f"{server.server_address[1]}", flush=True)
+    # one write() of the whole line: workers share the launcher's stdout, and print() writes the text and
+    # its newline separately, so two workers' lines could interleave on one line
+    sys.stdout.write(f"worker {index} (pid {os.getpid()}, cpus {health['cpus']}) serving on {args.host}:"
+                     f"{server.server_address[1]}\n")
+    sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
