@@ -49,7 +49,7 @@ def main() -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from tuner.model import inspect_model, make_inputs
+    from tuner.bench.model import inspect_model, make_inputs
 
     info = inspect_model(args.model)
     session = ort.InferenceSession(info.path, options, providers=["CPUExecutionProvider"])

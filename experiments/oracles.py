@@ -12,7 +12,7 @@ req/s at the bound, 0.0 when the bound is missed. Noise is a fixed multiplicativ
   bandwidth per NUMA node in use (bind uses it best, interleave pays remote accesses).
 - ``cache_numa``: a model whose weights (24 MB per worker) must share each L3 group; a worker that
   spans L3 groups or NUMA nodes pays for synchronising its threads across them; memory not bound
-  to the worker's node pays the node distance. It plans the config with tuner.placement to see
+  to the worker's node pays the node distance. It plans the config with tuner.machine.placement to see
   which groups and nodes each worker really gets.
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import math
 
-from tuner.placement import Params, plan
-from tuner.topology import Topology
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import Topology
 
 BOUND_MS = 50.0
 

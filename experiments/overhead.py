@@ -66,11 +66,11 @@ def plain_sleep_loop(model_path: str, rate: float, seconds: float) -> dict:
 
 
 def harness(model_path: str, workers: int, seconds: float) -> dict:
-    from tuner.launcher import Launcher
-    from tuner.loadgen import run_offline_window, run_server_window
-    from tuner.model import inspect_model
-    from tuner.placement import Params, plan
-    from tuner.topology import read_topology
+    from tuner.bench.launcher import Launcher
+    from tuner.bench.loadgen import run_offline_window, run_server_window
+    from tuner.bench.model import inspect_model
+    from tuner.machine.placement import Params, plan
+    from tuner.machine.topology import read_topology
 
     info = inspect_model(model_path)
     the_plan = plan(read_topology("/"), Params(workers=workers))

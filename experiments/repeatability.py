@@ -19,12 +19,13 @@ from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
-from tuner import stats
-from tuner.interference import describe
-from tuner.measure import MeasureSettings, measure, parse_duration
-from tuner.model import inspect_model
-from tuner.placement import Params, plan
-from tuner.topology import read_topology
+from tuner.bench import stats
+from tuner.bench.interference import describe
+from tuner.bench.measure import MeasureSettings, measure
+from tuner.bench.model import inspect_model
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import read_topology
+from tuner.units import parse_duration
 
 
 def _run(the_plan, model, settings: MeasureSettings, seed: int, tag: str) -> dict:

@@ -5,7 +5,7 @@
 The oracle is ``FUNCTION(params: dict[, topology=Topology]) -> float``: throughput at the bound,
 0.0 when missed (experiments/oracles.py has two). Strategies:
 
-- ``placetune``: the study as it is now. It drives ``tuner.study.run_trials`` (the study's own loop,
+- ``placetune``: the study as it is now. It drives ``tuner.search.study.run_trials`` (the study's own loop,
   objective, baselines and strategy choice) on an in-memory Optuna study, with the oracle standing
   in for ``measure``.
 - ``tpe-main``: the study as on main before the conditional space (commit 56b4326): TPE over the
@@ -34,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from tuner.bench.measure import MeasureSettings
+from tuner.bench.model import ModelInfo
 from tuner.errors import PlacetuneError
-from tuner.measure import MeasureSettings, TrialResult
-from tuner.model import ModelInfo
-from tuner.placement import Params, Plan
-from tuner.space import SearchSpace, check, load_space
-from tuner.study import (
+from tuner.machine.placement import Params, Plan
+from tuner.machine.topology import Topology, load_topology_file, read_topology
+from tuner.results.records import TrialResult
+from tuner.search.space import SearchSpace, check, load_space
+from tuner.search.study import (
     CONSTRAINT,
     INFEASIBLE_P99,
     StudyConfig,
@@ -50,7 +52,6 @@ from tuner.study import (
     run_trials,
     study_strategy,
 )
-from tuner.topology import Topology, load_topology_file, read_topology
 
 STRATEGIES = ("placetune", "tpe-main")
 TARGET = 0.95
@@ -83,7 +84,7 @@ def oracle_params(params: Params) -> dict:
 
 
 def oracle_measure(oracle: Oracle, bound_ms: float = 50.0):
-    """A stand-in for ``tuner.measure.measure``: the oracle's throughput as a TrialResult."""
+    """A stand-in for ``tuner.bench.measure.measure``: the oracle's throughput as a TrialResult."""
 
     def measure_fn(the_plan: Plan, model: ModelInfo, settings: MeasureSettings, progress=None) -> TrialResult:
         throughput = oracle(oracle_params(the_plan.params))

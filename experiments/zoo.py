@@ -29,21 +29,14 @@ import optuna
 import yaml
 
 from experiments.replay import MAX_FREE_STREAK
-from tuner.measure import MeasureSettings, machine_metadata, measure, parse_duration
-from tuner.model import inspect_model
-from tuner.placement import Params, plan
-from tuner.space import check, load_space
-from tuner.study import (
-    CONSTRAINT,
-    INFEASIBLE_P99,
-    StudyConfig,
-    baseline_results,
-    baselines,
-    best_trial,
-    run_study,
-    summarize_trial,
-)
-from tuner.topology import read_topology
+from tuner.bench.measure import MeasureSettings, machine_metadata, measure
+from tuner.bench.model import inspect_model
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import read_topology
+from tuner.results.trials import baseline_results, best_trial, summarize_trial
+from tuner.search.space import check, load_space
+from tuner.search.study import CONSTRAINT, INFEASIBLE_P99, StudyConfig, baselines, run_study
+from tuner.units import parse_duration
 
 HERE = Path(__file__).resolve().parent
 BASELINE_KEYS = ("ort_default", "intel", "one_per_core")
@@ -144,9 +137,9 @@ def replay(grid: dict, seeds: int, target: float) -> dict:
     """Samplers against the measured table, with placetune's rules (unplannable and already-measured
     configs are free; 25 free trials in a row end the study): configs measured until one reaches
     target x the best. A seed that ends the study first is a miss."""
-    from tuner.space import resolve
-    from tuner.study import make_sampler
-    from tuner.topology import Topology
+    from tuner.machine.topology import Topology
+    from tuner.search.space import resolve
+    from tuner.search.study import make_sampler
 
     topo = Topology.from_dict(grid["topology"])
     space = resolve("default", {k: v for k, v in grid["space"].items()}, topo)

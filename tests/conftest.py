@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.topology import Topology, read_topology
+from tuner.machine.topology import Topology, read_topology
 
 REPO = Path(__file__).resolve().parent.parent
 TOPOLOGIES = REPO / "tests" / "topologies"

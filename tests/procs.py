@@ -21,7 +21,7 @@ def workers_of(pid: int) -> list[psutil.Process]:
 
 def loaded(worker: psutil.Process) -> bool:
     """A worker that has loaded its model: it attached the trial's shared request buffers, which it
-    does only after it reported ready (see tuner/worker.py)."""
+    does only after it reported ready (see tuner/bench/worker.py)."""
     try:
         return "/dev/shm/psm_" in Path(f"/proc/{worker.pid}/maps").read_text()  # not sem.*: those come first
     except OSError:

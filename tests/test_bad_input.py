@@ -74,7 +74,7 @@ def test_bad_p99_values_are_refused(files, value, message):
 
 
 def test_good_p99_spellings_are_accepted():
-    from tuner.measure import parse_duration
+    from tuner.units import parse_duration
 
     assert parse_duration("20ms") == parse_duration("0.02s") == parse_duration("20000us") == pytest.approx(0.02)
     assert parse_duration("1e3ms") == parse_duration("1E+3ms") == pytest.approx(1.0)
@@ -149,7 +149,7 @@ def test_thread_counts_beyond_the_machine_are_refused(files):
 
 def test_measure_waits_for_the_host_lock_and_says_who_holds_it(files):
     from tests.conftest import fixture_dirs, fixture_topology
-    from tuner.study import HostLock
+    from tuner.search.locks import HostLock
 
     if not fixture_dirs():
         pytest.skip("no topology fixtures")
@@ -165,7 +165,7 @@ def test_measure_waits_for_the_host_lock_and_says_who_holds_it(files):
 
 
 def test_output_is_not_cut_at_80_columns_when_stdout_is_not_a_terminal(tmp_path):
-    code = ("from rich.table import Table\nfrom tuner.cli import console\nt = Table()\nt.add_column('config')\n"
+    code = ("from rich.table import Table\nfrom tuner.cli.main import console\nt = Table()\nt.add_column('config')\n"
             "t.add_row('w' * 150)\nconsole.print(t)\nconsole.print('x' * 150)\n")
     env = {k: v for k, v in ENV.items() if k != "COLUMNS"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from tests.models import conv_net
-from tuner import export
-from tuner.envelope import best_for_bound, envelope, envelope_points
 from tuner.errors import UsageError
-from tuner.placement import Params, plan
-from tuner.topology import parse_cpulist, read_topology
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import parse_cpulist, read_topology
+from tuner.results import export
+from tuner.results.envelope import best_for_bound, envelope, envelope_points
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tuner.cli"]
@@ -251,7 +251,7 @@ def test_docker_mount_and_placetune_config_agree(config_path):
 def test_random_inputs_are_allocated_in_their_own_dtype():
     import tracemalloc
 
-    from tuner.model import InputSpec, ModelInfo, make_inputs
+    from tuner.bench.model import InputSpec, ModelInfo, make_inputs
 
     shape = (4, 1024, 1024)  # 16 MiB as float32, 32 MiB as float64
     for dtype, size in (("float32", 4), ("float16", 2), ("int64", 8), ("bool", 1)):

@@ -18,9 +18,9 @@ import pytest
 
 from tests.models import conv_net, memory_hog_model
 from tests.procs import no_process_left, wait_for_workers
-from tuner.loadgen import WindowResult
-from tuner.measure import noise_notes
-from tuner.study import measured_trials
+from tuner.bench.measure import noise_notes
+from tuner.results.records import WindowResult
+from tuner.results.trials import measured_trials
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -225,9 +225,10 @@ def test_a_noisy_window_is_flagged_and_a_quiet_one_is_not():
 
 
 def test_a_failed_baseline_keeps_its_row_with_the_reason_and_a_second_failure_is_final():
-    from tuner.report import summary_text
-    from tuner.study import baseline_results, baselines, enqueue_baselines
-    from tuner.topology import read_topology
+    from tuner.machine.topology import read_topology
+    from tuner.results.report import summary_text
+    from tuner.results.trials import baseline_results
+    from tuner.search.study import baselines, enqueue_baselines
 
     topo = read_topology("/")
     study = optuna.create_study(directions=["maximize", "minimize"])

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.models import conv_net
 from tests.procs import no_process_left
-from tuner.study import measured_trials
+from tuner.results.trials import measured_trials
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}

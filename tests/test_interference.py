@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tuner import interference as itf
+from tuner.bench import interference as itf
 
 STAT_BEFORE = """cpu  158467 0 31252 194801 1763 0 566 371 0 0
 cpu0 70386 0 12752 109423 741 0 26 195 0 0

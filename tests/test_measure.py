@@ -17,14 +17,15 @@ import pytest
 
 from tests.models import bad_op_model, conv_net
 from tests.procs import wait_for_workers
+from tuner.bench.launcher import Launcher
+from tuner.bench.loadgen import run_offline_window, run_server_window
+from tuner.bench.measure import MeasureSettings, measure
+from tuner.bench.model import inspect_model
 from tuner.errors import ModelError, PlacementMismatch, UsageError, WorkerError
-from tuner.launcher import Launcher
-from tuner.loadgen import run_offline_window, run_server_window
-from tuner.measure import MeasureSettings, measure, parse_duration
-from tuner.model import inspect_model
-from tuner.numa import thread_affinities
-from tuner.placement import Params, plan
-from tuner.topology import read_topology
+from tuner.machine.numa import thread_affinities
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import read_topology
+from tuner.units import parse_duration
 
 PLACETUNE = [sys.executable, "-m", "tuner.cli"]
 

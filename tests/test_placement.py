@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import fixture_dirs, fixture_topology
 from tuner.errors import Infeasible, UsageError
-from tuner.placement import Params, Plan, plan
-from tuner.topology import Topology
+from tuner.machine.placement import Params, Plan, plan
+from tuner.machine.topology import Topology
 
 FIXTURES = fixture_dirs()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuner.placement import Params
-from tuner.race import Entrant, race
+from tuner.machine.placement import Params
+from tuner.search.race import Entrant, race
 
 BEST = Entrant("w2xc1-intra1", Params(workers=2))
 DEFAULT = Entrant("w1xc2-intra2", Params(workers=1, cores_per_worker=2, intra_op_threads=2), "ORT default")

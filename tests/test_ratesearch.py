@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from tuner import stats
-from tuner.loadgen import WindowResult
-from tuner.ratesearch import pooled_verdict, search_rate
+from tuner.bench import stats
+from tuner.bench.ratesearch import pooled_verdict, search_rate
+from tuner.results.records import WindowResult
 
 
 def window(rate: float, over: int, n: int = 1000, kept_up: bool = True) -> WindowResult:

@@ -7,9 +7,9 @@ import pytest
 
 from tests.conftest import fixture_dirs, fixture_topology
 from tuner.errors import Infeasible
-from tuner.placement import Params, plan
-from tuner.space import load_space, resolve
-from tuner.study import baselines
+from tuner.machine.placement import Params, plan
+from tuner.search.space import load_space, resolve
+from tuner.search.study import baselines
 
 FIXTURES = fixture_dirs()
 

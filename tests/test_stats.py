@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from tuner import stats
+from tuner.bench import stats
 
 
 def exact_cdf(k: int, n: int, p: Fraction) -> Fraction:

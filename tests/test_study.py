@@ -17,9 +17,10 @@ from tests.conftest import fixture_dirs, fixture_topology
 from tests.models import conv_net
 from tests.procs import wait_for_workers
 from tuner.errors import UsageError
-from tuner.placement import Params, plan
-from tuner.space import check, load_space
-from tuner.study import baselines, measured_trials, pareto_front
+from tuner.machine.placement import Params, plan
+from tuner.results.trials import measured_trials, pareto_front
+from tuner.search.space import check, load_space
+from tuner.search.study import baselines
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tuner.cli"]
@@ -153,8 +154,8 @@ def test_baselines_are_plannable_and_distinct(machine):
 
 def _oracle_config(tmp_path, machine: str, n_trials: int | None, sampler: str = "tpe"):
     from experiments.replay import ORACLE_MODEL
-    from tuner.measure import MeasureSettings
-    from tuner.study import StudyConfig
+    from tuner.bench.measure import MeasureSettings
+    from tuner.search.study import StudyConfig
 
     topo = fixture_topology(next(p for p in FIXTURES if p.name.startswith(machine)))
     return StudyConfig(model=ORACLE_MODEL, topology=topo, space=load_space("default", topo),
@@ -176,8 +177,8 @@ def _counting_oracle_measure(calls: list[str]):
 
 
 def test_a_2_core_study_measures_each_feasible_config_once_and_stops(tmp_path):
-    from tuner.strategy import Exhaustive
-    from tuner.study import run_study, study_strategy
+    from tuner.search.strategy import Exhaustive
+    from tuner.search.study import run_study, study_strategy
 
     cfg = _oracle_config(tmp_path, "2arm", n_trials=50)
     assert isinstance(study_strategy(cfg), Exhaustive)
@@ -196,8 +197,8 @@ def test_a_2_core_study_measures_each_feasible_config_once_and_stops(tmp_path):
 
 
 def test_a_sampled_study_never_measures_a_config_twice(tmp_path):
-    from tuner.strategy import Sampled
-    from tuner.study import run_study, study_strategy
+    from tuner.search.strategy import Sampled
+    from tuner.search.study import run_study, study_strategy
 
     cfg = _oracle_config(tmp_path, "8em64t-2s2ca2c", n_trials=25)
     assert isinstance(study_strategy(cfg), Sampled)
@@ -208,9 +209,9 @@ def test_a_sampled_study_never_measures_a_config_twice(tmp_path):
 
 
 def test_a_repeat_from_a_fleet_race_is_not_measured_and_not_shown(tmp_path):
-    from tuner import report
-    from tuner.strategy import Proposal
-    from tuner.study import enqueue_proposal, run_study
+    from tuner.results import report
+    from tuner.search.strategy import Proposal
+    from tuner.search.study import enqueue_proposal, run_study
 
     cfg = _oracle_config(tmp_path, "2arm", n_trials=3)
     calls: list[str] = []
@@ -234,7 +235,7 @@ def test_a_study_made_with_the_static_space_is_not_resumed(tmp_path):
     import shutil
 
     from tuner.errors import StudyMismatch
-    from tuner.study import _refuse_static_space_study
+    from tuner.search.study import _refuse_static_space_study
 
     shutil.copy(REPO / "experiments/results/squeezenet-p99-100ms-2core/placetune.db", tmp_path / "old.db")
     storage = f"sqlite:///{tmp_path / 'old.db'}"

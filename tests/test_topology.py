@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import TOPOLOGIES, fixture_dirs, fixture_topology
 from tests.sysfs import FakeCpu, FakeMachine, smt_machine
 from tuner.errors import TopologyError
-from tuner.topology import (
+from tuner.machine.topology import (
     Topology,
     format_cpulist,
     load_topology_file,

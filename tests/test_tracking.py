@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port as _free_port
 from tests.models import conv_net
-from tuner.tracking import METRIC_KEYS, PARAM_KEYS
+from tuner.results.tracking import METRIC_KEYS, PARAM_KEYS
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}

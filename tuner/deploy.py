@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from tuner.errors import PlacetuneError, UsageError
 
 if TYPE_CHECKING:
-    from tuner.placement import Params
+    from tuner.machine.placement import Params
 
 CONFIG_FORMAT = "placetune-config/1"
 
@@ -68,7 +68,7 @@ def load_config(config: str | os.PathLike | dict | None = None) -> dict:
 
 def config_params(document: dict, where: str = "the config") -> Params:
     """The measured params of a config document, validated (known keys, valid values)."""
-    from tuner.placement import Params
+    from tuner.machine.placement import Params
 
     params = document.get("params")
     if not isinstance(params, dict):
@@ -149,7 +149,7 @@ def pin_every_thread(cpus: tuple[int, ...]) -> None:
 def apply(config: str | os.PathLike | dict | None = None, worker_index: int | None = None):
     """Pin this process as worker ``worker_index`` of ``config``, set its memory policy, and return
     the session options it was measured with. Call it before creating the InferenceSession."""
-    from tuner.numa import set_mempolicy
+    from tuner.machine.numa import set_mempolicy
 
     document = load_config(config)
     spec = worker_spec(document, worker_index)

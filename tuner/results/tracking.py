@@ -176,7 +176,7 @@ class Tracker:
     def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        from tuner.report import trial_params
+        from tuner.results.report import trial_params
 
         status = _STATUS.get(trial.state)
         if status is None or self._parent is None or "repeat_of" in trial.user_attrs:
@@ -244,8 +244,8 @@ class Tracker:
         self._safe(self._finish, study, status)
 
     def _finish(self, study: optuna.Study, status: str) -> None:
-        from tuner import report
-        from tuner.study import pareto_front
+        from tuner.results import report
+        from tuner.results.trials import pareto_front
 
         self._load_runs(study)
         for trial in study.get_trials(deepcopy=False):  # what a dead host of the fleet could not log

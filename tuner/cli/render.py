@@ -6,9 +6,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.tree import Tree
 
-from tuner.interference import describe
-from tuner.placement import Params, Plan
-from tuner.topology import UNKNOWN, Topology, format_cpulist
+from tuner.bench.interference import describe
+from tuner.machine.placement import Params, Plan
+from tuner.machine.topology import UNKNOWN, Topology, format_cpulist
 
 
 def _gib(num_bytes: int | None) -> str:

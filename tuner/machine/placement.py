@@ -27,7 +27,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from tuner.errors import Infeasible, UsageError
-from tuner.topology import Core, Topology, format_cpulist
+from tuner.machine.topology import Core, Topology, format_cpulist
 
 NUMA_POLICIES = ("none", "bind", "interleave", "preferred")
 EXECUTION_MODES = ("sequential", "parallel")

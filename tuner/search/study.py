@@ -4,7 +4,7 @@ time per host.
 Objectives: maximize throughput at the bound, minimize P99. The bound is a constraint
 (``trial.set_constraint([p99 - bound])``, Optuna >= 5), so the Pareto front is made of
 feasible trials only. Every trial is a config measured once: the search space is conditional
-(always plannable) and the strategy (``tuner/strategy.py``) never proposes a config already
+(always plannable) and the strategy (``tuner/search/strategy.py``) never proposes a config already
 measured, being measured or queued. Only a fleet race (two hosts picking the same config at
 once) can still produce a repeat: that trial is FAILED with ``user_attrs["repeat_of"]``, is not
 measured, and every view hides it.
@@ -12,29 +12,28 @@ measured, and every view hides it.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import math
 import os
 import socket
-import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 
+from tuner.bench.measure import MeasureSettings, measure
+from tuner.bench.model import ModelInfo
 from tuner.errors import Infeasible, PlacementMismatch, PlacetuneError, StudyMismatch, UsageError, WorkerError
-from tuner.measure import MeasureSettings, TrialResult, measure
-from tuner.model import ModelInfo
-from tuner.placement import Params, plan
-from tuner.space import INT_DIMS, SearchSpace
-from tuner.strategy import Proposal, choose_strategy
-from tuner.topology import Topology, format_cpulist
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import Topology
+from tuner.results.records import TrialResult
+from tuner.results.trials import measured_trials, summarize_trial
+from tuner.search.locks import HostLock, StudyMutex
+from tuner.search.space import INT_DIMS, SearchSpace
+from tuner.search.storage import engine_kwargs, ensure_study_uuid
+from tuner.search.strategy import Proposal, choose_strategy
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -104,48 +103,6 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samp
     raise UsageError(f"--sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
-class StudyMutex:
-    """Serializes a study's bookkeeping (its identity, the baselines' enqueueing, the MLflow parent
-    run) between tuners that share one storage, so that a fleet starting at once does not do it
-    twice: a PostgreSQL advisory lock, a file lock beside a SQLite file, nothing elsewhere."""
-
-    def __init__(self, url: str, study_name: str):
-        self.url = url
-        self.key = int(hashlib.sha256(f"placetune:{study_name}".encode()).hexdigest()[:15], 16)
-        self._conn = None
-        self._engine = None
-        self._fd: int | None = None
-
-    def __enter__(self) -> StudyMutex:
-        if self.url.startswith("postgresql"):
-            import sqlalchemy
-
-            self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
-            self._conn = self._engine.connect()
-            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-        elif self.url.startswith("sqlite:///"):
-            path = Path(self.url[len("sqlite:///"):])
-            self._fd = os.open(f"{path}.placetune-lock", os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        if self._conn is not None:
-            import sqlalchemy
-
-            try:
-                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-            finally:
-                self._conn.close()
-                self._engine.dispose()
-                self._conn = self._engine = None
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        return False
-
-
 def open_study(cfg: StudyConfig) -> optuna.Study:
     """Create or join the study; refuse to resume with another model/bound/scenario, or to join
     from a host whose topology differs (unless --allow-heterogeneous)."""
@@ -197,75 +154,6 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
     return study
 
 
-def ensure_study_uuid(study: optuna.Study) -> str:
-    """The id MLflow runs carry to find their study again (given once, kept forever)."""
-    if "study_uuid" not in study.user_attrs:
-        study.set_user_attr("study_uuid", uuid.uuid4().hex)
-    return study.user_attrs["study_uuid"]
-
-
-def load_study(storage: str | None, name: str | None) -> optuna.Study:
-    """An existing study, for export/report/log; the only one in the storage when no name is given."""
-    url = storage_url(storage)
-    if storage is None and not Path("placetune.db").is_file():
-        raise UsageError("no placetune.db here: give --storage URL (the study's Optuna storage) or run this "
-                         "where 'placetune optimize' ran")
-    sqlite_file = _sqlite_file(url)
-    if sqlite_file is not None and not sqlite_file.is_file():  # SQLite would create an empty database there
-        raise UsageError(f"--storage {url}: no database file {sqlite_file}; check the path (a study's storage "
-                         "is where 'placetune optimize' wrote it)")
-    try:
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-        names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
-    except Exception as exc:
-        raise UsageError(f"--storage {url}: cannot open ({str(exc).splitlines()[0][:200]})") from None
-    if name is None:
-        if len(names) != 1:
-            listed = ", ".join(names) if names else "none"
-            raise UsageError(f"{len(names)} studies in {url} ({listed}): choose one with --study NAME")
-        name = names[0]
-    if name not in names:
-        raise UsageError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=rdb)
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a ``sqlite:///path`` URL (None for other databases and in-memory SQLite)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-SQLITE_BUSY_TIMEOUT_S = 60.0
-
-
-def engine_kwargs(url: str) -> dict:
-    """SQLAlchemy options: a SQLite file locked by another process is waited for (up to a minute)
-    instead of failing at once; server databases get connection health checks."""
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {"pool_pre_ping": True}
-
-
-def storage_url(storage: str | None) -> str:
-    """``--storage`` or the default SQLite file in the working directory."""
-    return storage or f"sqlite:///{Path('placetune.db').resolve()}"
-
-
-def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that cost a measurement: complete, with a result, and not a repeat (``reused_from``:
-    studies made before repeats were dropped). ``--n-trials`` counts these."""
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "result" in t.user_attrs and "reused_from" not in t.user_attrs]
-
-
-def shown_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Every trial but repeats (a fleet race, or a reuse in an older study): what views show."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if "repeat_of" not in t.user_attrs and "reused_from" not in t.user_attrs]
-
-
 def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpace | None = None) -> None:
     """Enqueue each baseline that has not run yet (again after an interrupted run). A baseline the
     search space can express is enqueued with its values, so that the sampler learns from it."""
@@ -281,77 +169,6 @@ def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpac
         if name not in done_or_waiting and name not in final_failures:
             values = space.express(params) if space is not None else None
             study.enqueue_trial(values or {}, user_attrs={"baseline": name, "params": params.to_dict()})
-
-
-class HostLock:
-    """One tuner per set of usable CPUs: overlapping trials would poison both measurements.
-    A lock held by a killed process is released by the kernel (flock), so it is never stale.
-    While it waits it says once who holds the lock and how long it will wait (``on_wait``,
-    default: a line on stderr)."""
-
-    def __init__(self, topology: Topology, wait_s: float = 3600.0, on_wait: Callable[[str], None] | None = None):
-        key = hashlib.sha256(format_cpulist(topology.usable_cpus).encode()).hexdigest()[:12]
-        self.key = f"{socket.gethostname()}:{key}"
-        self.path = Path(tempfile.gettempdir()) / f"placetune-{key}.lock"
-        self.wait_s = wait_s
-        self.on_wait = on_wait or _say_on_stderr
-        self._fd: int | None = None
-
-    def holder(self) -> str:
-        """``pid N (command line)`` of the process that wrote the lock file, as far as it can be read."""
-        try:
-            pid = Path(self.path).read_text().strip() or "?"
-        except OSError:
-            return "pid ?"
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, ValueError):
-            command = ""
-        return f"pid {pid}" + (f": {command[:200]}" if command else "")
-
-    def __enter__(self) -> HostLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        deadline = time.monotonic() + self.wait_s
-        said = False
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.ftruncate(self._fd, 0)
-                os.write(self._fd, f"{os.getpid()}\n".encode())
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    holder = self.holder()
-                    os.close(self._fd)
-                    raise PlacetuneError(f"another placetune ({holder}) is measuring these CPUs "
-                                         f"(lock {self.path}); overlapping trials would poison both "
-                                         "measurements: wait for it (--lock-wait) or stop it") from None
-                if not said:
-                    self.on_wait(f"another placetune ({self.holder()}) is measuring these CPUs; waiting for it "
-                                 f"to finish, at most {_duration_text(self.wait_s)} (--lock-wait)")
-                    said = True
-                time.sleep(0.5)
-
-    def __exit__(self, *exc) -> bool:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        return False
-
-
-def _say_on_stderr(message: str) -> None:
-    import sys
-
-    print(f"placetune: {message}", file=sys.stderr, flush=True)
-
-
-def _duration_text(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
 
 
 TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
@@ -506,7 +323,7 @@ def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_tr
 
 
 def study_strategy(cfg: StudyConfig):
-    """The strategy for this study's space and budget (tuner/strategy.py ``choose_strategy``)."""
+    """The strategy for this study's space and budget (tuner/search/strategy.py ``choose_strategy``)."""
     extra = sum(1 for _, params in baselines(cfg.topology) if cfg.space.express(params) is None)
     return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra)
 
@@ -565,88 +382,3 @@ def fail_orphaned_trials(study: optuna.Study, host_key: str) -> list[int]:
     return failed
 
 
-def summarize_trial(t: optuna.trial.FrozenTrial) -> dict:
-    """The one-line view of a trial: label, throughput, P99, feasible or why not."""
-    result = t.user_attrs.get("result")
-    info = {"number": t.number, "label": t.user_attrs.get("label", ""), "baseline": t.user_attrs.get("baseline"),
-            "state": t.state.name}
-    if t.state == optuna.trial.TrialState.PRUNED:
-        info.update(feasible=False, reason=f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}",
-                    throughput=0.0, p99_ms=math.inf)
-    elif result is not None:
-        info.update(feasible=result["feasible"], reason=result["reason"], throughput=result["throughput"],
-                    p99_ms=result["p99_ms"], params=result["params"])
-    else:
-        reason = t.user_attrs.get("fail_reason", t.state.name.lower())
-        info.update(feasible=False, reason=f"trial failed: {reason}" if t.state.name == "FAIL" else reason,
-                    throughput=0.0, p99_ms=math.inf)
-    return info
-
-
-def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        result = t.user_attrs.get("result")
-        constraints = t.constraints or {}
-        values = constraints.values() if isinstance(constraints, dict) else constraints
-        if result and result["feasible"] and all(c <= 0 for c in values):
-            out.append(t)
-    return out
-
-
-def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials that no other feasible trial beats on both throughput and P99."""
-    trials = feasible_trials(study)
-    front = []
-    for t in trials:
-        thr, p99 = t.values
-        dominated = any(
-            (o.values[0] >= thr and o.values[1] <= p99) and (o.values[0] > thr or o.values[1] < p99)
-            for o in trials
-        )
-        if not dominated:
-            front.append(t)
-    unique: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in sorted(front, key=lambda t: (-t.values[0], t.number)):
-        unique.setdefault(t.user_attrs.get("label", str(t.number)), t)
-    return list(unique.values())
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    trials = feasible_trials(study)
-    return max(trials, key=lambda t: (t.values[0], -t.values[1], -t.number)) if trials else None
-
-
-def baseline_results(study: optuna.Study) -> dict[str, dict]:
-    """Each baseline's result; a baseline that only failed gets an infeasible row with the reason."""
-    out = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "baseline" in t.user_attrs and "result" in t.user_attrs:
-            out[t.user_attrs["baseline"]] = t.user_attrs["result"]
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        name = t.user_attrs.get("baseline")
-        if name and name not in out or (name in out and out[name].get("failed")):
-            out[name] = {"feasible": False, "failed": True, "throughput": 0.0,
-                         "reason": f"trial failed: {t.user_attrs.get('fail_reason', 'unknown reason')}"}
-    return out
-
-
-def best_config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
-    """The file ``measure --config`` and the exporters read."""
-    result = trial.user_attrs["result"]
-    return {
-        "format": "placetune-config/1",
-        "study": study.study_name,
-        "trial": trial.number,
-        "label": trial.user_attrs.get("label"),
-        "params": result["params"],
-        "plan": result["plan"],
-        "scenario": result["scenario"],
-        "p99_bound_ms": result["p99_bound_ms"],
-        "throughput": result["throughput"],
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-        "model": {k: result["model"][k] for k in ("name", "path", "sha256")},
-        "topology_fingerprint": study.user_attrs.get("topology_fingerprint"),
-        "machine": result["machine"],
-    }

@@ -32,8 +32,8 @@ from pathlib import Path
 import yaml
 
 from tuner.errors import Infeasible, UsageError
-from tuner.placement import EXECUTION_MODES, NUMA_POLICIES, Params, plan
-from tuner.topology import Topology
+from tuner.machine.placement import EXECUTION_MODES, NUMA_POLICIES, Params, plan
+from tuner.machine.topology import Topology
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DIMENSIONS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads",
@@ -60,7 +60,7 @@ class Shape:
         return cls(tuple(-1 if c.node is None else c.node for c in cores), max((len(c.cpus) for c in cores), default=1))
 
     def plannable(self, io_cores: int, policy: str, workers: int, cores_per_worker: int) -> bool:
-        """The planner's feasibility rules (tuner/placement.py ``plan``), without planning."""
+        """The planner's feasibility rules (tuner/machine/placement.py ``plan``), without planning."""
         n = len(self.core_nodes)
         if io_cores >= n or workers * cores_per_worker > n - io_cores:
             return False

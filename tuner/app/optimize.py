@@ -11,19 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tuner import stats
+from tuner.bench import stats
 from tuner.outputs import write_atomic
-from tuner.study import (
-    StudyConfig,
-    StudyMutex,
-    baseline_results,
-    best_config_document,
-    best_trial,
-    measured_trials,
-    open_study,
-    pareto_front,
-    run_study,
-)
+from tuner.results.trials import baseline_results, best_config_document, best_trial, measured_trials, pareto_front
+from tuner.search.locks import StudyMutex
+from tuner.search.study import StudyConfig, open_study, run_study
 
 
 def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=None) -> int:
@@ -155,8 +147,8 @@ def save_best_config(study, out: Path, race: dict | None = None) -> bool:
 
 
 def _final_race(cfg: StudyConfig, study, console: Console, k: int) -> dict:
-    """The best K configs and every baseline re-measured in interleaved rounds (tuner.race)."""
-    from tuner.race import race_study
+    """The best K configs and every baseline re-measured in interleaved rounds (tuner.search.race)."""
+    from tuner.search.race import race_study
 
     with console.status("final race") as status:
         result = race_study(study, cfg.topology, cfg.model, cfg.settings, k, say=status.update)

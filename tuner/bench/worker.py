@@ -20,7 +20,7 @@ from dataclasses import dataclass
 # threads inherit the affinity of the thread that creates them.
 
 # Shared control words (int64) at the start of the control block. OVER_ALLOWED is the early-stop
-# threshold the load generator computes from tuner.stats.fail_allowance: once OVER_BOUND exceeds
+# threshold the load generator computes from tuner.bench.stats.fail_allowance: once OVER_BOUND exceeds
 # it, the window's fail verdict is proven whatever the remaining requests do, so it stops.
 NEXT, N_REQUESTS, OVER_BOUND, ABORT, MODE, OVER_ALLOWED = range(6)
 CONTROL_WORDS = 8
@@ -81,7 +81,7 @@ def _session_options(cfg: WorkerConfig):
 def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
     """Entry point of a worker process (started with the 'spawn' method)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and tears us down
-    from tuner.numa import PR_SET_PDEATHSIG, PR_SET_TIMERSLACK, prctl, set_mempolicy
+    from tuner.machine.numa import PR_SET_PDEATHSIG, PR_SET_TIMERSLACK, prctl, set_mempolicy
 
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the tuner, even after kill -9
@@ -102,7 +102,7 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
         import onnxruntime as ort
 
         ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
-        from tuner.model import ModelInfo, make_inputs
+        from tuner.bench.model import ModelInfo, make_inputs
 
         session = ort.InferenceSession(cfg.model_path, _session_options(cfg),
                                        providers=["CPUExecutionProvider"])

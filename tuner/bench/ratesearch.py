@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuner import stats
-from tuner.loadgen import WindowResult
+from tuner.bench import stats
+from tuner.results.records import WindowResult
 
 RunWindow = Callable[[float], WindowResult]  # offered rate -> a judged window
 

@@ -147,7 +147,7 @@ def summarise(windows: list[dict], result_window: dict) -> dict:
 
 
 def describe(interference: dict) -> str:
-    """One line of a result's interference diagnostics (tuner.interference)."""
+    """One line of a result's interference diagnostics (tuner.bench.interference)."""
     parts = []
     for key, fmt in (("steal_pct", "steal {:.1f}%"), ("foreign_cpu", "foreign load {:.2f} cores"),
                      ("involuntary_ctx_switches", "{:.0f} involuntary switches"),

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import optuna
 
-from tuner.placement import Params
-from tuner.space import INT_DIMS, ORDER, SearchSpace
+from tuner.machine.placement import Params
+from tuner.search.space import INT_DIMS, ORDER, SearchSpace
 
 MAX_SAMPLER_RETRIES = 20
 SAMPLER_STARTUP_TRIALS = 5

@@ -10,37 +10,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
-from dataclasses import dataclass
 from multiprocessing import connection, shared_memory
 
+from tuner.bench.model import ModelInfo
+from tuner.bench.worker import ABORT, ABORT_STOP, SharedBuffers, WorkerConfig, worker_main
 from tuner.errors import ModelError, PlacementMismatch, WorkerError
-from tuner.model import ModelInfo
-from tuner.numa import expected_policy_token, memory_policy_seen, thread_affinities
-from tuner.placement import Plan
-from tuner.topology import format_cpulist
-from tuner.worker import ABORT, ABORT_STOP, SharedBuffers, WorkerConfig, worker_main
+from tuner.machine.numa import expected_policy_token, memory_policy_seen, thread_affinities
+from tuner.machine.placement import Plan
+from tuner.machine.topology import format_cpulist
+from tuner.results.records import PlacementSeen
 
 DEFAULT_MAX_REQUESTS = 1_000_000
-
-
-@dataclass(frozen=True)
-class PlacementSeen:
-    """One worker's placement as read from /proc after it started."""
-
-    index: int
-    pid: int
-    planned_cpus: tuple[int, ...]
-    threads: int
-    thread_cpus: tuple[str, ...]  # distinct Cpus_allowed_list values over its threads
-    memory_policy: str
-    expected_memory_policy: str
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index, "pid": self.pid, "planned_cpus": format_cpulist(self.planned_cpus),
-            "threads": self.threads, "thread_cpus": list(self.thread_cpus),
-            "memory_policy": self.memory_policy, "expected_memory_policy": self.expected_memory_policy,
-        }
 
 
 class _SigtermAsInterrupt:

@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tuner.cli.render import plan_table, topology_tree
 from tuner.errors import PlacetuneError, UsageError
-from tuner.placement import Params, plan
-from tuner.render import plan_table, topology_tree
-from tuner.topology import Topology, load_topology_file, read_topology
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import Topology, load_topology_file, read_topology
 
 app = typer.Typer(
     add_completion=False,
@@ -123,7 +123,8 @@ def plan_command(
 def _measure_settings(scenario: str, bound: float | None, window: str, memory_limit: str | None,
                       hang_timeout: str, seed: int = 0, confidence: float = 0.95):
     """MeasureSettings from the flags 'measure' and 'optimize' share."""
-    from tuner.measure import MeasureSettings, parse_duration, parse_size
+    from tuner.bench.measure import MeasureSettings
+    from tuner.units import parse_duration, parse_size
 
     return MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
                            seed=seed, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
@@ -133,7 +134,7 @@ def _measure_settings(scenario: str, bound: float | None, window: str, memory_li
 
 def _resolve_bound(p99: str | None) -> float | None:
     """The P99 bound to measure against (refused below what the harness can measure)."""
-    from tuner.measure import parse_bound
+    from tuner.units import parse_bound
 
     return parse_bound(p99, "--p99") if p99 is not None else None
 
@@ -153,7 +154,7 @@ LockWaitOpt = Annotated[str, typer.Option("--lock-wait", help="How long to wait 
 
 
 def _lock_wait_s(lock_wait: str) -> float:
-    from tuner.measure import parse_duration
+    from tuner.units import parse_duration
 
     return parse_duration(lock_wait, "--lock-wait") if lock_wait not in ("0", "0s") else 0.0
 
@@ -208,11 +209,11 @@ def measure(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Measure one config: start pinned workers, verify their placement, find the throughput at the bound."""
+    from tuner.bench.measure import measure as run_measure
+    from tuner.bench.model import inspect_model, parse_shapes
+    from tuner.cli.render import result_table
     from tuner.deploy import config_params, load_config
-    from tuner.measure import measure as run_measure
-    from tuner.model import inspect_model, parse_shapes
-    from tuner.render import result_table
-    from tuner.study import HostLock
+    from tuner.search.locks import HostLock
 
     bound = _resolve_bound(p99)
     settings = _measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, confidence=confidence)
@@ -284,13 +285,13 @@ def optimize(
 
     Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
     """
-    from tuner import optimize_view
-    from tuner.measure import parse_duration
-    from tuner.model import inspect_model, parse_shapes
+    from tuner.app import optimize as optimize_view
+    from tuner.bench.model import inspect_model, parse_shapes
     from tuner.outputs import check_writable
-    from tuner.space import load_space
-    from tuner.study import SAMPLERS, StudyConfig, default_study_name
-    from tuner.study import storage_url as study_storage_url
+    from tuner.search.space import load_space
+    from tuner.search.storage import storage_url as study_storage_url
+    from tuner.search.study import SAMPLERS, StudyConfig, default_study_name
+    from tuner.units import parse_duration
 
     if sampler not in SAMPLERS:
         raise UsageError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -313,7 +314,7 @@ def optimize(
                       heartbeat_s=parse_duration(heartbeat, "--heartbeat"))
     tracker = None
     if not no_mlflow:
-        from tuner.tracking import Tracker, default_uri
+        from tuner.results.tracking import Tracker, default_uri
 
         uri = mlflow_uri or default_uri(storage_url)
         hint = f"placetune log --study {name} --storage {storage_url} --mlflow-uri {uri}"
@@ -348,11 +349,12 @@ def export(
 ) -> None:
     """Export a study's best config for deployment: JSON/YAML, a numactl launch script, an env file,
     systemd units, docker run lines, or a Kubernetes pod spec fragment."""
-    from tuner import export as exporter
     from tuner.deploy import load_config
-    from tuner.measure import parse_duration
     from tuner.outputs import check_writable, write_atomic
-    from tuner.study import best_config_document, best_trial, load_study
+    from tuner.results import export as exporter
+    from tuner.results.trials import best_config_document, best_trial
+    from tuner.search.storage import load_study
+    from tuner.units import parse_duration
 
     if fmt not in exporter.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
@@ -365,7 +367,7 @@ def export(
     else:
         the_study = load_study(storage, study)
         if p99 is not None:
-            from tuner.envelope import best_for_bound
+            from tuner.results.envelope import best_for_bound
 
             choice = best_for_bound(the_study, parse_duration(p99, "--p99") * 1000)
             trial = the_study.trials[choice.point.trial]
@@ -399,9 +401,9 @@ def report(
     Exit code 3 when no trial met the bound."""
     from rich.table import Table
 
-    from tuner import report as reporting
     from tuner.outputs import check_writable, write_atomic
-    from tuner.study import load_study
+    from tuner.results import report as reporting
+    from tuner.search.storage import load_study
 
     if html_out is not None:
         check_writable(html_out, "--html")
@@ -451,8 +453,8 @@ def log_command(
 ) -> None:
     """Log a study to MLflow from its Optuna storage (after an outage, or a --no-mlflow run).
     Idempotent: runs already there are not duplicated."""
-    from tuner.study import ensure_study_uuid, load_study, storage_url
-    from tuner.tracking import Tracker, default_uri
+    from tuner.results.tracking import Tracker, default_uri
+    from tuner.search.storage import ensure_study_uuid, load_study, storage_url
 
     the_study = load_study(storage, study)
     ensure_study_uuid(the_study)
@@ -477,7 +479,8 @@ def fleet_status(
 
     from rich.table import Table
 
-    from tuner.study import best_trial, load_study, measured_trials
+    from tuner.results.trials import best_trial, measured_trials
+    from tuner.search.storage import load_study
 
     the_study = load_study(storage, study)
     trials = the_study.get_trials(deepcopy=False)

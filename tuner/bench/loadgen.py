@@ -6,7 +6,7 @@
   completion, so a late pick-up counts against the system (no coordinated omission).
 - ``offline``: every worker runs back to back for the window (closed loop, saturation).
 
-A server window's verdict (``tuner.stats``): ``pass`` when the upper confidence bound of its
+A server window's verdict (``tuner.bench.stats``): ``pass`` when the upper confidence bound of its
 P99 (exact, from order statistics) is <= the bound and the system kept up (achieved >= 99% of
 offered, the offered span measured from the first arrival to the last plus one unloaded
 service time); ``fail`` when the P99's lower bound is over the bound or it did not keep up;
@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-from tuner import interference, stats
-from tuner.launcher import Launcher
-from tuner.worker import (
+from tuner.bench import interference, stats
+from tuner.bench.launcher import Launcher
+from tuner.bench.worker import (
     ABORT,
     ABORT_BACKLOG,
     ABORT_OVER_BOUND,
@@ -40,53 +40,10 @@ from tuner.worker import (
     OVER_ALLOWED,
     OVER_BOUND,
 )
+from tuner.results.records import WindowResult
 
 KEEP_UP_RATIO = 0.99
 START_DELAY_S = 0.02  # lets every worker receive "window" before the first arrival
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    scenario: str
-    offered_rate: float  # requests/s asked for (server) or 0 (offline)
-    achieved_rate: float  # completed requests / elapsed
-    requests: int  # requests in the window
-    completed: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    p999_ms: float
-    mean_service_ms: float  # time inside session.run, without queueing
-    duration_s: float
-    kept_up: bool
-    passed: bool
-    reason: str  # why it failed, "" when it passed
-    worker_cpu: tuple[float, ...]  # CPU use of each worker in cores (1.0 = one core busy)
-    harness_cpu: float  # CPU use of the tuner process itself in cores
-    service_p50_ms: float = math.nan  # time inside session.run: the same work every request, so its
-    service_p99_ms: float = math.nan  # spread is interference (a noisy machine), not queueing
-    verdict: str = stats.PASS  # "pass" | "fail" | "undecided" (tuner.stats)
-    p99_ci_ms: tuple[float, float] = (math.nan, math.nan)  # one-sided bounds at `confidence` each
-    confidence: float = stats.DEFAULT_CONFIDENCE
-    over_bound: int = 0  # requests over the bound (unserved ones included)
-    extensions: int = 0  # times an undecided window was extended
-    service_cv: float = math.nan  # std/mean of the service time: identical work, so spread is noise
-    interference: dict = field(default_factory=dict)  # tuner.interference.window_interference
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["worker_cpu"] = list(self.worker_cpu)
-        d["p99_ci_ms"] = list(self.p99_ci_ms)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WindowResult:
-        """Also reads windows stored before verdicts existed (their verdict follows ``passed``)."""
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d.setdefault("verdict", stats.PASS if d.get("passed") else stats.FAIL)
-        return cls(**{**d, "worker_cpu": tuple(d["worker_cpu"]),
-                      "p99_ci_ms": tuple(d.get("p99_ci_ms", (math.nan, math.nan)))})
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tuner import stats
-from tuner.placement import Params
+from tuner.bench import stats
+from tuner.machine.placement import Params
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float]
 
 def study_entrants(study, k: int) -> list[Entrant]:
     """The best ``k`` distinct feasible configs of a study, then every feasible baseline."""
-    from tuner.study import baseline_results, feasible_trials
+    from tuner.results.trials import baseline_results, feasible_trials
 
     entrants: dict[str, Entrant] = {}
     for t in sorted(feasible_trials(study), key=lambda t: -t.values[0]):
@@ -140,8 +140,8 @@ def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, ma
     with the study's settings (a fresh seed per measurement)."""
     from dataclasses import replace
 
-    from tuner.measure import measure
-    from tuner.placement import plan
+    from tuner.bench.measure import measure
+    from tuner.machine.placement import plan
 
     counter = iter(range(1, 1_000_000))
 

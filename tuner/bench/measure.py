@@ -7,7 +7,7 @@ Server scenario:
 3. capacity probe (closed loop): capacity C and the unloaded latency; the config is infeasible
    only when the unloaded P99's LOWER confidence bound is over the bound (proven);
 4. rate search: open-loop Poisson windows, each with a verdict (pass / fail / undecided, see
-   ``tuner.stats``); the first at 0.9 C, then bisection between the highest passing and the
+   ``tuner.bench.stats``); the first at 0.9 C, then bisection between the highest passing and the
    lowest non-passing rate (monotone: never above a proven fail, never below a proven pass);
 5. the boundary is re-tested: the best passing rate is measured again and judged on the pooled
    evidence of both windows; if that no longer passes, the next lower passing rate is taken;
@@ -22,20 +22,20 @@ from __future__ import annotations
 import math
 import os
 import platform
-import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-from tuner import interference, stats
+from tuner.bench import interference, stats
+from tuner.bench.launcher import Launcher
+from tuner.bench.loadgen import VerdictSettings, run_offline_window, run_server_window
+from tuner.bench.model import ModelInfo
+from tuner.bench.ratesearch import SearchOutcome, search_rate
 from tuner.errors import UsageError
-from tuner.launcher import Launcher, PlacementSeen
-from tuner.loadgen import VerdictSettings, WindowResult, run_offline_window, run_server_window
-from tuner.model import ModelInfo
-from tuner.placement import Plan
-from tuner.ratesearch import SearchOutcome, search_rate
+from tuner.machine.placement import Plan
+from tuner.results.records import PlacementSeen, TrialResult, WindowResult
 
 SCENARIOS = ("server", "offline")
 
@@ -74,96 +74,6 @@ class MeasureSettings:
             raise UsageError("the P99 bound must be positive")
 
 
-@dataclass(frozen=True)
-class TrialResult:
-    """What one config achieved, with everything needed to trust (or doubt) the number."""
-
-    params: dict
-    plan: dict
-    scenario: str
-    p99_bound_ms: float | None
-    feasible: bool
-    reason: str  # why not feasible, "" otherwise
-    throughput: float  # req/s at the bound (server) or at saturation (offline)
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    p999_ms: float
-    offered_rate: float
-    achieved_rate: float
-    capacity: float  # closed-loop req/s
-    unloaded_p50_ms: float
-    unloaded_p99_ms: float
-    cpu_util: float  # mean CPU use of all workers in the result window, in cores
-    worker_cpu: list[float]
-    harness_cpu: float
-    placement: list[dict]
-    windows: list[dict]
-    model: dict
-    machine: dict
-    duration_s: float
-    notes: list[str] = field(default_factory=list)
-    verdict: str = ""  # "pass" | "fail" (proven) | "undecided"
-    throughput_ci: list[float] = field(default_factory=lambda: [math.nan, math.nan])
-    p99_ci_ms: list[float] = field(default_factory=lambda: [math.nan, math.nan])
-    confidence: float = math.nan
-    interference: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.verdict:  # stored before verdicts existed
-            object.__setattr__(self, "verdict", stats.PASS if self.feasible else stats.FAIL)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrialResult:
-        """Reads results of every stored format: older ones lack the verdict and interval fields."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})  # stored copies carry extra keys (_trial)
-
-
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-
-
-def parse_duration(text: str, what: str = "duration") -> float:
-    """``"20ms"``, ``"0.02s"``, ``"20000us"``, ``"2m"``, ``"1e3ms"`` -> seconds. A bare number is refused:
-    the unit must be explicit."""
-    match = re.fullmatch(rf"({_NUMBER})(us|ms|s|m|h)", text.strip()) if text else None
-    if not match or text != text.strip():
-        raise UsageError(
-            f"{what} {text!r} is not a duration with a unit; write e.g. 20ms, 0.02s, 20000us"
-        )
-    value = float(match.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
-    if value <= 0:
-        raise UsageError(f"{what} {text!r} must be positive (greater than zero); write e.g. 20ms, 0.02s, 20000us")
-    if value > 86400:
-        raise UsageError(f"{what} {text!r} is longer than a day; check the unit (e.g. 20ms, 0.02s, 20000us)")
-    return value
-
-
-MIN_P99_BOUND_S = 10e-6  # a request's round trip through a worker's pipe alone takes longer than this
-
-
-def parse_bound(text: str, what: str = "--p99") -> float:
-    """A P99 bound to measure against: a duration no shorter than the harness can measure."""
-    value = parse_duration(text, what)
-    if value < MIN_P99_BOUND_S * (1 - 1e-9):  # 10us parses to 9.999...e-06
-        raise UsageError(f"{what} {text!r} is below {MIN_P99_BOUND_S * 1e6:g} us, less than the harness itself "
-                         "adds to a request (the pipe round trip to a worker): no config could meet it; "
-                         "give a bound of at least 0.01ms, e.g. 20ms")
-    return value
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """``"512M"``, ``"2G"``, ``"2GiB"``, ``"1500MB"`` -> bytes (binary units)."""
-    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT])(i?B)?", text.strip(), re.IGNORECASE) if text else None
-    if not match:
-        raise UsageError(f"{what} {text!r} is not a size; write e.g. 512M, 2G, 2GiB")
-    value = int(float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2).upper()) + 1))
-    if value < 64 * 2**20:
-        raise UsageError(f"{what} {text!r} is below 64 MiB: no ONNX Runtime worker starts in that")
-    return value
 
 
 def machine_metadata() -> dict:
@@ -237,7 +147,7 @@ def _server_search(fleet: Launcher, settings: MeasureSettings, probe: WindowResu
                    say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | None:
     """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
     run, disturbed ones included, is appended to ``run_log``; a disturbed window (steal or foreign
-    load over the thresholds of tuner.interference) is re-run, ``disturbed_reruns`` times at most
+    load over the thresholds of tuner.bench.interference) is re-run, ``disturbed_reruns`` times at most
     per measurement (a machine that is always busy must not multiply the work)."""
     if probe.verdict == stats.FAIL:
         return None
@@ -289,8 +199,8 @@ def noise_notes(window: WindowResult) -> list[str]:
 
 
 def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:
-    from tuner.numa import memory_policy_seen, thread_affinities
-    from tuner.topology import format_cpulist
+    from tuner.machine.numa import memory_policy_seen, thread_affinities
+    from tuner.machine.topology import format_cpulist
 
     seen = []
     for spec, pid in zip(fleet.plan.workers, fleet.pids, strict=True):

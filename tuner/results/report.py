@@ -12,9 +12,16 @@ import warnings
 import optuna
 import pandas as pd
 
-from tuner.envelope import envelope, envelope_points
-from tuner.placement import Params
-from tuner.study import baseline_results, best_config_document, best_trial, measured_trials, pareto_front, shown_trials
+from tuner.machine.placement import Params
+from tuner.results.envelope import envelope, envelope_points
+from tuner.results.trials import (
+    baseline_results,
+    best_config_document,
+    best_trial,
+    measured_trials,
+    pareto_front,
+    shown_trials,
+)
 
 PARAM_KEYS = tuple(Params().to_dict())
 

@@ -1,0 +1,1 @@
+"""Application services: the commands' work, with no argument parsing and no rendering."""

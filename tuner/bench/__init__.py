@@ -1,0 +1,1 @@
+"""The bench: one config measured: model, worker processes, launcher, load generator, statistics."""

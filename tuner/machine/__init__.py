@@ -1,0 +1,1 @@
+"""The machine: CPU lists, the topology model and its sysfs reader, placement plans, NUMA calls."""

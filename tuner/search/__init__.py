@@ -1,0 +1,1 @@
+"""The search: the space of configs, the strategy, the Optuna study, the final race."""
