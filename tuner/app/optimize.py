@@ -1,139 +1,192 @@
-"""What ``placetune optimize`` shows while it runs and at the end (rendering and re-validation)."""
+"""The optimize service: run (or resume) a study, race its best configs, write best_config.json and
+log it all to MLflow, reporting progress to an ``OptimizeListener``. No argument parsing, no rendering:
+``placetune optimize`` builds an ``OptimizeRequest`` and renders what the listener hears.
+
+    outcome = run_optimize(OptimizeRequest(study=cfg, out=Path("best_config.json")))
+    if outcome.best is not None:
+        print(outcome.best.user_attrs["label"], outcome.race.summary if outcome.race else "")
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+import optuna
 
-from tuner.bench import stats
+from tuner.bench.measure import measure
 from tuner.outputs import write_atomic
+from tuner.results.tracking import EXPERIMENT, Tracker, default_uri
 from tuner.results.trials import baseline_results, best_config_document, best_trial, measured_trials, pareto_front
 from tuner.search.locks import StudyMutex
-from tuner.search.study import StudyConfig, open_study, run_study
+from tuner.search.race import RaceResult, race_study
+from tuner.search.study import MeasureFn, StudyConfig, open_study, run_study
 
 
-def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=None) -> int:
-    """Run the study with a progress bar; print the Pareto table, ratios, re-validation; log to
-    MLflow through ``tracker`` when given. Returns the exit code (3 when nothing met the bound)."""
+@dataclass(frozen=True)
+class TrackingRequest:
+    """Where the study is logged in MLflow."""
+
+    uri: str | None = None  # None: a SQLite mlflow.db beside the study's storage (tracking.default_uri)
+    experiment: str = EXPERIMENT
+
+
+@dataclass(frozen=True)
+class OptimizeRequest:
+    """Everything ``run_optimize`` needs: the study, where the best config goes, the final race's size,
+    MLflow tracking (None: none) and the measurement (``measure_fn`` stands in for it in tests)."""
+
+    study: StudyConfig
+    out: Path
+    race_k: int = 3  # the best K configs and every baseline race at the end; 0: no race
+    tracking: TrackingRequest | None = None
+    measure_fn: MeasureFn = measure
+
+
+@dataclass(frozen=True)
+class OptimizeStart:
+    """The study as it is found, before any trial runs."""
+
+    study_name: str
+    storage: str
+    already_measured: int  # configs measured by earlier runs (a resumed or shared study)
+    target_measured: int  # configs measured in all when the study stops (the progress bar's total)
+    space_name: str
+    space_size: int  # plannable configs in the space
+    space_fixed: dict  # dimensions this machine cannot vary, with their one value
+    mlflow_uri: str | None  # None: not tracking (off, or MLflow unreachable)
+    mlflow_experiment: str
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """One trial this tuner finished (repeats are never reported)."""
+
+    trial: optuna.trial.FrozenTrial
+    info: dict  # tuner.results.trials.summarize_trial
+    best_throughput: float  # req/s: the best feasible throughput this run has seen so far
+    measured: int  # configs measured in the study (every host's)
+
+
+@dataclass(frozen=True)
+class OptimizeOutcome:
+    """What a study found. ``search_done`` hears it before the race (``race`` None); ``run_optimize``
+    returns it with the race."""
+
+    study: optuna.Study
+    measured: int
+    target_measured: int
+    space_exhausted: bool  # the study stopped because every config of the space is measured
+    p99_bound_s: float | None
+    best: optuna.trial.FrozenTrial | None  # None: no config met the bound
+    front: list[optuna.trial.FrozenTrial]  # the Pareto front, best throughput first
+    baselines: dict[str, dict]  # name -> result (tuner.results.trials.baseline_results)
+    lowest_p99: optuna.trial.FrozenTrial | None  # the measured trial with the lowest unloaded P99
+    config_path: Path | None  # where the best config was written (None: no feasible config)
+    mlflow_uri: str | None
+    race: RaceResult | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when a config met the bound, 3 when none did."""
+        return 0 if self.best is not None else 3
+
+
+class OptimizeListener:
+    """What ``run_optimize`` reports while it runs; every method does nothing unless overridden."""
+
+    def started(self, start: OptimizeStart) -> None:
+        """The study is open; trials start next."""
+
+    def progress(self, message: str) -> None:
+        """What the trial in progress is doing (starting workers, a window's rate, ...)."""
+
+    def trial_done(self, event: TrialEvent) -> None:
+        """A trial ended (measured, refused by the planner, or failed)."""
+
+    def search_done(self, outcome: OptimizeOutcome) -> None:
+        """The trials are over; the best config is written; the race (if any) comes next."""
+
+    def race_started(self, k: int) -> None:
+        """The final race starts (the best ``k`` configs and every feasible baseline)."""
+
+    def race_progress(self, message: str) -> None:
+        """Which entrant of which round the race measures."""
+
+    def race_done(self, race: RaceResult) -> None:
+        """The race is over; best_config.json records it."""
+
+    def warning(self, message: str) -> None:
+        """Something went wrong that does not stop the study (MLflow unreachable)."""
+
+
+def run_optimize(request: OptimizeRequest, listener: OptimizeListener | None = None) -> OptimizeOutcome:
+    """Run (or resume) the study of ``request``, then the final race of its best configs; write the best
+    config to ``request.out`` (after every better trial, after the study, with the race); log to MLflow.
+    The study is opened once. Interrupted (Ctrl-C, SIGTERM) or failed, the MLflow parent run is ended
+    KILLED and the exception goes on."""
+    listener = listener or OptimizeListener()
+    cfg = request.study
     study = open_study(cfg)
-    if tracker is not None:
-        with StudyMutex(cfg.storage, cfg.study_name):  # one parent run per study, even for a fleet
-            tracker.start(study)
-        if tracker.enabled:
-            console.print(f"MLflow: {tracker.uri} (experiment {tracker.experiment_name})")
+    tracker = _start_tracking(request, study, listener)
     already = len(measured_trials(study))
-    console.print(f"study [bold]{cfg.study_name}[/] in {cfg.storage} ({already} config(s) already measured)")
-    fixed = ", ".join(f"{k}={v}" for k, v in cfg.space.fixed.items())
-    console.print(f"space {cfg.space.name}: {cfg.space.size()} plannable configs; fixed on this machine: {fixed}")
-    best_so_far = {"throughput": 0.0}
-    total = cfg.n_trials or max(already + 1, 1)
-    with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=console, transient=False) as progress:
-        task = progress.add_task("trials", total=total, completed=min(already, total), status="")
-
-        def on_progress(message: str) -> None:
-            progress.update(task, status=message)
-
-        def on_trial(trial, info: dict) -> None:
-            if info["feasible"] and info["throughput"] > best_so_far["throughput"]:
-                best_so_far["throughput"] = info["throughput"]
-                save_best_config(trial_study[0], out)  # a Ctrl-C later must not lose the best so far
-            tag = f" [cyan]baseline {info['baseline']}[/]" if info["baseline"] else ""
-            verdict = "[green]feasible[/]" if info["feasible"] else f"[red]{info['reason']}[/]"
-            p99 = f"{info['p99_ms']:.2f} ms" if math.isfinite(info["p99_ms"]) else "-"
-            progress.console.print(
-                f"#{info['number']:>3} {info['label'] or '-':<28}{tag} {info['throughput']:8.1f} req/s  P99 {p99:>10}"
-                f"  {verdict}  best {best_so_far['throughput']:.1f} req/s", highlight=False)
-            progress.update(task, completed=min(len(measured_trials(trial_study[0])), total), status="")
-            if tracker is not None and tracker.enabled:
-                with StudyMutex(cfg.storage, cfg.study_name):  # another host's finish() may be logging too
-                    tracker.log_trial(trial_study[0], trial)
-
-        trial_study = [study]
-        try:
-            study = run_study(cfg, on_trial, on_progress)
-        except BaseException:
-            if tracker is not None:
-                with StudyMutex(cfg.storage, cfg.study_name):
-                    tracker.finish(study, "KILLED")
-            raise
-        trial_study[0] = study
-    if study.user_attrs.get("space_exhausted") and len(measured_trials(study)) < total:
-        console.print(f"[yellow]every config of the space is measured ({len(measured_trials(study))} configs, "
-                      "baselines included): the study stops here[/]")
-    mlflow_uri = tracker.uri if tracker is not None and tracker.enabled else None
-    code = _report(cfg, study, console, revalidate, out, mlflow_uri)
-    if tracker is not None:
-        with StudyMutex(cfg.storage, cfg.study_name):
-            tracker.finish(study)
-    return code
+    target = cfg.n_trials or max(already + 1, 1)
+    listener.started(OptimizeStart(
+        study_name=cfg.study_name, storage=cfg.storage, already_measured=already, target_measured=target,
+        space_name=cfg.space.name, space_size=cfg.space.size(), space_fixed=dict(cfg.space.fixed),
+        mlflow_uri=_tracking_uri(tracker), mlflow_experiment=tracker.experiment_name if tracker else EXPERIMENT))
+    try:
+        study = run_study(cfg, _TrialReporter(request, study, tracker, listener), listener.progress,
+                          measure_fn=request.measure_fn, study=study)
+        outcome = _search_outcome(request, study, target, _tracking_uri(tracker))
+        listener.search_done(outcome)
+        if outcome.best is not None and request.race_k > 0:
+            listener.race_started(request.race_k)
+            race = race_study(study, cfg.topology, cfg.model, cfg.settings, request.race_k,
+                              say=listener.race_progress, measure_fn=request.measure_fn)
+            save_best_config(study, request.out, race=race.to_dict())
+            listener.race_done(race)
+            outcome = replace(outcome, race=race)
+    except BaseException:
+        _tracked(cfg, tracker, lambda t: t.finish(study, "KILLED"))
+        raise
+    _tracked(cfg, tracker, lambda t: t.finish(study))
+    return outcome
 
 
-def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Path,
-            mlflow_uri: str | None = None) -> int:
+class _TrialReporter:
+    """run_study's ``on_trial``: keeps the best config written, tells the listener, logs the trial."""
+
+    def __init__(self, request: OptimizeRequest, study: optuna.Study, tracker: Tracker | None,
+                 listener: OptimizeListener):
+        self.request, self.study, self.tracker, self.listener = request, study, tracker, listener
+        self.best_throughput = 0.0
+
+    def __call__(self, trial: optuna.trial.FrozenTrial, info: dict) -> None:
+        if info["feasible"] and info["throughput"] > self.best_throughput:
+            self.best_throughput = info["throughput"]
+            save_best_config(self.study, self.request.out)  # a Ctrl-C later must not lose the best so far
+        self.listener.trial_done(TrialEvent(trial, info, self.best_throughput, len(measured_trials(self.study))))
+        _tracked(self.request.study, self.tracker, lambda t: t.log_trial(self.study, trial))
+
+
+def _search_outcome(request: OptimizeRequest, study: optuna.Study, target: int,
+                    mlflow_uri: str | None) -> OptimizeOutcome:
+    """The study's answer before the race; the best config is written (the race may be cut short)."""
     best = best_trial(study)
-    bound = cfg.settings.p99_bound_s
-    if best is None:
-        measured = [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs]
-        lowest = min(measured, key=lambda t: t.user_attrs["result"]["unloaded_p99_ms"], default=None)
-        msg = "no config met the bound"
-        if bound:
-            msg = f"no config met P99 <= {bound * 1000:g} ms"
-        if lowest is not None:
-            r = lowest.user_attrs["result"]
-            msg += (f"; the lowest P99 seen was {r['unloaded_p99_ms']:.2f} ms (unloaded) with "
-                    f"{lowest.user_attrs.get('label')}: relax --p99 or try --space latency")
-        console.print(f"[red]{msg}[/]")
-        return 3
-    table = Table(title="Pareto front (feasible trials: throughput vs P99)")
-    for col in ("trial", "config", "throughput req/s", "P50 ms", "P99 ms", "baseline"):
-        table.add_column(col)
-    for t in pareto_front(study):
-        r = t.user_attrs["result"]
-        table.add_row(str(t.number), t.user_attrs.get("label", ""), f"{r['throughput']:.1f}", f"{r['p50_ms']:.2f}",
-                      f"{r['p99_ms']:.2f}", t.user_attrs.get("baseline", ""))
-    console.print(table)
-    result = best.user_attrs["result"]
-    console.print(f"best: [bold]{best.user_attrs.get('label')}[/] (trial {best.number}) "
-                  f"{result['throughput']:.1f} req/s, P99 {result['p99_ms']:.2f} ms")
-    ratios = Table(title="best vs baselines at the same bound")
-    ratios.add_column("baseline")
-    ratios.add_column("throughput req/s")
-    ratios.add_column("best / baseline")
-    for name, r in sorted(baseline_results(study).items()):
-        if r["feasible"] and r["throughput"] > 0:
-            ratios.add_row(name, f"{r['throughput']:.1f}", f"{result['throughput'] / r['throughput']:.2f}x")
-        else:
-            ratios.add_row(name, "failed" if r.get("failed") else "infeasible", f"({r['reason']})")
-    console.print(ratios)
-    save_best_config(study, out)  # before the re-measurement, which Ctrl-C may cut short
-    if revalidate > 0:
-        save_best_config(study, out, race=_final_race(cfg, study, console, revalidate))
-    console.print(_next_steps(out, mlflow_uri), highlight=False)
-    return 0
+    with_result = [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs]
+    lowest = min(with_result, key=lambda t: t.user_attrs["result"]["unloaded_p99_ms"], default=None)
+    written = save_best_config(study, request.out)
+    return OptimizeOutcome(
+        study=study, measured=len(measured_trials(study)), target_measured=target,
+        space_exhausted=bool(study.user_attrs.get("space_exhausted")), p99_bound_s=request.study.settings.p99_bound_s,
+        best=best, front=pareto_front(study) if best is not None else [], baselines=baseline_results(study),
+        lowest_p99=lowest, config_path=request.out if written else None, mlflow_uri=mlflow_uri)
 
 
-def _next_steps(out: Path, mlflow_uri: str | None) -> str:
-    """The final message: where the config is and what to do with it."""
-    steps = [f"best config written to {out}; next:",
-             f"  deploy it:     placetune export --config {out} --format numactl|systemd|docker|k8s --out FILE",
-             "  compare all:   placetune report (--html report.html for plots)"]
-    if mlflow_uri and not mlflow_uri.startswith("http"):
-        steps.append(f"  browse runs:   mlflow ui --backend-store-uri {mlflow_uri}")
-    elif mlflow_uri:
-        steps.append(f"  browse runs:   open {mlflow_uri}")
-    steps.append(f"  re-measure it: placetune measure --model ... --config {out}")
-    return "\n".join(steps)
-
-
-def save_best_config(study, out: Path, race: dict | None = None) -> bool:
+def save_best_config(study: optuna.Study, out: Path, race: dict | None = None) -> bool:
     """Write the study's best feasible config to ``out`` atomically (a temporary file renamed over
     it), with the final race when given; False when there is no feasible trial yet."""
     best = best_trial(study)
@@ -146,20 +199,29 @@ def save_best_config(study, out: Path, race: dict | None = None) -> bool:
     return True
 
 
-def _final_race(cfg: StudyConfig, study, console: Console, k: int) -> dict:
-    """The best K configs and every baseline re-measured in interleaved rounds (tuner.search.race)."""
-    from tuner.search.race import race_study
+def _start_tracking(request: OptimizeRequest, study: optuna.Study, listener: OptimizeListener) -> Tracker | None:
+    """The study's MLflow parent run, found or created (None when the request asks for no tracking)."""
+    if request.tracking is None:
+        return None
+    cfg = request.study
+    uri = request.tracking.uri or default_uri(cfg.storage)
+    hint = f"placetune log --study {cfg.study_name} --storage {cfg.storage} --mlflow-uri {uri}"
+    tracker = Tracker(uri, request.tracking.experiment, warn=listener.warning, retry_hint=hint)
+    _tracked(cfg, tracker, lambda t: t.start(study))
+    return tracker
 
-    with console.status("final race") as status:
-        result = race_study(study, cfg.topology, cfg.model, cfg.settings, k, say=status.update)
-    table = Table(title=f"final race ({len(result.throughputs[result.winner])} interleaved rounds)")
-    for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):
-        table.add_column(col)
-    for e in result.entrants:
-        runs = result.throughputs[e.label]
-        cv = stats.cv(runs)
-        table.add_row(e.label, e.baseline, f"{statistics.mean(runs):.1f}", f"{cv:.1%}" if cv == cv else "-",
-                      " ".join(f"{v:.0f}" for v in runs))
-    console.print(table)
-    console.print(("[green]" if result.significant else "[yellow]") + result.summary + "[/]")
-    return result.to_dict()
+
+def _tracking_uri(tracker: Tracker | None) -> str | None:
+    return tracker.uri if tracker is not None and tracker.enabled else None
+
+
+def _tracked(cfg: StudyConfig, tracker: Tracker | None, call: Callable[[Tracker], None]) -> None:
+    """Call the tracker under the study mutex, the one place optimize takes it. Each of them
+    looks for a run in MLflow (the study's parent run, a trial's child run) and creates it when it is
+    missing, and MLflow cannot refuse a duplicate: the tuners of a fleet, each logging its trials
+    while another's ``finish`` logs every trial of the study, must not both create the same run.
+    (Opening the study and queueing trials take the mutex themselves, in tuner.search.study.)"""
+    if tracker is None or not tracker.enabled:
+        return
+    with StudyMutex(cfg.storage, cfg.study_name):
+        call(tracker)

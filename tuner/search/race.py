@@ -135,13 +135,15 @@ def study_entrants(study, k: int) -> list[Entrant]:
 
 
 def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 6,
-               say: Callable[[str], None] = lambda _m: None) -> RaceResult:
+               say: Callable[[str], None] = lambda _m: None, measure_fn: Callable | None = None) -> RaceResult:
     """The final race of a finished study: its top ``k`` configs and its baselines, each measured
-    with the study's settings (a fresh seed per measurement)."""
+    with the study's settings (a fresh seed per measurement) by ``measure_fn`` (default: ``measure``)."""
     from dataclasses import replace
 
     from tuner.bench.measure import measure
     from tuner.machine.placement import plan
+
+    measure = measure_fn or measure
 
     counter = iter(range(1, 1_000_000))
 

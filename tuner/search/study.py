@@ -339,10 +339,12 @@ def _refuse_static_space_study(study: optuna.Study) -> None:
 
 
 def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[str], None],
-              stop_flag: Callable[[], bool] | None = None, measure_fn: MeasureFn = measure) -> optuna.Study:
+              stop_flag: Callable[[], bool] | None = None, measure_fn: MeasureFn = measure,
+              study: optuna.Study | None = None) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` configs are measured, the timeout, or the space
-    is exhausted. ``measure_fn`` stands in for ``measure`` (tests, replays)."""
-    study = open_study(cfg)
+    is exhausted. ``measure_fn`` stands in for ``measure`` (tests, replays); ``study`` is the one
+    ``open_study(cfg)`` returned, when the caller opened it already."""
+    study = open_study(cfg) if study is None else study
     _refuse_static_space_study(study)
     with StudyMutex(cfg.storage, cfg.study_name):
         enqueue_baselines(study, cfg.topology, cfg.space)

@@ -1,0 +1,232 @@
+"""The study commands: ``optimize`` (run one), ``export``, ``report`` and ``log`` (read one)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tuner.cli.common import (
+    BatchOpt,
+    ConfidenceOpt,
+    ExperimentOpt,
+    FsRoot,
+    HangOpt,
+    InputsOpt,
+    LockWaitOpt,
+    MemLimitOpt,
+    MlflowUriOpt,
+    ModelOpt,
+    ScenarioOpt,
+    ShapeOpt,
+    StorageOpt,
+    StudyOpt,
+    TopologyFile,
+    WindowOpt,
+    console,
+    get_topology,
+    lock_wait_s,
+    measure_settings,
+    resolve_bound,
+    warn,
+)
+from tuner.errors import UsageError
+
+
+def optimize(  # over 60 lines: typer reads its 30 options from the signature; the body is short
+    model: ModelOpt,
+    p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms.")] = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Configs to measure in all (baselines "
+                                                 "included; planner-rejected and repeated configs are free); "
+                                                 "a resumed study measures only the rest.")] = 20,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long, "
+                                                "e.g. 10m.")] = None,
+    space: Annotated[str, typer.Option("--space", help="default | latency | throughput | a YAML path.")] = "default",
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe | nsga2 | random | grid")] = "tpe",
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed.")] = None,
+    scenario: ScenarioOpt = "server",
+    window: WindowOpt = "2s",
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file "
+                                                "placetune.db in the working directory).")] = None,
+    study_name: Annotated[str | None, typer.Option("--study-name", help="Default: from model, bound, "
+                                                   "scenario.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
+    revalidate: Annotated[int, typer.Option("--revalidate", help="Final race: the best K configs and "
+                                         "every baseline re-measured in interleaved rounds.")] = 3,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
+    mlflow_uri: MlflowUriOpt = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+    experiment: ExperimentOpt = "placetune",
+    allow_heterogeneous: Annotated[bool, typer.Option("--allow-heterogeneous", help="Join a shared study from "
+                                                      "a host whose topology differs; the fingerprint is recorded "
+                                                      "per trial and the report groups by it.")] = False,
+    heartbeat: Annotated[str, typer.Option("--heartbeat", help="Trial heartbeat interval; a trial whose tuner "
+                                           "is silent for 3 intervals is failed and re-queued.")] = "10s",
+    lock_wait: LockWaitOpt = "1h",
+    worker_memory_limit: MemLimitOpt = None,
+    hang_timeout: HangOpt = "30s",
+    confidence: ConfidenceOpt = 0.95,
+    shape: ShapeOpt = None,
+    batch: BatchOpt = None,
+    inputs: InputsOpt = None,
+    fsroot: FsRoot = None,
+    topology_file: TopologyFile = None,
+) -> None:
+    """Run (or resume) an Optuna study over placements; write the best feasible config.
+
+    Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
+    """
+    from tuner.app.optimize import OptimizeRequest, TrackingRequest, run_optimize
+    from tuner.bench.model import inspect_model, parse_shapes
+    from tuner.cli.optimize_view import OptimizeView
+    from tuner.cli.render_study import next_steps
+    from tuner.outputs import check_writable
+    from tuner.search.space import load_space
+    from tuner.search.storage import storage_url as study_storage_url
+    from tuner.search.study import SAMPLERS, StudyConfig, default_study_name
+    from tuner.units import parse_duration
+
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if n_trials is not None and n_trials < 1:
+        raise UsageError("--n-trials must be at least 1")
+    timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    bound = resolve_bound(p99)
+    settings = measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0, confidence)
+    wait_s = lock_wait_s(lock_wait)
+    check_writable(out, "--out")
+    topo = get_topology(fsroot, topology_file)
+    resolved = load_space(space, topo)
+    info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
+    cfg = StudyConfig(model=info, topology=topo, space=resolved, settings=settings, storage=study_storage_url(storage),
+                      study_name=study_name or default_study_name(info, bound * 1000 if bound else None, scenario),
+                      sampler=sampler, seed=seed, n_trials=n_trials, timeout_s=timeout_s, force=force,
+                      lock_wait_s=wait_s, allow_heterogeneous=allow_heterogeneous,
+                      heartbeat_s=parse_duration(heartbeat, "--heartbeat"))
+    tracking = None if no_mlflow else TrackingRequest(mlflow_uri, experiment)
+    with OptimizeView(console) as view:
+        outcome = run_optimize(OptimizeRequest(cfg, out, race_k=revalidate, tracking=tracking), view)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+    console.print(next_steps(out, outcome.mlflow_uri), highlight=False)
+
+
+def export(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Export this best_config.json instead of a "
+                                                "study's best.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json | yaml | numactl | env | systemd | docker | k8s")] = "json",
+    p99: Annotated[str | None, typer.Option("--p99", help="Pick the best config for another P99 bound from "
+                                            "every window the study measured (no re-run).")] = None,
+    config_path: Annotated[str, typer.Option("--config-path", help="Where deployed workers will find the JSON "
+                                             "config (PLACETUNE_CONFIG).")] = "best_config.json",
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: stdout).")] = None,
+) -> None:
+    """Export a study's best config for deployment: JSON/YAML, a numactl launch script, an env file,
+    systemd units, docker run lines, or a Kubernetes pod spec fragment."""
+    from tuner.deploy import load_config
+    from tuner.outputs import check_writable, write_atomic
+    from tuner.results import export as exporter
+
+    if fmt not in exporter.FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
+    if out is not None:
+        check_writable(out, "--out")
+    if config is not None:
+        if study is not None or p99 is not None:
+            raise UsageError("--config exports a file as it is; it does not take --study or --p99")
+        document = load_config(config)
+    else:
+        document = _study_document(storage, study, p99)
+    text = exporter.render(document, fmt, config_path)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(out, text, mode=0o755 if fmt in ("numactl", "docker") else None)
+        Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
+
+
+def _study_document(storage: str | None, study: str | None, p99: str | None) -> dict:
+    """The config document of a study's best trial, or of the best one for another bound (``--p99``)."""
+    from tuner.results.trials import best_config_document, best_trial
+    from tuner.search.storage import load_study
+    from tuner.units import parse_duration
+
+    the_study = load_study(storage, study)
+    if p99 is None:
+        trial = best_trial(the_study)
+        if trial is None:
+            raise UsageError(f"study {the_study.study_name!r} has no feasible trial to export; relax --p99 "
+                             "and run 'placetune optimize', or export another bound with --p99")
+        return best_config_document(the_study, trial)
+    from tuner.results.envelope import best_for_bound
+
+    choice = best_for_bound(the_study, parse_duration(p99, "--p99") * 1000)
+    document = best_config_document(the_study, the_study.trials[choice.point.trial])
+    document.update(p99_bound_ms=choice.bound_ms, throughput=choice.point.throughput,
+                    p50_ms=choice.point.p50_ms, p99_ms=choice.point.p99_ms,
+                    selected_from="envelope", envelope_note=choice.note)
+    if choice.note:
+        warn(choice.note)
+    return document
+
+
+def report(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+) -> None:
+    """A study's Pareto table, best vs baselines, parameter importances and plots.
+    Exit code 3 when no trial met the bound."""
+    from tuner.cli import render_study
+    from tuner.outputs import check_writable, write_atomic
+    from tuner.results import report as reporting
+    from tuner.search.storage import load_study
+
+    if html_out is not None:
+        check_writable(html_out, "--html")
+    the_study = load_study(storage, study)
+    frame = reporting.trials_frame(the_study)
+    console.print(reporting.summary_text(the_study), highlight=False)
+    front = frame[frame.pareto].sort_values("throughput", ascending=False)
+    console.print(render_study.pareto_table(
+        (row.trial, row.label, row.throughput, row.p50_ms, row.p99_ms, row.baseline) for _, row in front.iterrows()))
+    groups = reporting.by_fingerprint(frame)
+    if groups is not None:
+        console.print(render_study.fingerprint_table(groups))
+    imp = reporting.importances(the_study)
+    if isinstance(imp, dict):
+        console.print(render_study.importances_table(imp))
+    else:
+        console.print(f"importances: {imp}", highlight=False)
+    states = frame.state.value_counts().to_dict()
+    console.print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items()), highlight=False)
+    if html_out is not None:
+        write_atomic(html_out, reporting.html_report(the_study))
+        console.print(f"HTML report written to {html_out}", highlight=False)
+    if reporting.summary(the_study)["best"] is None:
+        raise typer.Exit(3)
+
+
+def log_command(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    mlflow_uri: MlflowUriOpt = None,
+    experiment: ExperimentOpt = "placetune",
+) -> None:
+    """Log a study to MLflow from its Optuna storage (after an outage, or a --no-mlflow run).
+    Idempotent: runs already there are not duplicated."""
+    from tuner.results.tracking import Tracker, default_uri
+    from tuner.search.storage import ensure_study_uuid, load_study, storage_url
+
+    the_study = load_study(storage, study)
+    ensure_study_uuid(the_study)
+    uri = mlflow_uri or default_uri(storage_url(storage))
+    tracker = Tracker(uri, experiment)
+    added = tracker.sync(the_study)
+    console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
+                  f"(experiment {experiment}); {len(tracker._children)} in all", highlight=False)
