@@ -195,3 +195,30 @@ def test_an_interrupted_optimize_keeps_the_best_config_so_far_and_raises(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         run_optimize(OptimizeRequest(_two_core_config(tmp_path), out, measure_fn=measure_then_interrupt))
     assert json.loads(out.read_text())["label"] in calls[:2]
+
+
+def _study_with_a_beating_trial(tmp_path) -> tuple[str, optuna.Study]:
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=storage, study_name="beats", directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr("host", "x:0")
+    study_id = storage.get_study_id_from_name("beats")
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    return url, study
+
+
+def test_fleet_status_reads_the_running_trials_heartbeats_from_the_storage(tmp_path):
+    from tuner.app.fleet import read_fleet_status
+
+    url, study = _study_with_a_beating_trial(tmp_path)
+    (running,) = read_fleet_status(study, url, NOW_S).running
+    assert running.number == 0 and 0.0 <= running.heartbeat_age_s < 3600  # on the database's clock
+
+
+def test_fleet_status_says_why_heartbeats_could_not_be_read(tmp_path):
+    from tuner.app.fleet import read_fleet_status
+
+    _, study = _study_with_a_beating_trial(tmp_path)
+    status = read_fleet_status(study, f"sqlite:///{tmp_path / 'empty.db'}", NOW_S)  # no Optuna tables there
+    assert status.heartbeat_error == "OperationalError" and status.running[0].heartbeat_age_s is None
