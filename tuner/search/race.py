@@ -143,14 +143,14 @@ def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, ma
     from tuner.bench.measure import measure
     from tuner.machine.placement import plan
 
-    measure = measure_fn or measure
+    measure_one = measure_fn or measure
 
     counter = iter(range(1, 1_000_000))
 
     def measure_throughput(e: Entrant) -> float:
         # three search windows (and the boundary re-test) per run: the race's evidence is its rounds
         quick = replace(settings, seed=settings.seed + next(counter), search_steps=min(3, settings.search_steps))
-        result = measure(plan(topology, e.params), model, quick)
+        result = measure_one(plan(topology, e.params), model, quick)
         return result.throughput if result.feasible else 0.0
 
     return race(study_entrants(study, k), measure_throughput, min_rounds, max_rounds, settings.confidence, say=say)
