@@ -4,7 +4,8 @@ function of a config, so search strategies can be compared in seconds on topolog
 Both take the params dict (workers, cores_per_worker, smt, intra_op_threads, inter_op_threads,
 execution_mode, numa_policy, spinning, io_cores, pin) and optionally ``topology=``; they return
 req/s at the bound, 0.0 when the bound is missed. Noise is a fixed multiplicative error per config
-(the same config always "measures" the same), like one measurement per config in a study.
+(the same config always "measures" the same), like one measurement per config in a study; a
+screening measurement (short windows) adds ``screening_error`` on top.
 
 - ``amdahl_bandwidth``: each worker is an M/M/1-like server whose service time follows Amdahl's law
   over its effective cores (an SMT sibling is worth 0.25 core, threads beyond the worker's PUs
@@ -27,8 +28,8 @@ from tuner.machine.topology import Topology
 BOUND_MS = 50.0
 
 
-def _noise(params: dict, sigma: float = 0.03) -> float:
-    digest = hashlib.sha256(Params(**params).label().encode()).digest()
+def _noise(params: dict, sigma: float = 0.03, salt: str = "") -> float:
+    digest = hashlib.sha256((Params(**params).label() + salt).encode()).digest()
     u1 = (int.from_bytes(digest[:8], "big") + 1) / 2**64
     u2 = int.from_bytes(digest[8:16], "big") / 2**64
     return math.exp(sigma * math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2))
@@ -105,3 +106,12 @@ def cache_numa(params: dict, topology: Topology | None = None) -> float:
             service_ms *= 0.95
         total += _at_bound(1, service_ms)
     return total * _noise(p, 0.04)
+
+
+def screening_error(params: dict, seed: int, sigma: float = 0.10) -> float:
+    """The extra multiplicative error of a screening (short) measurement of ``params``: lognormal
+    with ``sigma``, independent of the config's full-fidelity error, different in each replayed
+    study (``seed``), the same for one config within a study."""
+    if sigma <= 0:
+        return 1.0
+    return _noise(params, sigma, salt=f"screen-{seed}")

@@ -200,11 +200,11 @@ def test_a_sampled_study_never_measures_a_config_twice(tmp_path):
     from tuner.search.strategy import Sampled
     from tuner.search.study import run_study, study_strategy
 
-    cfg = _oracle_config(tmp_path, "8em64t-2s2ca2c", n_trials=25)
+    cfg = _oracle_config(tmp_path, "8em64t-2s2ca2c", n_trials=14)  # under SCREENING_MIN_TRIALS
     assert isinstance(study_strategy(cfg), Sampled)
     calls: list[str] = []
     study = run_study(cfg, lambda t, info: None, lambda _m: None, measure_fn=_counting_oracle_measure(calls))
-    assert len(calls) == len(set(calls)) == 25 == len(measured_trials(study))
+    assert len(calls) == len(set(calls)) == 14 == len(measured_trials(study))
     assert not [t for t in study.trials if t.state.name == "PRUNED"]
 
 

@@ -14,19 +14,26 @@ being measured or queued.
   sampler's last wish is proposed instead. The study's own storage therefore only ever holds
   configs that are measured once.
 
-The baselines run first in both (the study enqueues them); a strategy is asked only when the
-queue is empty. ``None`` from ``propose`` means the space is exhausted.
+- ``Screening``: wraps ``Sampled`` when the space is larger than the budget: what it proposes is
+  measured short first (a screening trial, ``tuner/search/screening.py``); the top third of the
+  screened configs that could still beat the best full result are promoted to a full measurement.
+  The guided phase and the sampler learn from screened throughputs too (a full result, once there,
+  takes precedence).
+
+The baselines run first in all (the study enqueues them, at full fidelity); a strategy is asked only
+when the queue is empty. ``None`` from ``propose`` means the space is exhausted.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 
 from tuner.machine.placement import Params
+from tuner.search import screening
 from tuner.search.space import INT_DIMS, ORDER, SearchSpace
 
 MAX_SAMPLER_RETRIES = 20
@@ -37,11 +44,12 @@ _TAKEN = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, opt
 @dataclass(frozen=True)
 class Proposal:
     """One config to measure: the values its trial suggests (for ``enqueue_trial``), its Params,
-    and what proposed it."""
+    what proposed it, and how (``screening.FULL`` or ``screening.SCREEN``)."""
 
     values: dict
     params: Params
     source: str
+    fidelity: str = screening.FULL
 
 
 def trial_label(t: optuna.trial.FrozenTrial, space: SearchSpace) -> str | None:
@@ -58,10 +66,11 @@ def trial_label(t: optuna.trial.FrozenTrial, space: SearchSpace) -> str | None:
 
 
 def taken_labels(trials: Iterable[optuna.trial.FrozenTrial], space: SearchSpace) -> set[str]:
-    """Configs measured, being measured or queued (a failed trial's config may be tried again)."""
+    """Configs measured, screened, being measured or queued (a failed trial's config may be tried
+    again)."""
     out = set()
     for t in trials:
-        if t.state in _TAKEN and "repeat_of" not in t.user_attrs:
+        if (t.state in _TAKEN or screening.is_screened(t)) and "repeat_of" not in t.user_attrs:
             label = trial_label(t, space)
             if label is not None:
                 out.add(label)
@@ -115,16 +124,21 @@ class Sampled:
         self._configs: list[tuple[dict, Params]] | None = None
 
     def _sync(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        """Copy measured trials (by anyone, baselines included) into the private study."""
+        """Copy measured and screened trials (by anyone, baselines included) into the private study
+        (a promoted config is in it twice: screened, then measured)."""
         for t in trials:
             key = (t.number, t.datetime_start)
-            if key in self._copied or t.state != optuna.trial.TrialState.COMPLETE or not t.values:
+            if key in self._copied or "repeat_of" in t.user_attrs:
                 continue
-            if "repeat_of" in t.user_attrs or "result" not in t.user_attrs:
+            if t.state == optuna.trial.TrialState.COMPLETE and t.values and "result" in t.user_attrs:
+                value = float(t.values[0])
+            elif screening.is_screened(t):
+                value = screening.screen_value(t)
+            else:
                 continue
             self._copied.add(key)
             self._scratch.add_trial(optuna.trial.create_trial(
-                params=dict(t.params), distributions=dict(t.distributions), value=float(t.values[0])))
+                params=dict(t.params), distributions=dict(t.distributions), value=value))
 
     def propose(self, trials: list[optuna.trial.FrozenTrial]) -> Proposal | None:
         self._sync(trials)
@@ -152,12 +166,19 @@ class Sampled:
 
 
 def _measured(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, Params]]:
-    out = []
+    """(throughput at the bound, config) of each measured or screened config; a full result
+    replaces its config's screened one."""
+    full: dict[str, tuple[float, Params]] = {}
+    screened: dict[str, tuple[float, Params]] = {}
     for t in trials:
         result = t.user_attrs.get("result")
         if t.state == optuna.trial.TrialState.COMPLETE and result and "repeat_of" not in t.user_attrs:
-            out.append((result["throughput"] if result["feasible"] else 0.0, Params.from_dict(result["params"])))
-    return out
+            params = Params.from_dict(result["params"])
+            full[params.label()] = (result["throughput"] if result["feasible"] else 0.0, params)
+        elif screening.is_screened(t):
+            params = Params.from_dict(t.user_attrs["screen_result"]["params"])
+            screened[params.label()] = (screening.screen_value(t), params)
+    return list({**screened, **full}.values())
 
 
 def _in_space(space: SearchSpace, values: dict) -> Params | None:
@@ -254,10 +275,37 @@ def distance(a: Params, b: Params) -> float:
     return total
 
 
+class Screening:
+    """Screen what ``inner`` proposes, promote the promising screened configs to a full
+    measurement (``screening.promotion``: ASHA's top ``1/eta`` that could beat the best full result)."""
+
+    def __init__(self, inner: Sampled, eta: int = screening.ETA, margin: float = screening.PROMOTE_MARGIN,
+                 screen_cost: float = screening.SCREEN_COST):
+        self.inner = inner
+        self.name = f"{inner.name}+screening"
+        self.eta, self.margin, self.screen_cost = eta, margin, screen_cost
+
+    def propose(self, trials: list[optuna.trial.FrozenTrial]) -> Proposal | None:
+        screened, promoted, best_full = screening.rung(trials)
+        label = screening.promotion([(lb, screening.screen_value(t)) for lb, t in screened.items()], promoted,
+                                    best_full, self.eta, self.margin)
+        if label is not None:
+            t = screened[label]
+            return Proposal(dict(t.params), Params.from_dict(t.user_attrs["screen_result"]["params"]),
+                            "promotion", screening.FULL)
+        proposal = self.inner.propose(trials)
+        return replace(proposal, fidelity=screening.SCREEN) if proposal is not None else None
+
+
 def choose_strategy(space: SearchSpace, sampler: str, seed: int | None, n_trials: int | None,
-                    extra_baselines: int = 0):
+                    extra_baselines: int = 0, screen: bool = True):
     """Exhaustive when the whole space plus the ``extra_baselines`` it cannot express fit in
-    ``n_trials`` measured configs (or ``sampler == "grid"``); else the sampler, without repeats."""
+    ``n_trials`` measured configs (or ``sampler == "grid"``); else the sampler, without repeats,
+    behind screening when ``screen`` and the budget is at least ``screening.SCREENING_MIN_TRIALS``
+    (or unbounded): a space that cannot be measured in full is where cheap measurements pay."""
     if sampler == "grid" or (n_trials is not None and space.size() + extra_baselines <= n_trials):
         return Exhaustive(space)
-    return Sampled(space, sampler, seed)
+    sampled = Sampled(space, sampler, seed)
+    if screen and (n_trials is None or n_trials >= screening.SCREENING_MIN_TRIALS):
+        return Screening(sampled)
+    return sampled

@@ -30,6 +30,7 @@ from tuner.machine.placement import Params, plan
 from tuner.machine.topology import Topology
 from tuner.results.records import TrialResult
 from tuner.results.trials import measured_trials, summarize_trial
+from tuner.search import screening  # screening hook
 from tuner.search.locks import HostLock, StudyMutex
 from tuner.search.space import INT_DIMS, SearchSpace
 from tuner.search.storage import engine_kwargs, ensure_study_uuid
@@ -216,12 +217,16 @@ def make_objective(cfg: StudyConfig, study: optuna.Study, on_progress: Callable[
             trial.set_user_attr("plan_infeasible", str(exc))
             trial.set_constraint(CONSTRAINT, INFEASIBLE_P99)
             raise optuna.TrialPruned(f"planner: {exc}") from None
+        fidelity = trial.user_attrs.get("fidelity")  # screening hook: short settings for a screening trial
         try:
-            result = measure_fn(the_plan, cfg.model, cfg.settings, progress=on_progress)
+            result = measure_fn(the_plan, cfg.model, screening.settings_for(cfg.settings, fidelity),
+                                progress=on_progress)
         except TRIAL_FAULTS as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             requeue_once(study, trial)
             raise
+        if fidelity == screening.SCREEN:  # screening hook: kept in "screen_result", the trial ends PRUNED
+            screening.record_screen(trial, result)
         stored = result.to_dict()
         stored["_trial"] = trial.number
         trial.set_user_attr("result", stored)
@@ -241,7 +246,8 @@ def requeue_once(study: optuna.Study, trial: optuna.Trial) -> bool:
     is the verdict. Returns whether it was queued."""
     if "retry_of" in trial.user_attrs:
         return False
-    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "params", "exploration")}
+    attrs = {k: v for k, v in trial.user_attrs.items()
+             if k in ("baseline", "params", "exploration", "fidelity")}  # screening hook: + "fidelity"
     study.enqueue_trial(dict(trial.params), user_attrs={**attrs, "retry_of": trial.number},
                         skip_if_exists=False)
     trial.set_user_attr("retry_queued", True)
@@ -275,8 +281,8 @@ def _measured_config(study: optuna.Study, label: str, number: int) -> int | None
 
 def enqueue_proposal(study: optuna.Study, proposal: Proposal) -> None:
     """Queue a strategy's proposal: the next trial suggests exactly these values."""
-    study.enqueue_trial(proposal.values, user_attrs={"proposed_by": proposal.source,
-                                                     "label": proposal.params.label()})
+    study.enqueue_trial(proposal.values, user_attrs={"proposed_by": proposal.source, "label": proposal.params.label(),
+                                                     "fidelity": proposal.fidelity})  # screening hook: fidelity
 
 
 def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_trial: TrialCallback,
@@ -289,7 +295,9 @@ def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_tr
     started = time.monotonic()
     failures = 0
     while True:
-        if cfg.n_trials is not None and len(measured_trials(study)) >= cfg.n_trials:
+        # screening hook: --n-trials counts full measurements, a screening one as a fraction
+        spent = screening.budget_spent(study.get_trials(deepcopy=False), strategy)
+        if cfg.n_trials is not None and spent >= cfg.n_trials:
             break
         if cfg.timeout_s is not None and time.monotonic() - started >= cfg.timeout_s:
             break
