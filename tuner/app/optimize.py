@@ -13,7 +13,15 @@ from rich.table import Table
 
 from tuner.bench import stats
 from tuner.outputs import write_atomic
-from tuner.results.trials import baseline_results, best_config_document, best_trial, measured_trials, pareto_front
+from tuner.results.trials import (
+    TrialSummary,
+    baseline_results,
+    best_config_document,
+    best_trial,
+    measured_trials,
+    pareto_front,
+    result_of,
+)
 from tuner.search.locks import StudyMutex
 from tuner.search.study import StudyConfig, open_study, run_study
 
@@ -41,15 +49,15 @@ def run(cfg: StudyConfig, console: Console, revalidate: int, out: Path, tracker=
         def on_progress(message: str) -> None:
             progress.update(task, status=message)
 
-        def on_trial(trial, info: dict) -> None:
-            if info["feasible"] and info["throughput"] > best_so_far["throughput"]:
-                best_so_far["throughput"] = info["throughput"]
+        def on_trial(trial, info: TrialSummary) -> None:
+            if info.feasible and info.throughput > best_so_far["throughput"]:
+                best_so_far["throughput"] = info.throughput
                 save_best_config(trial_study[0], out)  # a Ctrl-C later must not lose the best so far
-            tag = f" [cyan]baseline {info['baseline']}[/]" if info["baseline"] else ""
-            verdict = "[green]feasible[/]" if info["feasible"] else f"[red]{info['reason']}[/]"
-            p99 = f"{info['p99_ms']:.2f} ms" if math.isfinite(info["p99_ms"]) else "-"
+            tag = f" [cyan]baseline {info.baseline}[/]" if info.baseline else ""
+            verdict = "[green]feasible[/]" if info.feasible else f"[red]{info.reason}[/]"
+            p99 = f"{info.p99_ms:.2f} ms" if math.isfinite(info.p99_ms) else "-"
             progress.console.print(
-                f"#{info['number']:>3} {info['label'] or '-':<28}{tag} {info['throughput']:8.1f} req/s  P99 {p99:>10}"
+                f"#{info.number:>3} {info.label or '-':<28}{tag} {info.throughput:8.1f} req/s  P99 {p99:>10}"
                 f"  {verdict}  best {best_so_far['throughput']:.1f} req/s", highlight=False)
             progress.update(task, completed=min(len(measured_trials(trial_study[0])), total), status="")
             if tracker is not None and tracker.enabled:
@@ -81,37 +89,37 @@ def _report(cfg: StudyConfig, study, console: Console, revalidate: int, out: Pat
     best = best_trial(study)
     bound = cfg.settings.p99_bound_s
     if best is None:
-        measured = [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs]
-        lowest = min(measured, key=lambda t: t.user_attrs["result"]["unloaded_p99_ms"], default=None)
+        measured = [(r, t) for t in study.get_trials(deepcopy=False) if (r := result_of(t)) is not None]
+        lowest = min(measured, key=lambda rt: rt[0].unloaded_p99_ms, default=None)
         msg = "no config met the bound"
         if bound:
             msg = f"no config met P99 <= {bound * 1000:g} ms"
         if lowest is not None:
-            r = lowest.user_attrs["result"]
-            msg += (f"; the lowest P99 seen was {r['unloaded_p99_ms']:.2f} ms (unloaded) with "
-                    f"{lowest.user_attrs.get('label')}: relax --p99 or try --space latency")
+            r, t = lowest
+            msg += (f"; the lowest P99 seen was {r.unloaded_p99_ms:.2f} ms (unloaded) with "
+                    f"{t.user_attrs.get('label')}: relax --p99 or try --space latency")
         console.print(f"[red]{msg}[/]")
         return 3
     table = Table(title="Pareto front (feasible trials: throughput vs P99)")
     for col in ("trial", "config", "throughput req/s", "P50 ms", "P99 ms", "baseline"):
         table.add_column(col)
     for t in pareto_front(study):
-        r = t.user_attrs["result"]
-        table.add_row(str(t.number), t.user_attrs.get("label", ""), f"{r['throughput']:.1f}", f"{r['p50_ms']:.2f}",
-                      f"{r['p99_ms']:.2f}", t.user_attrs.get("baseline", ""))
+        r = result_of(t)
+        table.add_row(str(t.number), t.user_attrs.get("label", ""), f"{r.throughput:.1f}", f"{r.p50_ms:.2f}",
+                      f"{r.p99_ms:.2f}", t.user_attrs.get("baseline", ""))
     console.print(table)
-    result = best.user_attrs["result"]
+    result = result_of(best)
     console.print(f"best: [bold]{best.user_attrs.get('label')}[/] (trial {best.number}) "
-                  f"{result['throughput']:.1f} req/s, P99 {result['p99_ms']:.2f} ms")
+                  f"{result.throughput:.1f} req/s, P99 {result.p99_ms:.2f} ms")
     ratios = Table(title="best vs baselines at the same bound")
     ratios.add_column("baseline")
     ratios.add_column("throughput req/s")
     ratios.add_column("best / baseline")
-    for name, r in sorted(baseline_results(study).items()):
-        if r["feasible"] and r["throughput"] > 0:
-            ratios.add_row(name, f"{r['throughput']:.1f}", f"{result['throughput'] / r['throughput']:.2f}x")
+    for name, row in sorted(baseline_results(study).items()):
+        if row.feasible and row.throughput > 0:
+            ratios.add_row(name, f"{row.throughput:.1f}", f"{result.throughput / row.throughput:.2f}x")
         else:
-            ratios.add_row(name, "failed" if r.get("failed") else "infeasible", f"({r['reason']})")
+            ratios.add_row(name, "failed" if row.failed else "infeasible", f"({row.reason})")
     console.print(ratios)
     save_best_config(study, out)  # before the re-measurement, which Ctrl-C may cut short
     if revalidate > 0:

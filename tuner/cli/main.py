@@ -462,7 +462,7 @@ def log_command(
     tracker = Tracker(uri, experiment)
     added = tracker.sync(the_study)
     console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
-                  f"(experiment {experiment}); {len(tracker._children)} in all", highlight=False)
+                  f"(experiment {experiment}); {tracker.logged_trials()} in all", highlight=False)
 
 
 fleet_app = typer.Typer(help="One study shared by many hosts (PostgreSQL storage).", no_args_is_help=True)
@@ -479,7 +479,7 @@ def fleet_status(
 
     from rich.table import Table
 
-    from tuner.results.trials import best_trial, measured_trials
+    from tuner.results.trials import best_trial, measured_trials, result_of
     from tuner.search.storage import load_study
 
     the_study = load_study(storage, study)
@@ -524,9 +524,9 @@ def fleet_status(
         console.print(f"{waiting} trial(s) queued (baselines or re-queued after a host died)", highlight=False)
     best = best_trial(the_study)
     if best is not None:
-        r = best.user_attrs["result"]
+        r = result_of(best)
         console.print(f"best so far: {best.user_attrs.get('label')} (trial {best.number}, "
-                      f"{best.user_attrs.get('hostname', '?')}) {r['throughput']:.1f} req/s, P99 {r['p99_ms']:.2f} ms",
+                      f"{best.user_attrs.get('hostname', '?')}) {r.throughput:.1f} req/s, P99 {r.p99_ms:.2f} ms",
                       highlight=False)
     else:
         console.print("best so far: none feasible yet", highlight=False)
