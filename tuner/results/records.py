@@ -68,8 +68,23 @@ def _pair(values: Sequence[float]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+class _InterferenceForm:
+    """The JSON form of both interference records: ``numa_*`` only where the machine exposes them;
+    before format ``FORMAT`` any key may be missing (``{}`` before interference was measured)."""
+
+    _what = "an interference"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("numa_")}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, version: int = FORMAT):
+        optional = _known(cls) if version < FORMAT else ("numa_local", "numa_remote")
+        return cls(**_strict(data, cls, cls._what, optional))
+
+
 @dataclass(frozen=True)
-class WindowInterference:
+class WindowInterference(_InterferenceForm):
     """One window's interference on the trial's CPUs (``tuner.bench.interference``); NaN or None:
     not measured."""
 
@@ -80,18 +95,12 @@ class WindowInterference:
     numa_local: int | None = None  # page allocations, system-wide, where exposed
     numa_remote: int | None = None
     disturbed: bool = False  # steal or foreign load over the thresholds: the window is re-run
+    _what = "a window's interference"
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("numa_")}
-
-    @classmethod
-    def from_dict(cls, data: Mapping, version: int = FORMAT) -> WindowInterference:
-        optional = _known(cls) if version < FORMAT else ("numa_local", "numa_remote")
-        return cls(**_strict(data, cls, "a window's interference", optional))
 
 
 @dataclass(frozen=True)
-class Interference:
+class Interference(_InterferenceForm):
     """A result's interference: its result window's figures, that window's service-time CV, and
     how many of the measurement's windows were disturbed."""
 
@@ -103,6 +112,7 @@ class Interference:
     disturbed_windows: int = 0
     numa_local: int | None = None
     numa_remote: int | None = None
+    _what = "a result's interference"
 
     @classmethod
     def of_windows(cls, windows: Iterable[WindowResult], result_window: WindowResult) -> Interference:
@@ -114,13 +124,6 @@ class Interference:
                    service_cv=result_window.service_cv, disturbed_windows=disturbed,
                    numa_local=seen.numa_local, numa_remote=seen.numa_remote)
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("numa_")}
-
-    @classmethod
-    def from_dict(cls, data: Mapping, version: int = FORMAT) -> Interference:
-        optional = _known(cls) if version < FORMAT else ("numa_local", "numa_remote")
-        return cls(**_strict(data, cls, "a result's interference", optional))
 
 
 @dataclass(frozen=True)
