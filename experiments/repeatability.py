@@ -34,7 +34,7 @@ def _run(the_plan, model, settings: MeasureSettings, seed: int, tag: str) -> dic
     lo, hi = r.throughput_ci
     print(f"  {tag:<28} {r.throughput:8.1f} req/s [{lo:7.1f}, {hi:7.1f}]  {r.verdict:<9} "
           f"P99 {r.p99_ms:6.2f} ms [{r.p99_ci_ms[0]:.2f}, {r.p99_ci_ms[1]:.2f}]  "
-          f"{describe(r.interference)}  ({time.monotonic() - began:.0f} s)", flush=True)
+          f"{describe(r.interference.to_dict())}  ({time.monotonic() - began:.0f} s)", flush=True)
     return {"tag": tag, "seed": seed, "result": r.to_dict()}
 
 

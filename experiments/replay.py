@@ -53,7 +53,7 @@ from tuner.bench.model import ModelInfo
 from tuner.errors import PlacetuneError
 from tuner.machine.placement import Params, Plan
 from tuner.machine.topology import Topology, load_topology_file, read_topology
-from tuner.results.records import TrialResult
+from tuner.results.records import MachineInfo, TrialResult
 from tuner.search import screening
 from tuner.search.space import SearchSpace, check, load_space
 from tuner.search.strategy import Screening, choose_strategy
@@ -115,12 +115,12 @@ def oracle_measure(oracle: Oracle, bound_ms: float = 50.0, full: MeasureSettings
         feasible = throughput > 0
         p99 = bound_ms * 0.9 if feasible else math.inf
         return TrialResult(
-            params=the_plan.params.to_dict(), plan=the_plan.to_dict(), scenario=settings.scenario,
+            params=the_plan.params, plan=the_plan, scenario=settings.scenario,
             p99_bound_ms=bound_ms, feasible=feasible, reason="" if feasible else "oracle: bound missed",
             throughput=throughput, p50_ms=p99 / 3, p90_ms=p99 / 1.5, p99_ms=p99, p999_ms=p99 * 1.2,
             offered_rate=throughput, achieved_rate=throughput, capacity=throughput, unloaded_p50_ms=p99 / 4,
-            unloaded_p99_ms=p99 / 2, cpu_util=0.0, worker_cpu=[], harness_cpu=0.0, placement=[], windows=[],
-            model=model.to_dict(), machine={}, duration_s=0.0)
+            unloaded_p99_ms=p99 / 2, cpu_util=0.0, worker_cpu=(), harness_cpu=0.0, placement=(), windows=(),
+            model=model, machine=ORACLE_MACHINE, duration_s=0.0)
 
     return measure_fn
 
@@ -132,6 +132,7 @@ def true_best(space: SearchSpace, topology: Topology, oracle: Oracle) -> float:
 
 
 ORACLE_MODEL = ModelInfo("oracle", "oracle", "0" * 64, ())
+ORACLE_MACHINE = MachineInfo("oracle", "", "", "", "", 0)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def calibrate(info, topo, window_s: float) -> dict:
     params = Params(workers=1, cores_per_worker=n, intra_op_threads=len(topo.usable_cpus))
     result = measure(plan(topo, params), info, MeasureSettings(scenario="offline", window_s=max(window_s * 2, 1.0)))
     return {"config": params.label(), "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-            "capacity": result.capacity, "requests": result.windows[-1]["completed"]}
+            "capacity": result.capacity, "requests": result.windows[-1].completed}
 
 
 def run_one(name: str, info, topo, bound_name: str, bound_ms: float, trials: int, window_s: float, sampler: str,
@@ -83,22 +83,23 @@ def run_one(name: str, info, topo, bound_name: str, bound_ms: float, trials: int
     began = time.monotonic()
 
     def on_trial(trial, s):
-        p99 = f"{s['p99_ms']:.2f} ms" if math.isfinite(s["p99_ms"]) else "-"
-        say(f"  #{s['number']} {s['label']:<24} {s['throughput']:9.1f} req/s  P99 {p99:>10}  "
-            f"{'feasible' if s['feasible'] else s['reason'][:60]}")
+        p99 = f"{s.p99_ms:.2f} ms" if math.isfinite(s.p99_ms) else "-"
+        say(f"  #{s.number} {s.label:<24} {s.throughput:9.1f} req/s  P99 {p99:>10}  "
+            f"{'feasible' if s.feasible else s.reason[:60]}")
 
     study = run_study(cfg, on_trial, lambda _m: None)
     best = best_trial(study)
     base = {}
-    for bname, r in baseline_results(study).items():
+    for bname, row in baseline_results(study).items():
         for key in baseline_key(bname):
-            base[key] = {"name": bname, "label": Params.from_dict(r["params"]).label(), "feasible": r["feasible"],
-                         "throughput": r["throughput"], "p99_ms": r["p99_ms"], "reason": r["reason"]}
+            base[key] = {"name": bname, "label": row.result.params.label() if row.result else None,
+                         "feasible": row.feasible, "throughput": row.throughput,
+                         "p99_ms": row.result.p99_ms if row.result else None, "reason": row.reason}
     record = {
         "model": name, "model_info": {k: info.to_dict()[k] for k in ("name", "sha256")}, "bound": bound_name,
         "p99_bound_ms": bound_ms, "unloaded": calib, "trials": trials, "window_s": window_s, "sampler": sampler,
         "seed": seed, "duration_s": time.monotonic() - began, "baselines": base, "best": None,
-        "all_trials": [{k: v for k, v in summarize_trial(t).items() if k != "params"} | {
+        "all_trials": [{k: v for k, v in summarize_trial(t).to_dict().items() if k != "params"} | {
             "result": t.user_attrs.get("result")} for t in study.trials],
     }
     if best is not None:

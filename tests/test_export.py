@@ -4,6 +4,7 @@ the envelope picks the best config for another bound."""
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 import os
 import shutil
@@ -25,9 +26,11 @@ from tuner.machine.placement import Params, plan
 from tuner.machine.topology import parse_cpulist, read_topology
 from tuner.results import export
 from tuner.results.envelope import best_for_bound, envelope, envelope_points
+from tuner.results.records import TrialResult, WindowResult
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tuner.cli"]
+EVENT_TIMEOUT_S = 120.0  # the most any awaited event (a line, an answer, an exit) may take on a loaded machine
 
 
 def config_document(params: Params, topology=None) -> dict:
@@ -152,26 +155,30 @@ def test_numactl_script_starts_each_worker_on_its_planned_cpus(tmp_path):
     seen = {}
     try:
         for _ in workers:  # each worker prints its "serving on" line once it listens: wait for those lines
-            line = _read_line(launcher, timeout_s=120)
+            line = _read_line(launcher, timeout_s=EVENT_TIMEOUT_S)
             assert "serving on" in line, line
-        for w in workers:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port + w['index']}/health", timeout=10) as r:
-                seen[w["index"]] = json.loads(r.read())
+        for w in workers:  # it listened before it said so: its port answers now
+            seen[w["index"]] = _answer(f"http://127.0.0.1:{port + w['index']}/health")
         for w in workers:
             health = seen[w["index"]]
             assert set().union(*(parse_cpulist(c) for c in _thread_cpus(health["pid"]))) == set(w["cpus"])
             assert health["intra_op_num_threads"] == doc["params"]["intra_op_threads"]
-            with urllib.request.urlopen(urllib.request.Request(
-                    f"http://127.0.0.1:{port + w['index']}/infer", data=b"", method="POST"), timeout=10) as r:
-                assert json.loads(r.read())["shapes"] == [[1, 10]]
+            assert _answer(f"http://127.0.0.1:{port + w['index']}/infer", b"")["shapes"] == [[1, 10]]
         children = psutil.Process(launcher.pid).children(recursive=True)
         assert len(children) >= len(workers)
     finally:
         children = psutil.Process(launcher.pid).children(recursive=True)
         launcher.send_signal(signal.SIGTERM)
-        launcher.wait(timeout=30)
-        _, alive = psutil.wait_procs(children, timeout=30)
+        launcher.wait(timeout=EVENT_TIMEOUT_S)  # the script exits once every worker has exited
+        _, alive = psutil.wait_procs(children, timeout=EVENT_TIMEOUT_S)
     assert not alive, alive
+
+
+def _answer(url: str, body: bytes | None = None) -> dict:
+    """The JSON a served worker answers (a POST when ``body`` is given), waited for at most EVENT_TIMEOUT_S."""
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=EVENT_TIMEOUT_S) as r:
+        return json.loads(r.read())
 
 
 def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
@@ -205,17 +212,16 @@ def test_serve_example_answers_400_to_a_garbage_body_and_keeps_serving(tmp_path)
                                "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               bufsize=1)
     try:
-        line = _read_line(server, timeout_s=120)
+        line = _read_line(server, timeout_s=EVENT_TIMEOUT_S)
         assert "serving on" in line, line + server.stdout.read() if server.poll() is not None else line
         url = f"http://127.0.0.1:{int(line.rsplit(':', 1)[1])}/infer"
         with pytest.raises(urllib.error.HTTPError) as bad:
-            urllib.request.urlopen(urllib.request.Request(url, data=b"garbage", method="POST"), timeout=30)
+            _answer(url, b"garbage")
         assert bad.value.code == 400 and "not an .npz" in json.loads(bad.value.read())["error"]
-        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=30) as r:
-            assert json.loads(r.read())["shapes"] == [[1, 10]]
+        assert _answer(url, b"")["shapes"] == [[1, 10]]
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=EVENT_TIMEOUT_S)  # gone: no child outlives the test
 
 
 def test_serve_example_without_the_launcher_is_one_line(tmp_path):
@@ -304,18 +310,25 @@ def test_deploy_apply_reads_the_environment_and_refuses_a_bad_index(tmp_path):
     assert done.returncode != 0 and "out of range" in done.stderr
 
 
-def _window(p99: float, rate: float, kept_up: bool = True, scenario: str = "server") -> dict:
-    return {"scenario": scenario, "offered_rate": rate, "achieved_rate": rate, "requests": 100, "completed": 100,
-            "p50_ms": p99 / 3, "p90_ms": p99 / 2, "p99_ms": p99, "p999_ms": p99, "kept_up": kept_up}
+_STORED = REPO / "tests" / "data" / "results" / "format2.json"
 
 
-def _synthetic_study(windows_by_label: dict[str, list[dict]], bound: float = 20.0) -> optuna.Study:
+def _window(p99: float, rate: float, kept_up: bool = True, scenario: str = "server") -> WindowResult:
+    base = TrialResult.from_json(_STORED.read_text()).windows[0]
+    return dataclasses.replace(base, scenario=scenario, offered_rate=rate, achieved_rate=rate, requests=100,
+                               completed=100, p50_ms=p99 / 3, p90_ms=p99 / 2, p99_ms=p99, p999_ms=p99,
+                               kept_up=kept_up)
+
+
+def _synthetic_study(windows_by_label: dict[str, list[WindowResult]], bound: float = 20.0) -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("scenario", "server")
     study.set_user_attr("p99_bound_ms", bound)
+    base = TrialResult.from_json(_STORED.read_text())
     for label, windows in windows_by_label.items():
+        result = dataclasses.replace(base, windows=tuple(windows))
         trial = optuna.trial.create_trial(values=[1.0, 1.0], user_attrs={"label": label,
-                                                                         "result": {"windows": windows}})
+                                                                         "result": result.to_dict()})
         study.add_trial(trial)
     return study
 

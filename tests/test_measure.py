@@ -130,10 +130,10 @@ def test_measure_gives_a_full_result(model, topo):
     lo, hi = result.throughput_ci
     assert lo <= result.throughput <= hi
     assert result.p99_ci_ms[0] <= result.p99_ms <= result.p99_ci_ms[1] <= 1000
-    assert {w["verdict"] for w in result.windows} <= {"pass", "fail", "undecided"}
-    assert result.windows[0]["scenario"] == "offline"
-    assert all(w["scenario"] == "server" for w in result.windows[1:])
-    assert result.placement[0]["thread_cpus"]
+    assert {w.verdict for w in result.windows} <= {"pass", "fail", "undecided"}
+    assert result.windows[0].scenario == "offline"
+    assert all(w.scenario == "server" for w in result.windows[1:])
+    assert result.placement[0].thread_cpus
     assert json.loads(json.dumps(result.to_dict()))["params"]["workers"] == 1
     assert no_children_left()
 

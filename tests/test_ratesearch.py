@@ -60,5 +60,5 @@ def test_windows_stored_before_verdicts_still_load():
     old = window(100, 0).to_dict()
     for key in ("verdict", "p99_ci_ms", "confidence", "over_bound", "extensions", "service_cv", "interference"):
         old.pop(key)
-    w = WindowResult.from_dict(old)
+    w = WindowResult.from_dict(old, version=1)  # a window is read in its result's format
     assert w.verdict == "pass" and math.isnan(w.p99_ci_ms[0])

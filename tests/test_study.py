@@ -184,7 +184,7 @@ def test_a_2_core_study_measures_each_feasible_config_once_and_stops(tmp_path):
     assert isinstance(study_strategy(cfg), Exhaustive)
     calls: list[str] = []
     shown: list[str] = []
-    study = run_study(cfg, lambda t, info: shown.append(info["label"]), lambda _m: None,
+    study = run_study(cfg, lambda t, info: shown.append(info.label), lambda _m: None,
                       measure_fn=_counting_oracle_measure(calls))
     expected = {p.label() for _, p in cfg.space.configurations()} | {p.label() for _, p in baselines(cfg.topology)}
     assert sorted(calls) == sorted(expected)  # every config once, nothing else
@@ -222,7 +222,7 @@ def test_a_repeat_from_a_fleet_race_is_not_measured_and_not_shown(tmp_path):
     enqueue_proposal(study, Proposal(cfg.space.express(params), params, "another host"))  # a race's twin
     cfg = _oracle_config(tmp_path, "2arm", n_trials=4)
     shown: list[str] = []
-    study = run_study(cfg, lambda t, info: shown.append(info["label"]), lambda _m: None,
+    study = run_study(cfg, lambda t, info: shown.append(info.label), lambda _m: None,
                       measure_fn=_counting_oracle_measure(calls))
     repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
     assert len(repeats) == 1 and repeats[0].user_attrs["repeat_of"] == done.number

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port as _free_port
 from tests.models import conv_net
-from tuner.results.tracking import METRIC_KEYS, PARAM_KEYS
+from tuner.machine.placement import Params
+from tuner.results.tracking import HTTP_SETTINGS, METRIC_KEYS, QUIET_SETTINGS, Tracker, mlflow_settings
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -65,12 +66,54 @@ def test_two_studies_on_two_bounds_are_two_comparable_parent_runs(tmp_path, mode
         assert parent.data.metrics["best_throughput"] > 0
     names = {frozenset(c.data.params) for c in children}
     assert len(names) == 1, "every child run has the same param names"
-    assert set(PARAM_KEYS) | {"scenario", "p99_bound_ms", "model_name", "model_sha256"} <= set(next(iter(names)))
+    assert {"scenario", "p99_bound_ms", "model_name", "model_sha256"} <= set(next(iter(names)))
+    configs = _trial_configs(tmp_path / "placetune.db")
+    for c in children:  # each run carries its own trial's whole config
+        config = configs[c.data.tags["placetune.study_uuid"], c.data.tags["placetune.trial"]]
+        assert {k: c.data.params[k] for k in config} == {k: str(v) for k, v in config.items()}
     for c in children:
         assert "feasible" in c.data.metrics
         assert "-" in c.info.run_name and c.info.run_name.startswith("w")  # readable: w2xc1-intra1, ...
         if c.data.metrics["feasible"] == 1.0:
             assert set(METRIC_KEYS) <= set(c.data.metrics)
+
+
+def _trial_configs(db: Path) -> dict[tuple[str, str], dict]:
+    """(study uuid, trial number) -> the config the study stored for that trial."""
+    import optuna
+
+    storage = f"sqlite:///{db}"
+    configs = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.trials:
+            configs[study.user_attrs["study_uuid"], str(t.number)] = Params.from_dict(t.user_attrs["params"]).to_dict()
+    return configs
+
+
+def test_a_tracker_leaves_the_process_environment_as_it_was(monkeypatch):
+    import optuna
+
+    for key in (*HTTP_SETTINGS, *QUIET_SETTINGS):
+        monkeypatch.delenv(key, raising=False)
+    before = dict(os.environ)
+    warnings: list[str] = []
+    tracker = Tracker(f"http://127.0.0.1:{_free_port()}", warn=warnings.append)
+    assert dict(os.environ) == before
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("study_uuid", "u")
+    tracker.start(study)  # a dead server: one warning, tracking off, the environment untouched
+    assert not tracker.enabled and len(warnings) == 1 and "unreachable" in warnings[0]
+    assert dict(os.environ) == before and tracker.logged_trials() == 0
+
+
+def test_mlflow_settings_hold_during_a_call_only_and_keep_what_the_user_set(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "99")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with mlflow_settings(HTTP_SETTINGS):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_SETTINGS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "99"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "99"
 
 
 def test_server_down_study_completes_then_log_fills_mlflow_once(tmp_path, model_path, mlflow_server):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import optuna
 
-from tuner.results.trials import best_trial, measured_trials, shown_trials
+from tuner.results.trials import best_trial, measured_trials, result_of, shown_trials
 
 NOT_STARTED = "(not started)"  # the host of a trial no tuner has picked up yet (queued)
 
@@ -109,9 +109,9 @@ def _best(study: optuna.Study) -> BestSoFar | None:
     best = best_trial(study)
     if best is None:
         return None
-    result = best.user_attrs["result"]
+    result = result_of(best)
     return BestSoFar(best.number, best.user_attrs.get("label", ""), best.user_attrs.get("hostname", "?"),
-                     result["throughput"], result["p99_ms"])
+                     result.throughput, result.p99_ms)
 
 
 def read_fleet_status(study: optuna.Study, storage_url: str, now_s: float) -> FleetStatus:

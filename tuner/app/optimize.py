@@ -19,7 +19,16 @@ import optuna
 from tuner.bench.measure import measure
 from tuner.outputs import write_atomic
 from tuner.results.tracking import EXPERIMENT, Tracker, default_uri
-from tuner.results.trials import baseline_results, best_config_document, best_trial, measured_trials, pareto_front
+from tuner.results.trials import (
+    BaselineRow,
+    TrialSummary,
+    baseline_results,
+    best_config_document,
+    best_trial,
+    measured_trials,
+    pareto_front,
+    result_of,
+)
 from tuner.search.locks import StudyMutex
 from tuner.search.race import RaceResult, race_study
 from tuner.search.study import MeasureFn, StudyConfig, open_study, run_study
@@ -82,7 +91,7 @@ class OptimizeOutcome:
     p99_bound_s: float | None
     best: optuna.trial.FrozenTrial | None  # None: no config met the bound
     front: list[optuna.trial.FrozenTrial]  # the Pareto front, best throughput first
-    baselines: dict[str, dict]  # name -> result (tuner.results.trials.baseline_results)
+    baselines: dict[str, BaselineRow]  # name -> row (tuner.results.trials.baseline_results)
     lowest_p99: optuna.trial.FrozenTrial | None  # the measured trial with the lowest unloaded P99
     config_path: Path | None  # where the best config was written (None: no feasible config)
     mlflow_uri: str | None
@@ -164,9 +173,9 @@ class _TrialReporter:
         self.request, self.study, self.tracker, self.listener = request, study, tracker, listener
         self.best_throughput = 0.0
 
-    def __call__(self, trial: optuna.trial.FrozenTrial, info: dict) -> None:
-        if info["feasible"] and info["throughput"] > self.best_throughput:
-            self.best_throughput = info["throughput"]
+    def __call__(self, trial: optuna.trial.FrozenTrial, info: TrialSummary) -> None:
+        if info.feasible and info.throughput > self.best_throughput:
+            self.best_throughput = info.throughput
             save_best_config(self.study, self.request.out)  # a Ctrl-C later must not lose the best so far
         self.listener.trial_done(TrialEvent(trial, info, self.best_throughput, len(measured_trials(self.study))))
         _tracked(self.request.study, self.tracker, lambda t: t.log_trial(self.study, trial))
@@ -177,7 +186,7 @@ def _search_outcome(request: OptimizeRequest, study: optuna.Study, target: int,
     """The study's answer before the race; the best config is written (the race may be cut short)."""
     best = best_trial(study)
     with_result = [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs]
-    lowest = min(with_result, key=lambda t: t.user_attrs["result"]["unloaded_p99_ms"], default=None)
+    lowest = min(with_result, key=lambda t: result_of(t).unloaded_p99_ms, default=None)
     written = save_best_config(study, request.out)
     return OptimizeOutcome(
         study=study, measured=len(measured_trials(study)), target_measured=target,

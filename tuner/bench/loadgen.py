@@ -40,7 +40,7 @@ from tuner.bench.worker import (
     OVER_ALLOWED,
     OVER_BOUND,
 )
-from tuner.results.records import WindowResult
+from tuner.results.records import WindowInterference, WindowResult
 
 KEEP_UP_RATIO = 0.99
 START_DELAY_S = 0.02  # lets every worker receive "window" before the first arrival
@@ -118,10 +118,12 @@ def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) ->
                     own_after - own_before, snap_before, snap_after)
 
 
-def _window_interference(fleet: Launcher, segments: list[_Segment], own_cpu_s: float, wall_s: float) -> dict:
+def _window_interference(fleet: Launcher, segments: list[_Segment], own_cpu_s: float,
+                         wall_s: float) -> WindowInterference:
     """Interference on the trial's CPUs; ``own_cpu_s`` (workers and harness) is not foreign."""
     cpus = sorted({c for w in fleet.plan.workers for c in w.cpus}) or sorted(segments[0].before.cpu)
-    return interference.window_interference(segments[0].before, segments[-1].after, cpus, wall_s, own_cpu_s)
+    return WindowInterference.from_dict(
+        interference.window_interference(segments[0].before, segments[-1].after, cpus, wall_s, own_cpu_s))
 
 
 def _server_segment(fleet: Launcher, offered_rate: float, count: int, over_allowed: int, start: float,

@@ -35,7 +35,7 @@ from tuner.bench.model import ModelInfo
 from tuner.bench.ratesearch import SearchOutcome, search_rate
 from tuner.errors import UsageError
 from tuner.machine.placement import Plan
-from tuner.results.records import PlacementSeen, TrialResult, WindowResult
+from tuner.results.records import Interference, MachineInfo, PlacementSeen, TrialResult, WindowResult
 
 SCENARIOS = ("server", "offline")
 
@@ -76,7 +76,7 @@ class MeasureSettings:
 
 
 
-def machine_metadata() -> dict:
+def machine_metadata() -> MachineInfo:
     cpu_model = ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -87,11 +87,9 @@ def machine_metadata() -> dict:
         pass
     import onnxruntime as ort
 
-    return {
-        "hostname": platform.node(), "cpu_model": cpu_model, "kernel": platform.release(),
-        "python": platform.python_version(), "onnxruntime": ort.__version__,
-        "affinity": len(os.sched_getaffinity(0)),
-    }
+    return MachineInfo(hostname=platform.node(), cpu_model=cpu_model, kernel=platform.release(),
+                       python=platform.python_version(), onnxruntime=ort.__version__,
+                       affinity=len(os.sched_getaffinity(0)))
 
 
 ProgressFn = Callable[[str], None]
@@ -121,25 +119,23 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         fleet.check_alive()
     result_window, feasible, verdict, reason, throughput_ci = _conclude(settings, probe, outcome)
     windows.extend(run_log)
-    window_dicts = [w.to_dict() for w in windows]
     notes += noise_notes(result_window)
     if probe.requests < 1000:
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
     throughput = result_window.achieved_rate if feasible else 0.0
     return TrialResult(
-        params=plan.params.to_dict(), plan=plan.to_dict(), scenario=settings.scenario,
+        params=plan.params, plan=plan, scenario=settings.scenario,
         p99_bound_ms=bound * 1000 if bound is not None else None, feasible=feasible, reason=reason,
         throughput=float(throughput), p50_ms=result_window.p50_ms, p90_ms=result_window.p90_ms,
         p99_ms=result_window.p99_ms, p999_ms=result_window.p999_ms,
         offered_rate=result_window.offered_rate, achieved_rate=result_window.achieved_rate,
         capacity=float(capacity), unloaded_p50_ms=probe.p50_ms, unloaded_p99_ms=probe.p99_ms,
-        cpu_util=float(sum(result_window.worker_cpu)), worker_cpu=list(result_window.worker_cpu),
-        harness_cpu=result_window.harness_cpu, placement=[s.to_dict() for s in seen],
-        windows=window_dicts, model=model.to_dict(), machine=machine_metadata(),
-        duration_s=time.monotonic() - began, notes=notes, verdict=verdict,
-        throughput_ci=[float(v) for v in throughput_ci], p99_ci_ms=list(result_window.p99_ci_ms),
-        confidence=settings.confidence,
-        interference=interference.summarise(window_dicts, result_window.to_dict()),
+        cpu_util=float(sum(result_window.worker_cpu)), worker_cpu=tuple(result_window.worker_cpu),
+        harness_cpu=result_window.harness_cpu, placement=tuple(seen),
+        windows=tuple(windows), model=model, machine=machine_metadata(),
+        duration_s=time.monotonic() - began, notes=tuple(notes), verdict=verdict,
+        throughput_ci=(float(throughput_ci[0]), float(throughput_ci[1])), p99_ci_ms=result_window.p99_ci_ms,
+        confidence=settings.confidence, interference=Interference.of_windows(windows, result_window),
     )
 
 
@@ -159,10 +155,11 @@ def _server_search(fleet: Launcher, settings: MeasureSettings, probe: WindowResu
             window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
                                        settings.p99_bound_s, service_s, rng, verdicts=settings.verdicts)
             run_log.append(window)
-            if not window.interference.get("disturbed") or reruns_left[0] <= 0:
+            if not window.interference.disturbed or reruns_left[0] <= 0:
                 return window
             reruns_left[0] -= 1
-            say(f"window at {rate:.1f} req/s disturbed ({interference.describe(window.interference)}): re-run")
+            seen = interference.describe(window.interference.to_dict())
+            say(f"window at {rate:.1f} req/s disturbed ({seen}): re-run")
 
     return search_rate(run, probe.achieved_rate, settings.search_steps, say)
 

@@ -229,4 +229,4 @@ def log_command(
     tracker = Tracker(uri, experiment)
     added = tracker.sync(the_study)
     console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
-                  f"(experiment {experiment}); {len(tracker._children)} in all", highlight=False)
+                  f"(experiment {experiment}); {tracker.logged_trials()} in all", highlight=False)

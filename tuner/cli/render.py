@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Group
 from rich.table import Table
 from rich.tree import Tree
 
 from tuner.bench.interference import describe
-from tuner.machine.placement import Params, Plan
+from tuner.machine.placement import Plan
 from tuner.machine.topology import UNKNOWN, Topology, format_cpulist
+from tuner.results.records import TrialResult
 
 
 def _gib(num_bytes: int | None) -> str:
@@ -97,9 +100,9 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def result_table(result) -> Group:
+def result_table(result: TrialResult) -> Group:
     """A measured TrialResult: the headline numbers, the placement seen, every window."""
-    head = Table(title=f"{result.model['name']}: {Params.from_dict(result.params).label()} "
+    head = Table(title=f"{result.model.name}: {result.params.label()} "
                  f"({result.scenario} scenario)", show_header=False)
     head.add_column("what")
     head.add_column("value")
@@ -113,32 +116,28 @@ def result_table(result) -> Group:
     head.add_row("latency P50/P90/P99/P99.9",
                  f"{result.p50_ms:.2f} / {result.p90_ms:.2f} / {result.p99_ms:.2f} / {result.p999_ms:.2f} ms"
                  + _interval(result.p99_ci_ms, result.confidence, "ms", "P99 "))
-    if result.interference:
-        head.add_row("interference", describe(result.interference))
+    head.add_row("interference", describe(result.interference.to_dict()))
     head.add_row("capacity (closed loop)", f"{result.capacity:.1f} req/s")
     head.add_row("unloaded P50/P99", f"{result.unloaded_p50_ms:.2f} / {result.unloaded_p99_ms:.2f} ms")
     head.add_row("CPU use", f"workers {result.cpu_util:.2f} cores "
                  f"({', '.join(f'{c:.2f}' for c in result.worker_cpu)}); harness {result.harness_cpu:.3f}")
     for seen in result.placement:
-        head.add_row(f"worker {seen['index']} seen", f"pid {seen['pid']}, {seen['threads']} threads on cpus "
-                     f"{' | '.join(seen['thread_cpus'])}, memory {seen['memory_policy']}")
+        head.add_row(f"worker {seen.index} seen", f"pid {seen.pid}, {seen.threads} threads on cpus "
+                     f"{' | '.join(seen.thread_cpus)}, memory {seen.memory_policy}")
     for note in result.notes:
         head.add_row("note", note)
     windows = Table(title="windows")
     for col in ("scenario", "offered/s", "achieved/s", "requests", "P50 ms", "P99 ms", "verdict"):
         windows.add_column(col, justify="right" if col != "verdict" else "left")
     for w in result.windows:
-        windows.add_row(w["scenario"], f"{w['offered_rate']:.1f}" if w["offered_rate"] else "-",
-                        f"{w['achieved_rate']:.1f}", str(w["requests"]), f"{w['p50_ms']:.2f}",
-                        f"{w['p99_ms']:.2f}", "pass" if w["passed"] else
-                        f"{w.get('verdict', 'fail')}: {w['reason']}")
+        windows.add_row(w.scenario, f"{w.offered_rate:.1f}" if w.offered_rate else "-",
+                        f"{w.achieved_rate:.1f}", str(w.requests), f"{w.p50_ms:.2f}",
+                        f"{w.p99_ms:.2f}", "pass" if w.passed else f"{w.verdict}: {w.reason}")
     return Group(head, windows)
 
 
 def _interval(bounds, confidence: float, unit: str, what: str = "") -> str:
     """ " (P99 95% bounds 3.10-4.20 ms)", or "" when the result has no interval (older results)."""
-    import math
-
     lo, hi = (float(v) for v in bounds)
     if not (math.isfinite(lo) and math.isfinite(confidence)):
         return ""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from tuner.bench import stats
+from tuner.results.trials import result_of
 
 if TYPE_CHECKING:  # the report command reads a study without importing the study runner
     from tuner.app.optimize import OptimizeOutcome, TrialEvent
@@ -33,8 +34,8 @@ def front_rows(outcome: OptimizeOutcome) -> list[tuple[int, str, float, float, f
     """The Pareto front of an optimize outcome as ``pareto_table`` rows."""
     rows = []
     for t in outcome.front:
-        r = t.user_attrs["result"]
-        rows.append((t.number, t.user_attrs.get("label", ""), r["throughput"], r["p50_ms"], r["p99_ms"],
+        r = result_of(t)
+        rows.append((t.number, t.user_attrs.get("label", ""), r.throughput, r.p50_ms, r.p99_ms,
                      t.user_attrs.get("baseline", "")))
     return rows
 
@@ -42,10 +43,10 @@ def front_rows(outcome: OptimizeOutcome) -> list[tuple[int, str, float, float, f
 def trial_line(event: TrialEvent) -> str:
     """'#  3 w2xc1-intra1  baseline one_per_core  412.0 req/s  P99  8.10 ms  feasible  best 412.0 req/s'."""
     info = event.info
-    tag = f" [cyan]baseline {info['baseline']}[/]" if info["baseline"] else ""
-    verdict = "[green]feasible[/]" if info["feasible"] else f"[red]{info['reason']}[/]"
-    p99 = f"{info['p99_ms']:.2f} ms" if math.isfinite(info["p99_ms"]) else "-"
-    return (f"#{info['number']:>3} {info['label'] or '-':<28}{tag} {info['throughput']:8.1f} req/s  P99 {p99:>10}"
+    tag = f" [cyan]baseline {info.baseline}[/]" if info.baseline else ""
+    verdict = "[green]feasible[/]" if info.feasible else f"[red]{info.reason}[/]"
+    p99 = f"{info.p99_ms:.2f} ms" if math.isfinite(info.p99_ms) else "-"
+    return (f"#{info.number:>3} {info.label or '-':<28}{tag} {info.throughput:8.1f} req/s  P99 {p99:>10}"
             f"  {verdict}  best {event.best_throughput:.1f} req/s")
 
 
@@ -56,31 +57,31 @@ def no_feasible_message(outcome: OptimizeOutcome) -> str:
         msg = f"no config met P99 <= {outcome.p99_bound_s * 1000:g} ms"
     lowest = outcome.lowest_p99
     if lowest is not None:
-        r = lowest.user_attrs["result"]
-        msg += (f"; the lowest P99 seen was {r['unloaded_p99_ms']:.2f} ms (unloaded) with "
+        r = result_of(lowest)
+        msg += (f"; the lowest P99 seen was {r.unloaded_p99_ms:.2f} ms (unloaded) with "
                 f"{lowest.user_attrs.get('label')}: relax --p99 or try --space latency")
     return msg
 
 
 def best_line(outcome: OptimizeOutcome) -> str:
     best = outcome.best
-    result = best.user_attrs["result"]
+    result = result_of(best)
     return (f"best: [bold]{best.user_attrs.get('label')}[/] (trial {best.number}) "
-            f"{result['throughput']:.1f} req/s, P99 {result['p99_ms']:.2f} ms")
+            f"{result.throughput:.1f} req/s, P99 {result.p99_ms:.2f} ms")
 
 
 def ratios_table(outcome: OptimizeOutcome) -> Table:
     """The best config's throughput over each baseline's, at the same bound."""
-    best_throughput = outcome.best.user_attrs["result"]["throughput"]
+    best_throughput = result_of(outcome.best).throughput
     ratios = Table(title="best vs baselines at the same bound")
     ratios.add_column("baseline")
     ratios.add_column("throughput req/s")
     ratios.add_column("best / baseline")
     for name, r in sorted(outcome.baselines.items()):
-        if r["feasible"] and r["throughput"] > 0:
-            ratios.add_row(name, f"{r['throughput']:.1f}", f"{best_throughput / r['throughput']:.2f}x")
+        if r.feasible and r.throughput > 0:
+            ratios.add_row(name, f"{r.throughput:.1f}", f"{best_throughput / r.throughput:.2f}x")
         else:
-            ratios.add_row(name, "failed" if r.get("failed") else "infeasible", f"({r['reason']})")
+            ratios.add_row(name, "failed" if r.failed else "infeasible", f"({r.reason})")
     return ratios
 
 

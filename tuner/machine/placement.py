@@ -108,6 +108,9 @@ class Params:
         return cls(**data)
 
 
+PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Params))  # the one list of parameters
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """One worker's placement: its CPUs (empty = not pinned) and memory policy."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import optuna
 
 from tuner.errors import UsageError
+from tuner.results.trials import result_of
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,15 @@ def envelope_points(study: optuna.Study) -> list[EnvelopePoint]:
     scenario = study.user_attrs.get("scenario", "server")
     points = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        result = t.user_attrs.get("result")
-        if not result or "reused_from" in t.user_attrs:
+        result = result_of(t)
+        if result is None or "reused_from" in t.user_attrs:
             continue
-        for w in result["windows"]:
-            if w["scenario"] != scenario or not w["kept_up"] or w["completed"] < w["requests"]:
+        for w in result.windows:
+            if w.scenario != scenario or not w.kept_up or w.completed < w.requests:
                 continue
-            if not math.isfinite(w["p99_ms"]) or w["achieved_rate"] <= 0:
+            if not math.isfinite(w.p99_ms) or w.achieved_rate <= 0:
                 continue
-            points.append(EnvelopePoint(w["p99_ms"], w["p50_ms"], w["achieved_rate"], t.number,
+            points.append(EnvelopePoint(w.p99_ms, w.p50_ms, w.achieved_rate, t.number,
                                         t.user_attrs.get("label", str(t.number))))
     return points
 
@@ -61,6 +62,8 @@ class Choice:
 
 
 def best_for_bound(study: optuna.Study, bound_ms: float) -> Choice:
+    """The best counted window with P99 <= ``bound_ms``; its note says when the figure is only a
+    lower bound (the bound lies above the study's, or above everything measured)."""
     points = envelope_points(study)
     if not points:
         raise UsageError(f"study {study.study_name!r} has no measured window to choose from; run "

@@ -16,6 +16,7 @@ import shlex
 import yaml
 
 from tuner.errors import UsageError
+from tuner.machine.placement import Params, Plan, WorkerSpec
 from tuner.machine.topology import format_cpulist
 
 FORMATS = ("json", "yaml", "numactl", "env", "systemd", "docker", "k8s")
@@ -45,39 +46,49 @@ def _summary(document: dict) -> str:
             f"sha256 {document['model']['sha256'][:12]}; topology {document.get('topology_fingerprint', '')[:12]}")
 
 
+def placement(document: dict) -> tuple[Params, Plan]:
+    """The document's measured config and plan, typed (a malformed one is a UsageError)."""
+    try:
+        return Params.from_dict(document["params"]), Plan.from_dict(document["plan"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"the config's params or plan is malformed ({type(exc).__name__}: {exc}); export it "
+                         "again with 'placetune export --format json'") from None
+
+
 def worker_env(document: dict, index: int, config_path: str) -> dict[str, str]:
-    params = document["params"]
+    """The variables worker ``index`` is started with."""
+    params, the_plan = placement(document)
     env = {
         "PLACETUNE_WORKER_INDEX": str(index),
-        "PLACETUNE_WORKERS": str(len(document["plan"]["workers"])),
+        "PLACETUNE_WORKERS": str(len(the_plan.workers)),
         "PLACETUNE_CONFIG": config_path,
-        "PLACETUNE_INTER_OP_THREADS": str(params["inter_op_threads"]),
+        "PLACETUNE_INTER_OP_THREADS": str(params.inter_op_threads),
     }
-    if params["intra_op_threads"]:
-        env["PLACETUNE_INTRA_OP_THREADS"] = str(params["intra_op_threads"])
-        env["OMP_NUM_THREADS"] = str(params["intra_op_threads"])
+    if params.intra_op_threads:
+        env["PLACETUNE_INTRA_OP_THREADS"] = str(params.intra_op_threads)
+        env["OMP_NUM_THREADS"] = str(params.intra_op_threads)
     return env
 
 
-def numactl_args(worker: dict, pinned: bool) -> list[str]:
+def numactl_args(worker: WorkerSpec, pinned: bool) -> list[str]:
     """numactl options for one worker: --physcpubind and the memory policy."""
     args = []
-    if pinned and worker["cpus"]:
-        args.append(f"--physcpubind={format_cpulist(worker['cpus'])}")
-    nodes = format_cpulist(worker["mem_nodes"])
-    policy = worker["mem_policy"]
-    if policy == "bind":
+    if pinned and worker.cpus:
+        args.append(f"--physcpubind={format_cpulist(worker.cpus)}")
+    nodes = format_cpulist(worker.mem_nodes)
+    if worker.mem_policy == "bind":
         args.append(f"--membind={nodes}")
-    elif policy == "interleave":
+    elif worker.mem_policy == "interleave":
         args.append(f"--interleave={nodes}")
-    elif policy == "preferred":
-        args.append(f"--preferred={worker['mem_nodes'][0]}")
+    elif worker.mem_policy == "preferred":
+        args.append(f"--preferred={worker.mem_nodes[0]}")
     return args
 
 
 def numactl_script(document: dict, config_path: str) -> str:
-    pinned = document["params"].get("pin", True)
-    workers = document["plan"]["workers"]
+    """A bash script that starts COMMAND once per worker under numactl."""
+    params, the_plan = placement(document)
+    pinned, workers = params.pin, the_plan.workers
     lines = [
         "#!/usr/bin/env bash",
         f"# placetune launch script: {_summary(document)}",
@@ -105,13 +116,13 @@ def numactl_script(document: dict, config_path: str) -> str:
         "trap stop INT TERM",
     ]
     for w in workers:
-        env = worker_env(document, w["index"], "$PLACETUNE_CONFIG")
+        env = worker_env(document, w.index, "$PLACETUNE_CONFIG")
         env_text = " ".join(f"{k}={v if v.startswith('$') else shlex.quote(v)}"
                             for k, v in env.items() if k != "PLACETUNE_CONFIG")
         args = numactl_args(w, pinned)
         launcher = f'"$NUMACTL" {" ".join(args)} -- ' if args else ""
-        lines.append(f"# worker {w['index']}: cpus {format_cpulist(w['cpus']) or 'any'}, memory "
-                     f"{w['mem_policy']} {format_cpulist(w['mem_nodes'])}".rstrip())
+        lines.append(f"# worker {w.index}: cpus {format_cpulist(w.cpus) or 'any'}, memory "
+                     f"{w.mem_policy} {format_cpulist(w.mem_nodes)}".rstrip())
         lines.append(f'env {env_text} {launcher}"$@" &')
         lines.append("pids+=($!)")
     lines += [
@@ -125,17 +136,17 @@ def numactl_script(document: dict, config_path: str) -> str:
 
 def env_file(document: dict, config_path: str) -> str:
     """KEY=VALUE lines: the common settings, then each worker's with a _<index> suffix."""
-    workers = document["plan"]["workers"]
+    params, the_plan = placement(document)
     common = worker_env(document, 0, config_path)
     common.pop("PLACETUNE_WORKER_INDEX")
     lines = [f"# {_summary(document)}"]
     lines += [f"{k}={shlex.quote(v)}" for k, v in common.items()]
-    for w in workers:
-        i = w["index"]
-        lines.append(f"PLACETUNE_CPUS_{i}={shlex.quote(format_cpulist(w['cpus']))}")
-        lines.append(f"PLACETUNE_MEM_POLICY_{i}={w['mem_policy']}")
-        lines.append(f"PLACETUNE_MEM_NODES_{i}={shlex.quote(format_cpulist(w['mem_nodes']))}")
-        numactl = " ".join(numactl_args(w, document["params"].get("pin", True)))
+    for w in the_plan.workers:
+        i = w.index
+        lines.append(f"PLACETUNE_CPUS_{i}={shlex.quote(format_cpulist(w.cpus))}")
+        lines.append(f"PLACETUNE_MEM_POLICY_{i}={w.mem_policy}")
+        lines.append(f"PLACETUNE_MEM_NODES_{i}={shlex.quote(format_cpulist(w.mem_nodes))}")
+        numactl = " ".join(numactl_args(w, params.pin))
         lines.append(f"PLACETUNE_NUMACTL_{i}={shlex.quote(numactl)}")
     return "\n".join(lines) + "\n"
 
@@ -146,13 +157,13 @@ _SYSTEMD_POLICY = {"bind": "bind", "interleave": "interleave", "preferred": "pre
 def systemd_unit(document: dict, config_path: str) -> str:
     """A template unit ``placetune@.service`` (instance = worker index) and one drop-in per worker
     with its CPUAffinity/NUMAPolicy/NUMAMask, as files separated by ``# === path ===`` lines."""
-    params = document["params"]
-    workers = document["plan"]["workers"]
+    params, the_plan = placement(document)
+    workers = the_plan.workers
     files = []
     template = [
         f"# {_summary(document)}",
         "# Install: copy the files below to /etc/systemd/system/, set ExecStart, then",
-        "#   systemctl daemon-reload && systemctl enable --now " + " ".join(f"placetune@{w['index']}"
+        "#   systemctl daemon-reload && systemctl enable --now " + " ".join(f"placetune@{w.index}"
                                                                            for w in workers),
         "[Unit]",
         "Description=placetune-placed inference worker %i",
@@ -165,21 +176,21 @@ def systemd_unit(document: dict, config_path: str) -> str:
         "Environment=PLACETUNE_WORKER_INDEX=%i",
         f"Environment=PLACETUNE_WORKERS={len(workers)}",
         f"Environment=PLACETUNE_CONFIG={config_path}",
-        f"Environment=PLACETUNE_INTER_OP_THREADS={params['inter_op_threads']}",
+        f"Environment=PLACETUNE_INTER_OP_THREADS={params.inter_op_threads}",
     ]
-    if params["intra_op_threads"]:
-        template += [f"Environment=PLACETUNE_INTRA_OP_THREADS={params['intra_op_threads']}",
-                     f"Environment=OMP_NUM_THREADS={params['intra_op_threads']}"]
+    if params.intra_op_threads:
+        template += [f"Environment=PLACETUNE_INTRA_OP_THREADS={params.intra_op_threads}",
+                     f"Environment=OMP_NUM_THREADS={params.intra_op_threads}"]
     template += ["Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
     files.append(("placetune@.service", "\n".join(template)))
     for w in workers:
-        body = [f"# worker {w['index']}", "[Service]"]
-        if params.get("pin", True) and w["cpus"]:
-            body.append(f"CPUAffinity={' '.join(str(c) for c in w['cpus'])}")
-        if w["mem_policy"] in _SYSTEMD_POLICY:
-            body.append(f"NUMAPolicy={_SYSTEMD_POLICY[w['mem_policy']]}")
-            body.append(f"NUMAMask={' '.join(str(n) for n in w['mem_nodes'])}")
-        files.append((f"placetune@{w['index']}.service.d/placement.conf", "\n".join(body) + "\n"))
+        body = [f"# worker {w.index}", "[Service]"]
+        if params.pin and w.cpus:
+            body.append(f"CPUAffinity={' '.join(str(c) for c in w.cpus)}")
+        if w.mem_policy in _SYSTEMD_POLICY:
+            body.append(f"NUMAPolicy={_SYSTEMD_POLICY[w.mem_policy]}")
+            body.append(f"NUMAMask={' '.join(str(n) for n in w.mem_nodes)}")
+        files.append((f"placetune@{w.index}.service.d/placement.conf", "\n".join(body) + "\n"))
     return "".join(f"# === {path} ===\n{text}" for path, text in files)
 
 
@@ -207,8 +218,9 @@ def docker_config_path(config_path: str) -> str:
 
 
 def docker_script(document: dict, config_path: str) -> str:
-    pinned = document["params"].get("pin", True)
-    workers = document["plan"]["workers"]
+    """``docker run`` lines, one container per worker on its CPUs and memory nodes."""
+    params, the_plan = placement(document)
+    pinned, workers = params.pin, the_plan.workers
     config_path = docker_config_path(config_path)
     lines = [
         "#!/usr/bin/env bash",
@@ -223,26 +235,27 @@ def docker_script(document: dict, config_path: str) -> str:
         "read -r -a opts <<< \"${DOCKER_OPTS:-}\"",
     ]
     for w in workers:
-        env = worker_env(document, w["index"], config_path)
-        flags = [f"--name placetune-worker-{w['index']}"]
-        if pinned and w["cpus"]:
-            flags.append(f"--cpuset-cpus={format_cpulist(w['cpus'])}")
-        if w["mem_policy"] != "none" and w["mem_nodes"]:
-            flags.append(f"--cpuset-mems={format_cpulist(w['mem_nodes'])}")
+        env = worker_env(document, w.index, config_path)
+        flags = [f"--name placetune-worker-{w.index}"]
+        if pinned and w.cpus:
+            flags.append(f"--cpuset-cpus={format_cpulist(w.cpus)}")
+        if w.mem_policy != "none" and w.mem_nodes:
+            flags.append(f"--cpuset-mems={format_cpulist(w.mem_nodes)}")
         flags += [f"-e {k}={shlex.quote(v)}" for k, v in env.items()]
         lines.append(f'docker run -d {" ".join(flags)} "${{opts[@]}}" "$IMAGE" "$@"')
     return "\n".join(lines) + "\n"
 
 
 def k8s_fragment(document: dict, config_path: str) -> str:
-    params = document["params"]
-    workers = document["plan"]["workers"]
+    """A pod spec fragment: one Guaranteed-QoS container per worker, and what Kubernetes cannot express."""
+    params, the_plan = placement(document)
+    workers = the_plan.workers
     containers = []
     for w in workers:
-        cpus = len(w["cpus"]) if w["cpus"] else max(1, params.get("cores_per_worker", 1))
-        env = [{"name": k, "value": v} for k, v in worker_env(document, w["index"], config_path).items()]
+        cpus = len(w.cpus) if w.cpus else max(1, params.cores_per_worker)
+        env = [{"name": k, "value": v} for k, v in worker_env(document, w.index, config_path).items()]
         containers.append({
-            "name": f"worker-{w['index']}",
+            "name": f"worker-{w.index}",
             "image": "your-serving-image",
             "env": env,
             "resources": {"requests": {"cpu": str(cpus), "memory": "2Gi"},
@@ -258,8 +271,8 @@ def k8s_fragment(document: dict, config_path: str) -> str:
         "# (use the topology manager, --topology-manager-policy=single-numa-node, to keep each",
         "# container's CPUs and memory on one NUMA node; interleave cannot be expressed).",
         "# Measured placement: " + "; ".join(
-            f"worker {w['index']} cpus {format_cpulist(w['cpus']) or 'any'} mem {w['mem_policy']} "
-            f"{format_cpulist(w['mem_nodes'])}".rstrip() for w in workers),
+            f"worker {w.index} cpus {format_cpulist(w.cpus) or 'any'} mem {w.mem_policy} "
+            f"{format_cpulist(w.mem_nodes)}".rstrip() for w in workers),
     ]
     body = yaml.safe_dump({"spec": {"containers": containers}}, sort_keys=False)
     return "\n".join(header) + "\n" + body

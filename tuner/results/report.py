@@ -12,28 +12,55 @@ import warnings
 import optuna
 import pandas as pd
 
-from tuner.machine.placement import Params
+from tuner.machine.placement import PARAM_NAMES, Params
 from tuner.results.envelope import envelope, envelope_points
+from tuner.results.records import TrialResult
 from tuner.results.trials import (
     baseline_results,
     best_config_document,
     best_trial,
     measured_trials,
     pareto_front,
+    result_of,
     shown_trials,
 )
 
-PARAM_KEYS = tuple(Params().to_dict())
 
-
-def trial_params(t: optuna.trial.FrozenTrial) -> dict:
-    """Every Params field for a trial: measured params, else the sampled ones over the defaults."""
-    result = t.user_attrs.get("result")
-    if result:
-        return dict(result["params"])
+def trial_params(t: optuna.trial.FrozenTrial) -> Params:
+    """A trial's config: the measured one, else the one it was given, else its sampled values over
+    the defaults (a trial of an older study that stopped before it stored its config)."""
+    result = result_of(t)
+    if result is not None:
+        return result.params
     if "params" in t.user_attrs:
-        return dict(t.user_attrs["params"])
-    return {**Params().to_dict(), **t.params}
+        return Params.from_dict(t.user_attrs["params"])
+    return Params.from_dict({**Params().to_dict(), **{k: v for k, v in t.params.items() if k in PARAM_NAMES}})
+
+
+def _reason(t: optuna.trial.FrozenTrial, result: TrialResult | None) -> str:
+    if t.state == optuna.trial.TrialState.PRUNED:
+        return f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}"
+    if t.state == optuna.trial.TrialState.FAIL:
+        return t.user_attrs.get("fail_reason", "failed")
+    return result.reason if result is not None else ""
+
+
+def _measured_columns(r: TrialResult | None) -> dict:
+    """The result's columns of a trial's row (None where the trial has no result)."""
+    if r is None:
+        return {"feasible": False, "throughput": 0.0, "verdict": "", "throughput_ci": None,
+                **dict.fromkeys(("p50_ms", "p90_ms", "p99_ms", "p999_ms", "capacity", "unloaded_p99_ms", "cpu_util",
+                                 "steal_pct", "foreign_cpu", "disturbed_windows", "duration_s"))}
+    return {"feasible": r.feasible, "throughput": r.throughput, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms,
+            "p99_ms": r.p99_ms, "p999_ms": r.p999_ms, "capacity": r.capacity, "unloaded_p99_ms": r.unloaded_p99_ms,
+            "cpu_util": r.cpu_util, "verdict": r.verdict, "throughput_ci": list(r.throughput_ci),
+            "steal_pct": r.interference.steal_pct, "foreign_cpu": r.interference.foreign_cpu,
+            "disturbed_windows": r.interference.disturbed_windows, "duration_s": r.duration_s}
+
+
+_COLUMNS = ("trial", "state", "label", "baseline", "host", "fingerprint", "feasible", "pareto", "throughput",
+            "p50_ms", "p90_ms", "p99_ms", "p999_ms", "capacity", "unloaded_p99_ms", "cpu_util", "reused_from",
+            "reason", "verdict", "throughput_ci", "steal_pct", "foreign_cpu", "disturbed_windows")
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -41,28 +68,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     front = {t.number for t in pareto_front(study)}
     rows = []
     for t in shown_trials(study):
-        r = t.user_attrs.get("result") or {}
-        reason = r.get("reason", "")
-        if t.state == optuna.trial.TrialState.PRUNED:
-            reason = f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}"
-        elif t.state == optuna.trial.TrialState.FAIL:
-            reason = t.user_attrs.get("fail_reason", "failed")
-        rows.append({
-            "trial": t.number, "state": t.state.name, "label": t.user_attrs.get("label", ""),
-            "baseline": t.user_attrs.get("baseline", ""), "host": t.user_attrs.get("host", ""),
-            "fingerprint": t.user_attrs.get("topology_fingerprint", ""),
-            "feasible": bool(r.get("feasible", False)), "pareto": t.number in front,
-            "throughput": r.get("throughput", 0.0), "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"),
-            "p99_ms": r.get("p99_ms"), "p999_ms": r.get("p999_ms"), "capacity": r.get("capacity"),
-            "unloaded_p99_ms": r.get("unloaded_p99_ms"), "cpu_util": r.get("cpu_util"),
-            "reused_from": t.user_attrs.get("reused_from", ""), "reason": reason,
-            "verdict": r.get("verdict", ""), "throughput_ci": r.get("throughput_ci"),
-            "steal_pct": (r.get("interference") or {}).get("steal_pct"),
-            "foreign_cpu": (r.get("interference") or {}).get("foreign_cpu"),
-            "disturbed_windows": (r.get("interference") or {}).get("disturbed_windows"),
-            **{f"param_{k}": v for k, v in trial_params(t).items()},
-            "started": t.datetime_start, "duration_s": r.get("duration_s"),
-        })
+        r = result_of(t)
+        row = {"trial": t.number, "state": t.state.name, "label": t.user_attrs.get("label", ""),
+               "baseline": t.user_attrs.get("baseline", ""), "host": t.user_attrs.get("host", ""),
+               "fingerprint": t.user_attrs.get("topology_fingerprint", ""), "pareto": t.number in front,
+               "reused_from": t.user_attrs.get("reused_from", ""), "reason": _reason(t, r), **_measured_columns(r)}
+        params = trial_params(t).to_dict()
+        rows.append({**{k: row[k] for k in _COLUMNS}, **{f"param_{k}": params[k] for k in PARAM_NAMES},
+                     "started": t.datetime_start, "duration_s": row["duration_s"]})
     return pd.DataFrame(rows)
 
 
@@ -195,19 +208,20 @@ def summary(study: optuna.Study) -> dict:
     out = {"study": study.study_name, "model": model.get("name"), "model_sha256": model.get("sha256"),
            "p99_bound_ms": _bound(study), "scenario": study.user_attrs.get("scenario"),
            "trials": len(shown_trials(study)), "best": None, "baselines": {}}
-    if best is not None:
-        r = best.user_attrs["result"]
-        out["best"] = {"trial": best.number, "label": best.user_attrs.get("label"), "throughput": r["throughput"],
-                       "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
-    for name, r in sorted(baseline_results(study).items()):
-        ratio = (out["best"]["throughput"] / r["throughput"]
-                 if out["best"] and r["feasible"] and r["throughput"] > 0 else None)
-        out["baselines"][name] = {"throughput": r["throughput"] if r["feasible"] else None,
-                                  "feasible": r["feasible"], "reason": r["reason"], "best_ratio": ratio}
+    r = result_of(best) if best is not None else None
+    if best is not None and r is not None:
+        out["best"] = {"trial": best.number, "label": best.user_attrs.get("label"), "throughput": r.throughput,
+                       "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}
+    for name, row in sorted(baseline_results(study).items()):
+        ratio = (out["best"]["throughput"] / row.throughput
+                 if out["best"] and row.feasible and row.throughput > 0 else None)
+        out["baselines"][name] = {"throughput": row.throughput if row.feasible else None,
+                                  "feasible": row.feasible, "reason": row.reason, "best_ratio": ratio}
     return out
 
 
 def summary_text(study: optuna.Study) -> str:
+    """``summary`` as a few sentences (the report's head, summary.md)."""
     s = summary(study)
     bound = f"P99 <= {s['p99_bound_ms']:g} ms" if s["p99_bound_ms"] else "no P99 bound"
     lines = [f"placetune study {s['study']}: model {s['model']} (sha256 {str(s['model_sha256'])[:12]}), {bound}, "
@@ -261,5 +275,6 @@ def html_report(study: optuna.Study) -> str:
 
 
 def best_config_or_none(study: optuna.Study) -> dict | None:
+    """The best config's document, or None when no trial is feasible yet."""
     best = best_trial(study)
     return best_config_document(study, best) if best is not None else None

@@ -9,27 +9,31 @@ for the rest of the run, and ``placetune log`` fills MLflow afterwards from the 
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 
 from tuner.errors import PlacetuneError, UsageError
+from tuner.machine.placement import PARAM_NAMES
+from tuner.results.run_content import METRIC_KEYS, trial_metrics, trial_tags, write_artifacts
+from tuner.results.trials import result_of
+
+__all__ = ["EXPERIMENT", "METRIC_KEYS", "Tracker", "default_uri"]
 
 EXPERIMENT = "placetune"
 TAG_STUDY = "placetune.study_uuid"
 TAG_TRIAL = "placetune.trial"
-PARAM_KEYS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads", "execution_mode",
-              "numa_policy", "spinning", "io_cores", "pin", "graph_optimization")
-METRIC_KEYS = ("throughput", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_util")
 _STATUS = {optuna.trial.TrialState.COMPLETE: "FINISHED", optuna.trial.TrialState.PRUNED: "KILLED",
            optuna.trial.TrialState.FAIL: "FAILED"}
+# fail fast instead of MLflow's minutes of retries against a dead server; no run URL on stdout
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+QUIET_SETTINGS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def default_uri(storage_url: str) -> str:
@@ -56,27 +60,43 @@ def _ms(dt) -> int | None:
     return int(dt.timestamp() * 1000) if dt is not None else None
 
 
+@contextlib.contextmanager
+def mlflow_settings(settings: dict[str, str]) -> Iterator[None]:
+    """MLflow's client reads its HTTP retry, timeout and printing settings only from the process
+    environment (no client argument takes them): they are set for the duration of one call into
+    MLflow, where the user did not set them, and the environment is restored afterwards."""
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update({k: v for k, v in settings.items() if saved[k] is None})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
 class Tracker:
     """Logs one study to MLflow. Every public method is safe to call when tracking failed: it
-    does nothing after the first failure (which is reported once through ``warn``)."""
+    does nothing after the first failure (which is reported once through ``warn``). Creating one
+    touches neither MLflow nor the process environment."""
 
     def __init__(self, uri: str, experiment: str = EXPERIMENT, warn: Callable[[str], None] | None = None,
                  retry_hint: str = ""):
-        if uri.startswith(("http://", "https://")):
-            # fail fast instead of MLflow's minutes of retries against a dead server
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.experiment_name = experiment
         self.warn = warn or (lambda msg: None)
         self.retry_hint = retry_hint
         self.enabled = True
+        self.settings = {**QUIET_SETTINGS, **(HTTP_SETTINGS if uri.startswith(("http://", "https://")) else {})}
         self._client = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
         self._children: dict[int, str] = {}  # trial number -> run id
         self._logged_states: dict[int, str] = {}
+
+    def logged_trials(self) -> int:
+        """How many of the study's trials have a run in MLflow (after ``start`` or ``sync``)."""
+        return len(self._children)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
@@ -89,7 +109,8 @@ class Tracker:
         if not self.enabled:
             return None
         try:
-            return fn(*args, **kwargs)
+            with mlflow_settings(self.settings):
+                return fn(*args, **kwargs)
         except Exception as exc:
             self._fail(exc)
             return None
@@ -174,76 +195,67 @@ class Tracker:
         self._safe(self._log_trial, study, trial)
 
     def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        from tuner.results.report import trial_params
+        from mlflow.entities import RunTag
 
         status = _STATUS.get(trial.state)
         if status is None or self._parent is None or "repeat_of" in trial.user_attrs:
             return  # a repeat (a fleet race) measured nothing: it is not a run
         if trial.number not in self._children:  # another host of a fleet may have logged it already
-            found = self.client.search_runs(
-                [self._experiment()], max_results=1,
-                filter_string=f"tags.`{TAG_STUDY}` = '{study.user_attrs['study_uuid']}' and "
-                              f"tags.`{TAG_TRIAL}` = '{trial.number}'")
-            if found:
-                self._children[trial.number] = found[0].info.run_id
-                self._logged_states[trial.number] = found[0].info.status
+            self._find_child(study, trial.number)
         if trial.number in self._children and self._logged_states.get(trial.number) == status:
             return
-        result = trial.user_attrs.get("result") or {}
-        label = trial.user_attrs.get("label") or f"trial-{trial.number}"
-        model = study.user_attrs.get("model", {})
+        result = result_of(trial)
         now = int(time.time() * 1000)
         if trial.number in self._children:  # logged in another state earlier (a re-run): refresh it
             run_id = self._children[trial.number]
         else:
-            tags = {"mlflow.parentRunId": self._parent, TAG_STUDY: study.user_attrs["study_uuid"],
-                    TAG_TRIAL: str(trial.number), "placetune.kind": "trial"}
-            run = self.client.create_run(self._experiment(), start_time=_ms(trial.datetime_start) or now,
-                                         tags=tags, run_name=label)
-            run_id = run.info.run_id
-            params = trial_params(trial)
-            bound = study.user_attrs.get("p99_bound_ms")
-            self.client.log_batch(run_id, params=[
-                *(Param(k, str(params.get(k))) for k in PARAM_KEYS),
-                Param("scenario", str(study.user_attrs.get("scenario"))), Param("p99_bound_ms", str(bound)),
-                Param("model_name", str(model.get("name"))), Param("model_sha256", str(model.get("sha256"))),
-                Param("trial", str(trial.number)),
-            ])
-        metrics = [Metric("feasible", 1.0 if result.get("feasible") else 0.0, now, 0)]
-        for key in METRIC_KEYS:
-            value = result.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                metrics.append(Metric(key, float(value), now, 0))
-        for step, w in enumerate(result.get("windows", [])):
-            for key, name in (("offered_rate", "window_offered"), ("achieved_rate", "window_achieved"),
-                              ("p50_ms", "window_p50_ms"), ("p99_ms", "window_p99_ms")):
-                if math.isfinite(w.get(key, math.nan)):
-                    metrics.append(Metric(name, float(w[key]), now, step))
-        metrics += _confidence_metrics(result, now)
-        tags = [RunTag("state", trial.state.name)]
-        if result.get("verdict"):
-            tags.append(RunTag("verdict", str(result["verdict"])))
-        if "baseline" in trial.user_attrs:
-            tags.append(RunTag("baseline", trial.user_attrs["baseline"]))
-        reason = result.get("reason") or trial.user_attrs.get("plan_infeasible") or trial.user_attrs.get(
-            "fail_reason", "")
-        if reason:
-            tags.append(RunTag("reason", str(reason)[:5000]))
-        if "host" in trial.user_attrs:
-            tags.append(RunTag("host", trial.user_attrs["host"]))
+            run_id = self._create_child(study, trial, now)
+        metrics = trial_metrics(result, now)
+        tags = [RunTag(k, v) for k, v in trial_tags(trial, result).items()]
         for i in range(0, len(metrics), 900):
             self.client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags if i == 0 else [])
         self.client.set_terminated(run_id, status=status, end_time=_ms(trial.datetime_complete) or now)
         self._children[trial.number] = run_id
         self._logged_states[trial.number] = status
 
+    def _find_child(self, study: optuna.Study, number: int) -> None:
+        """Learn the run of trial ``number`` if MLflow already holds one."""
+        found = self.client.search_runs(
+            [self._experiment()], max_results=1,
+            filter_string=f"tags.`{TAG_STUDY}` = '{study.user_attrs['study_uuid']}' and "
+                          f"tags.`{TAG_TRIAL}` = '{number}'")
+        if found:
+            self._children[number] = found[0].info.run_id
+            self._logged_states[number] = found[0].info.status
+
+    def _create_child(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, now: int) -> str:
+        """A new child run for ``trial`` with its config as params; returns its run id."""
+        from mlflow.entities import Param
+
+        from tuner.results.report import trial_params
+
+        tags = {"mlflow.parentRunId": self._parent, TAG_STUDY: study.user_attrs["study_uuid"],
+                TAG_TRIAL: str(trial.number), "placetune.kind": "trial"}
+        run = self.client.create_run(self._experiment(), start_time=_ms(trial.datetime_start) or now, tags=tags,
+                                     run_name=trial.user_attrs.get("label") or f"trial-{trial.number}")
+        params = trial_params(trial)
+        model = study.user_attrs.get("model", {})
+        self.client.log_batch(run.info.run_id, params=[
+            *(Param(k, str(getattr(params, k))) for k in PARAM_NAMES),
+            Param("scenario", str(study.user_attrs.get("scenario"))),
+            Param("p99_bound_ms", str(study.user_attrs.get("p99_bound_ms"))),
+            Param("model_name", str(model.get("name"))), Param("model_sha256", str(model.get("sha256"))),
+            Param("trial", str(trial.number)),
+        ])
+        return run.info.run_id
+
     def finish(self, study: optuna.Study, status: str = "FINISHED") -> None:
         """Pareto tags on every child, summary metrics, artifacts and description on the parent."""
         self._safe(self._finish, study, status)
 
     def _finish(self, study: optuna.Study, status: str) -> None:
+        from mlflow.entities import Metric
+
         from tuner.results import report
         from tuner.results.trials import pareto_front
 
@@ -255,8 +267,6 @@ class Tracker:
             self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
         s = report.summary(study)
         now = int(time.time() * 1000)
-        from mlflow.entities import Metric
-
         metrics = [Metric("trials", float(s["trials"]), now, 0)]
         if s["best"]:
             metrics += [Metric("best_throughput", s["best"]["throughput"], now, 0),
@@ -266,22 +276,8 @@ class Tracker:
                     metrics.append(Metric(f"ratio_vs_{name.replace('+', '_')}", b["best_ratio"], now, 0))
         self.client.log_batch(self._parent, metrics=metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp)
-            report.trials_frame(study).to_csv(out / "trials.csv", index=False)
-            (out / "summary.md").write_text(report.summary_text(study) + "\n")
-            (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
-            (out / "topology.json").write_text(json.dumps(study.user_attrs.get("topology", {}), indent=1) + "\n")
-            if front:
-                (out / "pareto.png").write_bytes(report.pareto_png(study))
-                (out / "envelope.png").write_bytes(report.envelope_png(study))
-                (out / "pareto.html").write_text(report.pareto_html(study))
-            document = report.best_config_or_none(study)
-            if document is not None:
-                import yaml
-
-                (out / "best_config.json").write_text(json.dumps(document, indent=1) + "\n")
-                (out / "best_config.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-            self.client.log_artifacts(self._parent, str(out))
+            write_artifacts(study, Path(tmp), s, with_plots=bool(front))
+            self.client.log_artifacts(self._parent, tmp)
         self._describe(study, s["best"])
         self.client.set_terminated(self._parent, status=status)
 
@@ -290,12 +286,13 @@ class Tracker:
         child runs were added. Raises when MLflow cannot be reached."""
         self.warn, warn = (lambda msg: None), self.warn
         try:
-            self._start(study)
-            before = len(self._children)
-            for trial in study.get_trials(deepcopy=False):
-                self._log_trial(study, trial)
-            added = len(self._children) - before
-            self._finish(study, "FINISHED")
+            with mlflow_settings(self.settings):
+                self._start(study)
+                before = len(self._children)
+                for trial in study.get_trials(deepcopy=False):
+                    self._log_trial(study, trial)
+                added = len(self._children) - before
+                self._finish(study, "FINISHED")
             return added
         except UsageError:
             raise
@@ -304,18 +301,3 @@ class Tracker:
                                  "that the server is up, then run this again") from None
         finally:
             self.warn = warn
-
-
-def _confidence_metrics(result: dict, now: int) -> list:
-    """The result's intervals and interference figures (issue 14), where it has them."""
-    from mlflow.entities import Metric
-
-    values = {}
-    for key in ("throughput_ci", "p99_ci_ms"):
-        bounds = result.get(key) or []
-        if len(bounds) == 2:
-            values[f"{key}_lo"], values[f"{key}_hi"] = bounds
-    for key, value in (result.get("interference") or {}).items():
-        values[f"interference_{key}"] = value
-    return [Metric(k, float(v), now, 0) for k, v in values.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import optuna
+
+from tuner.machine.placement import Params
+from tuner.results.records import TrialResult
+
+
+def result_of(t: optuna.trial.FrozenTrial) -> TrialResult | None:
+    """The trial's measured result (any stored format), or None when it has none."""
+    stored = t.user_attrs.get("result")
+    return TrialResult.from_dict(stored) if stored is not None else None
 
 
 def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -20,31 +30,54 @@ def shown_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if "repeat_of" not in t.user_attrs and "reused_from" not in t.user_attrs]
 
 
-def summarize_trial(t: optuna.trial.FrozenTrial) -> dict:
+@dataclass(frozen=True)
+class TrialSummary:
     """The one-line view of a trial: label, throughput, P99, feasible or why not."""
-    result = t.user_attrs.get("result")
-    info = {"number": t.number, "label": t.user_attrs.get("label", ""), "baseline": t.user_attrs.get("baseline"),
+
+    number: int
+    label: str
+    baseline: str | None
+    state: str  # optuna.trial.TrialState's name
+    feasible: bool
+    reason: str
+    throughput: float  # req/s, 0 when not measured
+    p99_ms: float  # inf when not measured
+    params: Params | None = None  # the measured config; None when not measured
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "params": self.params.to_dict() if self.params is not None else None}
+
+
+def summarize_trial(t: optuna.trial.FrozenTrial) -> TrialSummary:
+    """The one-line view of a trial (a pruned or failed one says why it was not measured)."""
+    head = {"number": t.number, "label": t.user_attrs.get("label", ""), "baseline": t.user_attrs.get("baseline"),
             "state": t.state.name}
+    result = result_of(t)
+    screen = t.user_attrs.get("screen_result")
+    if t.state == optuna.trial.TrialState.PRUNED and screen is not None:  # tuner.search.screening: a short look
+        screened = TrialResult.from_dict(screen)
+        why = f"{screened.throughput:.1f} req/s" if screened.feasible else screened.reason
+        return TrialSummary(**head, feasible=False, throughput=0.0, p99_ms=math.inf,
+                            reason=f"screened (short windows): {why}; not promoted yet")
     if t.state == optuna.trial.TrialState.PRUNED:
-        info.update(feasible=False, reason=f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}",
-                    throughput=0.0, p99_ms=math.inf)
-    elif result is not None:
-        info.update(feasible=result["feasible"], reason=result["reason"], throughput=result["throughput"],
-                    p99_ms=result["p99_ms"], params=result["params"])
-    else:
-        reason = t.user_attrs.get("fail_reason", t.state.name.lower())
-        info.update(feasible=False, reason=f"trial failed: {reason}" if t.state.name == "FAIL" else reason,
-                    throughput=0.0, p99_ms=math.inf)
-    return info
+        return TrialSummary(**head, feasible=False, throughput=0.0, p99_ms=math.inf,
+                            reason=f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}")
+    if result is not None:
+        return TrialSummary(**head, feasible=result.feasible, reason=result.reason, throughput=result.throughput,
+                            p99_ms=result.p99_ms, params=result.params)
+    reason = t.user_attrs.get("fail_reason", t.state.name.lower())
+    return TrialSummary(**head, feasible=False, throughput=0.0, p99_ms=math.inf,
+                        reason=f"trial failed: {reason}" if t.state.name == "FAIL" else reason)
 
 
 def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials whose result is feasible and whose constraints all hold."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        result = t.user_attrs.get("result")
+        result = result_of(t)
         constraints = t.constraints or {}
         values = constraints.values() if isinstance(constraints, dict) else constraints
-        if result and result["feasible"] and all(c <= 0 for c in values):
+        if result is not None and result.feasible and all(c <= 0 for c in values):
             out.append(t)
     return out
 
@@ -68,41 +101,67 @@ def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The feasible trial with the highest throughput (ties: lower P99, then the earlier trial)."""
     trials = feasible_trials(study)
     return max(trials, key=lambda t: (t.values[0], -t.values[1], -t.number)) if trials else None
 
 
-def baseline_results(study: optuna.Study) -> dict[str, dict]:
-    """Each baseline's result; a baseline that only failed gets an infeasible row with the reason."""
-    out = {}
+@dataclass(frozen=True)
+class BaselineRow:
+    """A baseline's outcome: its measured result, or (``result`` None) why its trial failed."""
+
+    result: TrialResult | None
+    fail_reason: str = ""  # "trial failed: ..." when there is no result
+
+    @property
+    def failed(self) -> bool:
+        return self.result is None
+
+    @property
+    def feasible(self) -> bool:
+        return self.result is not None and self.result.feasible
+
+    @property
+    def throughput(self) -> float:
+        return self.result.throughput if self.result is not None else 0.0
+
+    @property
+    def reason(self) -> str:
+        return self.result.reason if self.result is not None else self.fail_reason
+
+
+def baseline_results(study: optuna.Study) -> dict[str, BaselineRow]:
+    """Each baseline's row; a baseline that only failed gets an infeasible row with the reason."""
+    out: dict[str, BaselineRow] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "baseline" in t.user_attrs and "result" in t.user_attrs:
-            out[t.user_attrs["baseline"]] = t.user_attrs["result"]
+        result = result_of(t)
+        if "baseline" in t.user_attrs and result is not None:
+            out[t.user_attrs["baseline"]] = BaselineRow(result)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         name = t.user_attrs.get("baseline")
-        if name and name not in out or (name in out and out[name].get("failed")):
-            out[name] = {"feasible": False, "failed": True, "throughput": 0.0,
-                         "reason": f"trial failed: {t.user_attrs.get('fail_reason', 'unknown reason')}"}
+        if name and (name not in out or out[name].failed):
+            out[name] = BaselineRow(None, f"trial failed: {t.user_attrs.get('fail_reason', 'unknown reason')}")
     return out
 
 
 def best_config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
-    """The file ``measure --config`` and the exporters read."""
-    result = trial.user_attrs["result"]
+    """The file ``measure --config`` and the exporters read (``placetune-config/1``)."""
+    result = result_of(trial)
+    if result is None:
+        raise ValueError(f"trial {trial.number} has no result")
     return {
         "format": "placetune-config/1",
         "study": study.study_name,
         "trial": trial.number,
         "label": trial.user_attrs.get("label"),
-        "params": result["params"],
-        "plan": result["plan"],
-        "scenario": result["scenario"],
-        "p99_bound_ms": result["p99_bound_ms"],
-        "throughput": result["throughput"],
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-        "model": {k: result["model"][k] for k in ("name", "path", "sha256")},
+        "params": result.params.to_dict(),
+        "plan": result.plan.to_dict(),
+        "scenario": result.scenario,
+        "p99_bound_ms": result.p99_bound_ms,
+        "throughput": result.throughput,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "model": {"name": result.model.name, "path": result.model.path, "sha256": result.model.sha256},
         "topology_fingerprint": study.user_attrs.get("topology_fingerprint"),
-        "machine": result["machine"],
+        "machine": result.machine.to_dict(),
     }
-

@@ -119,18 +119,17 @@ def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float]
 
 def study_entrants(study, k: int) -> list[Entrant]:
     """The best ``k`` distinct feasible configs of a study, then every feasible baseline."""
-    from tuner.results.trials import baseline_results, feasible_trials
+    from tuner.results.trials import baseline_results, feasible_trials, result_of
 
     entrants: dict[str, Entrant] = {}
     for t in sorted(feasible_trials(study), key=lambda t: -t.values[0]):
         label = t.user_attrs.get("label") or f"trial {t.number}"
         if "baseline" not in t.user_attrs and label not in entrants and len(entrants) < k:
-            entrants[label] = Entrant(label, Params.from_dict(t.user_attrs["result"]["params"]))
-    for name, r in sorted(baseline_results(study).items()):
-        params = Params.from_dict(r["params"])
-        label = params.label()
-        if r.get("feasible") and label not in entrants:
-            entrants[label] = Entrant(label, params, baseline=name)
+            entrants[label] = Entrant(label, result_of(t).params)
+    for name, row in sorted(baseline_results(study).items()):
+        if row.feasible:  # a failed baseline has no result to race
+            params = row.result.params
+            entrants.setdefault(params.label(), Entrant(params.label(), params, baseline=name))
     return list(entrants.values())
 
 
