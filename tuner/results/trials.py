@@ -58,7 +58,7 @@ def summarize_trial(t: optuna.trial.FrozenTrial) -> TrialSummary:
         screened = TrialResult.from_dict(screen)
         why = f"{screened.throughput:.1f} req/s" if screened.feasible else screened.reason
         return TrialSummary(**head, feasible=False, throughput=0.0, p99_ms=math.inf,
-                            reason=f"screened (short windows): {why}; not promoted yet")
+                            reason=f"screened (short windows): {why}")
     if t.state == optuna.trial.TrialState.PRUNED:
         return TrialSummary(**head, feasible=False, throughput=0.0, p99_ms=math.inf,
                             reason=f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}")
