@@ -3,9 +3,11 @@ optimize service on a 2-core machine fixture with an oracle standing in for the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,12 +15,20 @@ import pytest
 from tests.conftest import fixture_dirs, fixture_topology
 from tuner.app.fleet import NOT_STARTED, fleet_status
 from tuner.app.optimize import OptimizeListener, OptimizeRequest, run_optimize
-from tuner.results.trials import measured_trials
+from tuner.results.records import TrialResult
+from tuner.results.trials import measured_trials, result_of
 from tuner.search.space import load_space
 from tuner.search.study import CONSTRAINT, StudyConfig
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0)
 NOW_S = NOW.timestamp()
+RESULTS = Path(__file__).resolve().parent / "data" / "results"
+
+
+def _stored_result(throughput: float, p99_ms: float) -> dict:
+    """A real stored result (tests/data/results, read and written in today's format) with these figures."""
+    sample = TrialResult.from_dict(json.loads((RESULTS / "format2.json").read_text()))
+    return dataclasses.replace(sample, feasible=True, throughput=throughput, p99_ms=p99_ms).to_dict()
 
 
 def _trial(number: int, state: optuna.trial.TrialState, host: str | None, started_s_ago: float | None = None,
@@ -30,7 +40,7 @@ def _trial(number: int, state: optuna.trial.TrialState, host: str | None, starte
     start = NOW - datetime.timedelta(seconds=started_s_ago) if started_s_ago is not None else None
     values = None
     if throughput is not None:
-        user_attrs["result"] = {"feasible": True, "throughput": throughput, "p99_ms": 5.0}
+        user_attrs["result"] = _stored_result(throughput, p99_ms=5.0)
         values = [throughput, 5.0]
     done = state.is_finished()
     trial = optuna.trial.FrozenTrial(
@@ -151,7 +161,7 @@ def test_optimize_writes_the_best_config_with_its_race_and_reports_every_step(tm
     assert heard.kinds() == ["started", "search_done", "race_started", "race_done"]
     trials = [event for kind, event in heard.events if kind == "trial_done"]
     assert len(trials) == outcome.measured == len(measured_trials(outcome.study))
-    assert trials[-1].best_throughput == max(t.info["throughput"] for t in trials)
+    assert trials[-1].best_throughput == max(t.info.throughput for t in trials)
     assert outcome.exit_code == 0 and outcome.space_exhausted and outcome.config_path == out
     assert outcome.race is not None and outcome.race.entrants and outcome.race is heard.events[-1][1]
     document = json.loads(out.read_text())
@@ -177,7 +187,7 @@ def test_optimize_with_no_feasible_config_writes_nothing_and_exits_3(tmp_path):
     outcome = run_optimize(OptimizeRequest(_two_core_config(tmp_path, n_trials=2), out,
                                            measure_fn=_oracle(lambda params: 0.0)), heard)
     assert outcome.exit_code == 3 and outcome.best is None and outcome.config_path is None
-    assert outcome.lowest_p99 is not None and math.isinf(outcome.lowest_p99.user_attrs["result"]["p99_ms"])
+    assert outcome.lowest_p99 is not None and math.isinf(result_of(outcome.lowest_p99).p99_ms)
     assert heard.kinds() == ["started", "search_done"] and not out.exists()
 
 

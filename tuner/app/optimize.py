@@ -74,7 +74,7 @@ class TrialEvent:
     """One trial this tuner finished (repeats are never reported)."""
 
     trial: optuna.trial.FrozenTrial
-    info: dict  # tuner.results.trials.summarize_trial
+    info: TrialSummary  # tuner.results.trials.summarize_trial
     best_throughput: float  # req/s: the best feasible throughput this run has seen so far
     measured: int  # configs measured in the study (every host's)
 
