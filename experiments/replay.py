@@ -38,7 +38,8 @@ from tuner.bench.measure import MeasureSettings
 from tuner.bench.model import ModelInfo
 from tuner.errors import PlacetuneError
 from tuner.machine.placement import Params, Plan
-from tuner.machine.topology import Topology, load_topology_file, read_topology
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology, load_topology_file
 from tuner.results.records import TrialResult
 from tuner.search.space import SearchSpace, check, load_space
 from tuner.search.study import (

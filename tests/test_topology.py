@@ -9,14 +9,9 @@ import pytest
 from tests.conftest import TOPOLOGIES, fixture_dirs, fixture_topology
 from tests.sysfs import FakeCpu, FakeMachine, smt_machine
 from tuner.errors import TopologyError
-from tuner.machine.topology import (
-    Topology,
-    format_cpulist,
-    load_topology_file,
-    parse_cpulist,
-    parse_cpumask,
-    read_topology,
-)
+from tuner.machine.cpulist import format_cpulist, parse_cpulist, parse_cpumask
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology, load_topology_file
 
 MACHINES = [
     "128ia64-17n4s2c", "16amd64-8n2c", "16em64t-4s2c2t", "16em64t-4s2c2t-offlines",

@@ -16,7 +16,8 @@ from rich.console import Console
 from tuner.cli.render import plan_table, topology_tree
 from tuner.errors import PlacetuneError, UsageError
 from tuner.machine.placement import Params, plan
-from tuner.machine.topology import Topology, load_topology_file, read_topology
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology, load_topology_file
 
 app = typer.Typer(
     add_completion=False,

@@ -7,8 +7,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from tuner.bench.interference import describe
+from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Params, Plan
-from tuner.machine.topology import UNKNOWN, Topology, format_cpulist
+from tuner.machine.topology import UNKNOWN, Topology
 
 
 def _gib(num_bytes: int | None) -> str:

@@ -27,7 +27,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from tuner.errors import Infeasible, UsageError
-from tuner.machine.topology import Core, Topology, format_cpulist
+from tuner.machine.cpulist import format_cpulist
+from tuner.machine.topology import Core, Topology
 
 NUMA_POLICIES = ("none", "bind", "interleave", "preferred")
 EXECUTION_MODES = ("sequential", "parallel")

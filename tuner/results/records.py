@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from tuner.bench import stats
-from tuner.machine.topology import format_cpulist
+from tuner.machine.cpulist import format_cpulist
 
 
 @dataclass(frozen=True)
