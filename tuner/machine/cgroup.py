@@ -62,11 +62,14 @@ def _candidate_folders(read: ReadText) -> list[tuple[str, tuple[str, ...], tuple
 
 
 def _first_list(read: ReadText, directory: str, names: tuple[str, ...]) -> frozenset[int] | None:
-    """The set in the first of ``directory/NAME`` that exists and is not empty."""
+    """The set in the first of ``directory/NAME`` that exists, is not empty and parses."""
     for name in names:
         text = read(f"{directory}/{name}")
         if text is not None and text.strip():
-            return parse_cpulist(text)
+            try:
+                return parse_cpulist(text)
+            except ValueError:  # a garbled file reads as absent, like every other file the reader reads
+                continue
     return None
 
 

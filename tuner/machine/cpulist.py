@@ -10,7 +10,9 @@ from collections.abc import Iterable
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
-    """Parse a kernel cpulist such as ``"0-3,8,10-11"`` (stray NULs and blanks are ignored)."""
+    """Parse a kernel cpulist such as ``"0-3,8,10-11"`` (stray NULs and blanks are ignored).
+
+    Raises ValueError on text that is not a cpulist (the sysfs reader then treats the file as absent)."""
     text = text.replace("\x00", "").strip()
     cpus: set[int] = set()
     if not text:
@@ -21,17 +23,18 @@ def parse_cpulist(text: str) -> frozenset[int]:
             continue
         if "-" in part:
             lo, hi = part.split("-", 1)
-            stride = 1
             if ":" in hi:  # "0-15:2/4" group syntax is kernel-boot only; keep the range
                 hi = hi.split(":", 1)[0]
-            cpus.update(range(int(lo), int(hi) + 1, stride))
+            cpus.update(range(int(lo), int(hi) + 1))
         else:
             cpus.add(int(part))
     return frozenset(cpus)
 
 
 def parse_cpumask(text: str) -> frozenset[int]:
-    """Parse a kernel hex cpumask such as ``"00000000,0000ffff"`` (most significant word first)."""
+    """Parse a kernel hex cpumask such as ``"00000000,0000ffff"`` (most significant word first).
+
+    Raises ValueError on text that is not hexadecimal."""
     text = text.replace("\x00", "").strip().replace(",", "")
     if not text:
         return frozenset()
