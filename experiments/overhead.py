@@ -70,7 +70,7 @@ def harness(model_path: str, workers: int, seconds: float) -> dict:
     from tuner.bench.loadgen import run_offline_window, run_server_window
     from tuner.bench.model import inspect_model
     from tuner.machine.placement import Params, plan
-    from tuner.machine.topology import read_topology
+    from tuner.machine.sysfs import read_topology
 
     info = inspect_model(model_path)
     the_plan = plan(read_topology("/"), Params(workers=workers))

@@ -24,7 +24,7 @@ from tuner.bench.interference import describe
 from tuner.bench.measure import MeasureSettings, measure
 from tuner.bench.model import inspect_model
 from tuner.machine.placement import Params, plan
-from tuner.machine.topology import read_topology
+from tuner.machine.sysfs import read_topology
 from tuner.units import parse_duration
 
 

@@ -52,7 +52,8 @@ from tuner.bench.measure import MeasureSettings
 from tuner.bench.model import ModelInfo
 from tuner.errors import PlacetuneError
 from tuner.machine.placement import Params, Plan
-from tuner.machine.topology import Topology, load_topology_file, read_topology
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology, load_topology_file
 from tuner.results.records import MachineInfo, TrialResult
 from tuner.search import screening
 from tuner.search.space import SearchSpace, check, load_space

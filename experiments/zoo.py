@@ -32,7 +32,7 @@ from experiments.replay import MAX_FREE_STREAK
 from tuner.bench.measure import MeasureSettings, machine_metadata, measure
 from tuner.bench.model import inspect_model
 from tuner.machine.placement import Params, plan
-from tuner.machine.topology import read_topology
+from tuner.machine.sysfs import read_topology
 from tuner.results.trials import baseline_results, best_trial, summarize_trial
 from tuner.search.space import check, load_space
 from tuner.search.study import CONSTRAINT, INFEASIBLE_P99, StudyConfig, baselines, run_study

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.machine.topology import Topology, read_topology
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 TOPOLOGIES = REPO / "tests" / "topologies"

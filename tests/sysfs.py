@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.machine.topology import format_cpulist
+from tuner.machine.cpulist import format_cpulist
 
 
 @dataclass

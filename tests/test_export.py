@@ -22,8 +22,9 @@ import yaml
 
 from tests.models import conv_net
 from tuner.errors import UsageError
+from tuner.machine.cpulist import parse_cpulist
 from tuner.machine.placement import Params, plan
-from tuner.machine.topology import parse_cpulist, read_topology
+from tuner.machine.sysfs import read_topology
 from tuner.results import export
 from tuner.results.envelope import best_for_bound, envelope, envelope_points
 from tuner.results.records import TrialResult, WindowResult

@@ -225,7 +225,7 @@ def test_a_noisy_window_is_flagged_and_a_quiet_one_is_not():
 
 
 def test_a_failed_baseline_keeps_its_row_with_the_reason_and_a_second_failure_is_final():
-    from tuner.machine.topology import read_topology
+    from tuner.machine.sysfs import read_topology
     from tuner.results.report import summary_text
     from tuner.results.trials import baseline_results
     from tuner.search.study import baselines, enqueue_baselines

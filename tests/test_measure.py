@@ -24,7 +24,7 @@ from tuner.bench.model import inspect_model
 from tuner.errors import ModelError, PlacementMismatch, UsageError, WorkerError
 from tuner.machine.numa import thread_affinities
 from tuner.machine.placement import Params, plan
-from tuner.machine.topology import read_topology
+from tuner.machine.sysfs import read_topology
 from tuner.units import parse_duration
 
 PLACETUNE = [sys.executable, "-m", "tuner.cli"]

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import fixture_dirs, fixture_topology
+from tests.sysfs import FakeCpu, FakeMachine
 from tuner.errors import Infeasible, UsageError
+from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Params, Plan, plan
+from tuner.machine.sysfs import read_topology
 from tuner.machine.topology import Topology
 
 FIXTURES = fixture_dirs()
+
+
+def machine(name: str) -> Topology:
+    return fixture_topology(next(p for p in FIXTURES if p.name == name))
 
 
 @st.composite
@@ -84,9 +92,11 @@ def test_bind_keeps_each_worker_inside_one_node_when_it_fits(case):
         if params.numa_policy == "bind" and fits:
             assert len(nodes) == 1
             node = next(iter(nodes))
-            if node is not None:  # CPUs of no NUMA node (offline-cpu0-node0) have no memory to bind to
+            if node is not None:
                 assert w.mem_policy == "bind"
                 assert w.mem_nodes == (node,)
+            else:  # CPUs of no NUMA node (offline-cpu0-node0) have no memory to bind to: the plan says so
+                assert any(note.startswith(f"worker {w.index}: ") and "no NUMA node" in note for note in p.notes)
 
 
 @PROPERTY
@@ -102,6 +112,8 @@ def test_workers_spread_evenly_over_nodes_that_have_room(case):
         core.node for core in topo.cores() if not set(core.cpus) & used
     )
     for node in {c.node for c in topo.cores()}:
+        if node is None and params.numa_policy == "bind":
+            continue  # CPUs of no NUMA node are bind's last resort, not a node to spread over
         if free_cores[node] >= params.cores_per_worker:  # node still has room for one more
             assert counts[node] >= max(counts.values(), default=0) - 1, (node, counts)
 
@@ -173,10 +185,80 @@ def test_interleave_and_preferred_memory_nodes():
 
 
 def test_memoryless_node_binds_to_the_nearest_node_with_memory():
-    box = next(p for p in FIXTURES if p.name.startswith("128ia64"))
-    topo = fixture_topology(box)
-    p = plan(topo, Params(workers=1, cores_per_worker=2, numa_policy="bind"))
-    assert p.workers[0].mem_nodes == p.workers[0].nodes
+    # 128ia64-17n4s2c: 16 nodes of 8 cores and a 17th, node 16, with memory and no CPU; node 0 sees
+    # node 16 at distance 14, every other node at 17 or 20. With node 0's memory gone (a memoryless
+    # node, as on machines whose DIMMs sit on other sockets), its worker binds to node 16.
+    topo = machine("128ia64-17n4s2c")
+    assert all((n.memory_bytes or 0) > 0 for n in topo.nodes)
+    memoryless = replace(topo, nodes=tuple(replace(n, memory_bytes=0) if n.id == 0 else n for n in topo.nodes))
+    for policy, expected in (("bind", (16,)), ("preferred", (16,))):
+        p = plan(memoryless, Params(workers=1, cores_per_worker=2, numa_policy=policy))
+        assert p.workers[0].nodes == (0,)
+        assert (p.workers[0].mem_policy, p.workers[0].mem_nodes) == (policy, expected)
+    # interleave leaves the memoryless node out; the machine as read binds node-locally
+    inter = plan(memoryless, Params(workers=1, cores_per_worker=2, numa_policy="interleave"))
+    assert inter.workers[0].mem_nodes == tuple(range(1, 17))
+    assert plan(topo, Params(workers=1, cores_per_worker=2, numa_policy="bind")).workers[0].mem_nodes == (0,)
+
+
+def test_a_node_whose_memory_the_cpuset_forbids_binds_to_an_allowed_node():
+    # 4fake-4gr1nu1pu: the cpuset allows CPUs of nodes 0 and 1 but the memory of nodes 0 and 2 only
+    topo = machine("4fake-4gr1nu1pu")
+    assert [n.id for n in topo.nodes if not n.memory_allowed] == [1, 3]
+    p = plan(topo, Params(workers=2, cores_per_worker=1, numa_policy="bind"))
+    assert [(w.nodes, w.mem_nodes) for w in p.workers] == [((0,), (0,)), ((1,), (0,))]
+    inter = plan(topo, Params(workers=2, cores_per_worker=1, numa_policy="interleave"))
+    assert {w.mem_nodes for w in inter.workers} == {(0, 2)}
+
+
+def test_bind_judges_fit_on_whole_nodes_not_on_what_the_io_cores_left():
+    """Regression: offline-cpu0-node0 has 8 usable cores in node 1 and 9 whose CPUs have no node,
+    last in planning order. io_cores=1 took one of the 9, the planner then saw no group of 9 and
+    treated a 9-core worker as larger than any node: under bind it spanned node 1 and the
+    nodeless CPUs. A worker that fits a node must stay in one, so under bind this is infeasible."""
+    topo = machine("offline-cpu0-node0")
+    assert Counter(core.node for core in topo.cores()) == {1: 8, None: 9}
+    with pytest.raises(Infeasible, match=r"cannot each stay inside one NUMA node \(free cores left: "
+                                         r"node 1: 8, no node: 8\).*fewer io_cores"):
+        plan(topo, Params(workers=1, cores_per_worker=9, numa_policy="bind", io_cores=1))
+    spread = plan(topo, Params(workers=1, cores_per_worker=9, numa_policy="none", io_cores=1))
+    assert spread.notes == ("worker 0 spans nodes (no single node had room)",)
+    assert {topo.cpu(cpu).node for cpu in spread.workers[0].cpus} == {1, None}
+
+
+def test_bind_judges_fit_on_whole_nodes_on_a_machine_whose_last_node_is_largest(tmp_path):
+    """The same rule on real NUMA nodes: node 0 holds 2 cores, node 1 holds 4; two io cores leave
+    node 1 with 2, yet a 3-core worker fits node 1, so bind cannot spread it over both nodes."""
+    cpus = [FakeCpu(i, core_id=i, package=0 if i < 2 else 1) for i in range(6)]
+    topo = read_topology(FakeMachine(cpus=cpus, nodes={0: (0, 1), 1: (2, 3, 4, 5)}).write(tmp_path))
+    with pytest.raises(Infeasible, match="cannot each stay inside one NUMA node"):
+        plan(topo, Params(workers=1, cores_per_worker=3, numa_policy="bind", io_cores=2))
+    assert plan(topo, Params(workers=1, cores_per_worker=3, numa_policy="bind")).workers[0].cpus == (2, 3, 4)
+    # a worker larger than every node still spans nodes, as before
+    assert plan(topo, Params(workers=1, cores_per_worker=5, numa_policy="bind")).workers[0].nodes == (0, 1)
+
+
+def test_bind_keeps_workers_off_cpus_of_no_numa_node_while_a_node_has_room():
+    # offline-cpu0-node0: node 1's 8 cores come first for bind; the 9 nodeless cores (no memory to
+    # bind to) are a last resort, and the plan says what binding is lost there
+    topo = machine("offline-cpu0-node0")
+    node1 = set(topo.node_usable_cpus(1))
+    two = plan(topo, Params(workers=2, cores_per_worker=4, numa_policy="bind"))
+    assert all(set(w.cpus) <= node1 and w.mem_nodes == (1,) for w in two.workers)
+    assert two.notes == ()
+    three = plan(topo, Params(workers=3, cores_per_worker=4, numa_policy="bind"))
+    last = three.workers[2]
+    assert {topo.cpu(cpu).node for cpu in last.cpus} == {None} and last.mem_policy == "none"
+    assert three.notes == (f"worker 2: CPU(s) {format_cpulist(last.cpus)} belong to no NUMA node; "
+                           "numa_policy bind is dropped: its memory policy is none",)
+    # other policies spread over both groups as before; preferred says what it loses
+    pref = plan(topo, Params(workers=2, cores_per_worker=4, numa_policy="preferred"))
+    assert sorted(w.mem_policy for w in pref.workers) == ["none", "preferred"]
+    assert len(pref.notes) == 1 and "no NUMA node" in pref.notes[0]
+    # a worker spanning node 1 and nodeless CPUs binds to node 1 only, and the plan says so
+    wide = plan(topo, Params(workers=1, cores_per_worker=12, numa_policy="bind"))
+    assert wide.workers[0].mem_nodes == (1,)
+    assert "its memory policy is bind 1 (its other CPUs' nodes) only" in wide.notes[-1]
 
 
 def test_bad_params_are_usage_errors():

@@ -9,14 +9,9 @@ import pytest
 from tests.conftest import TOPOLOGIES, fixture_dirs, fixture_topology
 from tests.sysfs import FakeCpu, FakeMachine, smt_machine
 from tuner.errors import TopologyError
-from tuner.machine.topology import (
-    Topology,
-    format_cpulist,
-    load_topology_file,
-    parse_cpulist,
-    parse_cpumask,
-    read_topology,
-)
+from tuner.machine.cpulist import parse_cpulist
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology, load_topology_file
 
 MACHINES = [
     "128ia64-17n4s2c", "16amd64-8n2c", "16em64t-4s2c2t", "16em64t-4s2c2t-offlines",
@@ -131,24 +126,6 @@ def test_live_machine_reads_and_round_trips():
     assert set(topo.usable_cpus) <= os.sched_getaffinity(0)
     assert len(topo.usable_cpus) == len(os.sched_getaffinity(0))
     assert Topology.from_json(topo.to_json()) == topo
-
-
-@pytest.mark.parametrize(
-    "text, cpus",
-    [("0-3,8,10-11", {0, 1, 2, 3, 8, 10, 11}), ("", set()), ("5\n\x00\x00", {5}), ("0-1\n", {0, 1})],
-)
-def test_parse_cpulist(text, cpus):
-    assert parse_cpulist(text) == cpus
-
-
-def test_parse_cpumask_reads_words_most_significant_first():
-    assert parse_cpumask("00000001,00000003\n") == {0, 1, 32}
-    assert parse_cpumask("00000000,00000000") == set()
-
-
-def test_format_cpulist_is_the_inverse_of_parse():
-    for cpus in [{0}, {0, 1, 2, 5}, {3, 5, 7}, set(range(64))]:
-        assert parse_cpulist(format_cpulist(cpus)) == cpus
 
 
 def test_offline_cpus_are_listed_but_not_usable(tmp_path):

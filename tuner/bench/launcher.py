@@ -15,9 +15,9 @@ from multiprocessing import connection, shared_memory
 from tuner.bench.model import ModelInfo
 from tuner.bench.worker import ABORT, ABORT_STOP, SharedBuffers, WorkerConfig, worker_main
 from tuner.errors import ModelError, PlacementMismatch, WorkerError
+from tuner.machine.cpulist import format_cpulist
 from tuner.machine.numa import expected_policy_token, memory_policy_seen, thread_affinities
 from tuner.machine.placement import Plan
-from tuner.machine.topology import format_cpulist
 from tuner.results.records import PlacementSeen
 
 DEFAULT_MAX_REQUESTS = 1_000_000

@@ -196,8 +196,8 @@ def noise_notes(window: WindowResult) -> list[str]:
 
 
 def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:
+    from tuner.machine.cpulist import format_cpulist
     from tuner.machine.numa import memory_policy_seen, thread_affinities
-    from tuner.machine.topology import format_cpulist
 
     seen = []
     for spec, pid in zip(fleet.plan.workers, fleet.pids, strict=True):

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from tuner.errors import UsageError
-from tuner.machine.topology import Topology, load_topology_file, read_topology
+from tuner.machine.sysfs import read_topology
+from tuner.machine.topology import Topology, load_topology_file
 
 WIDE_COLUMNS = 1000  # not a terminal (a log, a pipe): never cut a line (a config's label) at 80 columns
 

@@ -9,8 +9,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from tuner.bench.interference import describe
+from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Plan
-from tuner.machine.topology import UNKNOWN, Topology, format_cpulist
+from tuner.machine.topology import UNKNOWN, Topology
 from tuner.results.records import TrialResult
 
 

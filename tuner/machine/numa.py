@@ -10,7 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tuner.machine.topology import format_cpulist, parse_cpulist
+from tuner.machine.cpulist import format_cpulist, parse_cpulist
 
 _MPOL = {"none": 0, "preferred": 1, "bind": 2, "interleave": 3}
 _SYSCALLS = {  # (set_mempolicy, get_mempolicy)

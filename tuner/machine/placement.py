@@ -7,27 +7,32 @@
    siblings idle. No CPU is ever given to two workers.
 2. ``io_cores`` whole cores are kept for the load generator, taken from the end of the
    planning order (last node, last cores), so workers keep the low, contiguous cores.
-3. A worker that fits in one NUMA node stays in one node. Workers are spread over the
-   usable nodes by water-filling: each next worker goes to the node with the fewest
-   workers among those with room (ties: most free cores, then lowest id). With
-   ``numa_policy="bind"`` a worker that fits in a node but finds no node with room is
-   infeasible; with the other policies it takes free cores across nodes.
+3. A worker that fits in one NUMA node stays in one node. Whether it fits is judged on the
+   nodes' usable cores, io cores included (a node the io cores shrank still "fits" it).
+   Workers are spread over the usable nodes by water-filling: each next worker goes to the
+   node with the fewest workers among those with room (ties: most free cores, then lowest
+   id). With ``numa_policy="bind"`` a worker that fits in a node but finds no node with room
+   is infeasible; with the other policies it takes free cores across nodes. Under ``bind``,
+   CPUs of no NUMA node (an offline node's) are used only when no node has room.
 4. Inside a node a worker takes cores from one L3 group whenever one has room
    (best fit: the group with the fewest free cores that still fits), else it spans
    groups, fullest first.
 5. A worker larger than any node spans nodes, in planning order.
 6. Memory: ``bind`` and ``preferred`` use the nodes of the worker's CPUs (a node without
-   memory, or not allowed by the cpuset, is replaced by the nearest one that is);
+   memory, or not allowed by the cpuset, is replaced by the nearest one that is; CPUs of no
+   node add none, and the plan's notes say when that weakens or drops the policy);
    ``interleave`` uses every allowed node with memory; ``none`` sets nothing.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 from tuner.errors import Infeasible, UsageError
-from tuner.machine.topology import Core, Topology, format_cpulist
+from tuner.machine.cpulist import format_cpulist
+from tuner.machine.topology import Core, Topology
 
 NUMA_POLICIES = ("none", "bind", "interleave", "preferred")
 EXECUTION_MODES = ("sequential", "parallel")
@@ -173,8 +178,15 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1)
 
 
+_NO_NODE = -1  # the key of cores whose CPUs belong to no NUMA node (an offline node's CPUs)
+
+
 def _node_key(node: int | None) -> int:
-    return -1 if node is None else node
+    return _NO_NODE if node is None else node
+
+
+def _node_name(key: int) -> str:
+    return "no node" if key == _NO_NODE else f"node {key}"
 
 
 def plan(topology: Topology, params: Params) -> Plan:
@@ -184,7 +196,27 @@ def plan(topology: Topology, params: Params) -> Plan:
         raise Infeasible("the topology has no usable CPU")
     if not params.pin:
         return _unpinned_plan(topology, params, cores)
+    io, free = _split_io_cores(cores, params)
+    notes: list[str] = []
+    # whether a worker fits in a node is a question about the nodes, asked before the io cores take
+    # their share: a worker that fits a node stays in one (or, under bind, is infeasible), rule 3
+    largest_node = max(Counter(_node_key(core.node) for core in cores).values())
+    if params.cores_per_worker > largest_node:
+        notes.append(
+            f"a worker needs {params.cores_per_worker} cores, more than any node's "
+            f"{largest_node}: workers span nodes"
+        )
+        cpw = params.cores_per_worker
+        assignments = [free[w * cpw:(w + 1) * cpw] for w in range(params.workers)]
+    else:
+        assignments = _node_local_assignments(free, params, notes)
+    specs = tuple(_worker_spec(topology, params, index, chunk, notes) for index, chunk in enumerate(assignments))
+    io_cpus = tuple(sorted(cpu for core in io for cpu in core.cpus))
+    return Plan(params, specs, io_cpus, topology.fingerprint(), tuple(notes))
 
+
+def _split_io_cores(cores: list[Core], params: Params) -> tuple[list[Core], list[Core]]:
+    """(the io cores: the last ``io_cores`` in planning order, the cores left for workers)."""
     if params.io_cores >= len(cores):
         raise Infeasible(
             f"io_cores={params.io_cores} leaves no core for workers ({len(cores)} usable cores)"
@@ -197,54 +229,58 @@ def plan(topology: Topology, params: Params) -> Plan:
             f"{params.workers} worker(s) x {params.cores_per_worker} core(s) need {needed} cores; "
             f"{len(free)} usable core(s) remain after {params.io_cores} io core(s)"
         )
+    return io, free
 
+
+def _node_local_assignments(free: list[Core], params: Params, notes: list[str]) -> list[list[Core]]:
+    """Each worker's cores, inside one node where one has room, spread over the nodes by water-filling.
+
+    Under ``bind``, cores of no NUMA node are a last resort: their memory cannot be bound."""
     by_node: dict[int, list[Core]] = {}
     for core in free:
         by_node.setdefault(_node_key(core.node), []).append(core)
-    largest_node = max(len(v) for v in by_node.values())
-    notes: list[str] = []
-
+    counts = dict.fromkeys(by_node, 0)
     assignments: list[list[Core]] = []
-    if params.cores_per_worker > largest_node:
-        notes.append(
-            f"a worker needs {params.cores_per_worker} cores, more than any node's "
-            f"{largest_node}: workers span nodes"
-        )
-        for w in range(params.workers):
-            chunk = free[w * params.cores_per_worker:(w + 1) * params.cores_per_worker]
-            assignments.append(chunk)
-    else:
-        counts = dict.fromkeys(by_node, 0)
-        for _ in range(params.workers):
-            roomy = [n for n, avail in by_node.items() if len(avail) >= params.cores_per_worker]
-            if roomy:
-                node = min(roomy, key=lambda n: (counts[n], -len(by_node[n]), n))
-                assignments.append(_take_from_node(by_node[node], params.cores_per_worker))
-                counts[node] += 1
-                continue
-            if params.numa_policy == "bind":
-                sizes = ", ".join(f"node {n}: {len(v)}" for n, v in sorted(by_node.items()))
-                raise Infeasible(
-                    f"{params.workers} workers of {params.cores_per_worker} cores cannot each stay "
-                    f"inside one NUMA node (free cores left: {sizes}); use fewer workers, a "
-                    "cores_per_worker that divides the node size, or numa_policy none/interleave"
-                )
-            chunk: list[Core] = []
-            for n in sorted(by_node, key=lambda n: (-len(by_node[n]), n)):
-                while by_node[n] and len(chunk) < params.cores_per_worker:
-                    chunk.append(by_node[n].pop(0))
-            notes.append(f"worker {len(assignments)} spans nodes (no single node had room)")
-            assignments.append(chunk)
+    for _ in range(params.workers):
+        roomy = [n for n, avail in by_node.items() if len(avail) >= params.cores_per_worker]
+        if params.numa_policy == "bind":
+            roomy = [n for n in roomy if n != _NO_NODE] or roomy
+        if roomy:
+            node = min(roomy, key=lambda n: (counts[n], -len(by_node[n]), n))
+            assignments.append(_take_from_node(by_node[node], params.cores_per_worker))
+            counts[node] += 1
+            continue
+        if params.numa_policy == "bind":
+            ordered = sorted(by_node, key=lambda n: (n == _NO_NODE, n))
+            sizes = ", ".join(f"{_node_name(n)}: {len(by_node[n])}" for n in ordered)
+            raise Infeasible(
+                f"{params.workers} workers of {params.cores_per_worker} cores cannot each stay "
+                f"inside one NUMA node (free cores left: {sizes}); use fewer workers, a "
+                "cores_per_worker that divides the node size, "
+                + ("fewer io_cores, " if params.io_cores else "") + "or numa_policy none/interleave"
+            )
+        chunk: list[Core] = []
+        for n in sorted(by_node, key=lambda n: (-len(by_node[n]), n)):
+            while by_node[n] and len(chunk) < params.cores_per_worker:
+                chunk.append(by_node[n].pop(0))
+        notes.append(f"worker {len(assignments)} spans nodes (no single node had room)")
+        assignments.append(chunk)
+    return assignments
 
-    specs = []
-    for index, chunk in enumerate(assignments):
-        chunk = sorted(chunk, key=lambda c: c.cpus[0])
-        cpus = tuple(cpu for core in chunk for cpu in (core.cpus if params.smt else core.cpus[:1]))
-        nodes = tuple(sorted({c.node for c in chunk if c.node is not None}))
-        policy, mem_nodes = _memory(topology, params.numa_policy, nodes)
-        specs.append(WorkerSpec(index, tuple(sorted(cpus)), nodes, policy, mem_nodes))
-    io_cpus = tuple(sorted(cpu for core in io for cpu in core.cpus))
-    return Plan(params, tuple(specs), io_cpus, topology.fingerprint(), tuple(notes))
+
+def _worker_spec(topology: Topology, params: Params, index: int, chunk: list[Core], notes: list[str]) -> WorkerSpec:
+    """Worker ``index`` on the cores ``chunk``: its CPUs, nodes and memory policy. A memory policy that
+    CPUs of no NUMA node weaken (or drop) is said in ``notes``."""
+    chunk = sorted(chunk, key=lambda c: c.cpus[0])
+    cpus = tuple(sorted(cpu for core in chunk for cpu in (core.cpus if params.smt else core.cpus[:1])))
+    nodes = tuple(sorted({c.node for c in chunk if c.node is not None}))
+    policy, mem_nodes = _memory(topology, params.numa_policy, nodes)
+    nodeless = [cpu for core in chunk if core.node is None for cpu in core.cpus if cpu in cpus]
+    if nodeless and params.numa_policy in ("bind", "preferred"):
+        effect = (f"its memory policy is {policy} {format_cpulist(mem_nodes)} (its other CPUs' nodes) only"
+                  if mem_nodes else f"numa_policy {params.numa_policy} is dropped: its memory policy is none")
+        notes.append(f"worker {index}: CPU(s) {format_cpulist(nodeless)} belong to no NUMA node; {effect}")
+    return WorkerSpec(index, cpus, nodes, policy, mem_nodes)
 
 
 def _take_from_node(avail: list[Core], count: int) -> list[Core]:

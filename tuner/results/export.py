@@ -16,8 +16,8 @@ import shlex
 import yaml
 
 from tuner.errors import UsageError
+from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Params, Plan, WorkerSpec
-from tuner.machine.topology import format_cpulist
 
 FORMATS = ("json", "yaml", "numactl", "env", "systemd", "docker", "k8s")
 

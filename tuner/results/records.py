@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from tuner.bench import stats
 from tuner.bench.model import ModelInfo
 from tuner.errors import PlacetuneError
+from tuner.machine.cpulist import format_cpulist, parse_cpulist
 from tuner.machine.placement import Params, Plan
-from tuner.machine.topology import format_cpulist, parse_cpulist
 
 FORMAT = 3
 STORED_BESIDE = ("_trial",)  # keys the study stores beside a result (every format)

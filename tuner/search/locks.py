@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuner.errors import PlacetuneError
-from tuner.machine.topology import Topology, format_cpulist
+from tuner.machine.cpulist import format_cpulist
+from tuner.machine.topology import Topology
 
 
 class StudyMutex:

@@ -67,7 +67,8 @@ class Shape:
         if policy != "bind":
             return True
         per_node = _free_per_node(self, io_cores)
-        return cores_per_worker > max(per_node) or sum(v // cores_per_worker for v in per_node) >= workers
+        largest_node = max(Counter(self.core_nodes).values())  # io cores included, as the planner judges it
+        return cores_per_worker > largest_node or sum(v // cores_per_worker for v in per_node) >= workers
 
 
 @lru_cache(maxsize=256)
