@@ -163,6 +163,31 @@ class SharedBuffers:
                 c[ABORT] = Abort.OVER_BOUND
 
 
+@dataclass(frozen=True)
+class WindowState:
+    """What a block's control words say, as an observer outside the fleet (a test) reads them."""
+
+    mode: Mode
+    claimed: int
+    requests: int
+    abort: Abort
+
+    @property
+    def serving_server_window(self) -> bool:
+        """Workers are inside an open-loop window: some of its requests claimed, not all, no abort.
+        (After a server window every request is claimed; an offline window leaves some unclaimed.)"""
+        return self.mode == Mode.SERVER and self.abort == Abort.NONE and 0 < self.claimed < self.requests
+
+
+def read_window_state(control_bytes: bytes) -> WindowState:
+    """The state in a block's first ``CONTROL_BYTES`` bytes (e.g. read from /dev/shm/psm_*)."""
+    import numpy as np
+
+    control = np.frombuffer(control_bytes[:CONTROL_BYTES], dtype=np.int64)
+    return WindowState(Mode(int(control[MODE])), int(control[NEXT]), int(control[N_REQUESTS]),
+                       Abort(int(control[ABORT])))
+
+
 # ---- pipe messages
 @dataclass(frozen=True)
 class Window:
