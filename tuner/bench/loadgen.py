@@ -32,7 +32,7 @@ from tuner.bench.protocol import Abort, Mode, Window
 from tuner.results.records import WindowResult
 
 KEEP_UP_RATIO = 0.99
-START_DELAY_S = 0.02  # lets every worker receive "window" before the first arrival
+START_DELAY_S = 0.02  # lets every worker receive its Window message before the first arrival
 
 
 @dataclass(frozen=True)

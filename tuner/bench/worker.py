@@ -10,10 +10,12 @@ clock read per request (see experiments/overhead).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tuner.bench.protocol import Done, Failed, Mode, Ready, SharedBuffers, Stop, Window
@@ -96,7 +98,8 @@ def _place_and_load(cfg: WorkerConfig) -> tuple:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (cfg.memory_limit, cfg.memory_limit))
-    import onnxruntime as ort
+    with _stderr_to_devnull():  # under a memory limit ORT's import prints "Schema error: std::bad_alloc"
+        import onnxruntime as ort
 
     ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
     from tuner.bench.model import ModelInfo, make_inputs
@@ -107,6 +110,21 @@ def _place_and_load(cfg: WorkerConfig) -> tuple:
     if cfg.pin and cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
     return session, feeds
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 goes nowhere within the block: a failure there comes back through the pipe
+    (``Failed``) and the tuner's stderr keeps its one-line errors."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _serve_windows(conn, session, feeds, buffers: SharedBuffers, lock, index: int) -> None:
