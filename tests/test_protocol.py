@@ -209,3 +209,24 @@ def test_the_worker_loop_offline_claims_until_the_end_time_and_stamps_arrivals(b
     served, _ = _served_window(block, 4, np.nan, p.Window(time.monotonic() + 600.0, None, None),
                                mode=p.Mode.OFFLINE)
     assert served == 4 and not np.isnan(harness.scheduled[:4]).any()
+
+
+def test_an_observer_reading_the_block_head_sees_when_workers_are_inside_a_server_window(block):
+    harness, worker = block
+    head = harness.control.tobytes  # what a test reads from /dev/shm/psm_*: the first CONTROL_BYTES
+    lock = threading.Lock()
+    harness.start_window(3, p.Mode.SERVER, over_allowed=3)
+    assert not p.read_window_state(head()).serving_server_window, "nothing claimed yet"
+    worker.claim(lock)
+    state = p.read_window_state(head())
+    assert state == p.WindowState(p.Mode.SERVER, 1, 3, p.Abort.NONE) and state.serving_server_window
+    worker.claim(lock)
+    worker.claim(lock)
+    assert not p.read_window_state(head()).serving_server_window, "every request claimed: the window is ending"
+    harness.start_window(3, p.Mode.OFFLINE, over_allowed=3)
+    worker.claim(lock)
+    assert not p.read_window_state(head()).serving_server_window
+    harness.start_window(3, p.Mode.SERVER, over_allowed=3)
+    worker.claim(lock)
+    harness.stop()
+    assert p.read_window_state(head()).abort == p.Abort.STOP and not p.read_window_state(head()).serving_server_window
