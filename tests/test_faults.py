@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,7 @@ import psutil
 import pytest
 
 from tests.models import conv_net, memory_hog_model
-from tests.procs import no_process_left, wait_for_workers
+from tests.procs import no_process_left, start_mlflow_server, wait_for_server_window, wait_for_workers
 from tuner.bench.measure import noise_notes
 from tuner.results.records import WindowResult
 from tuner.results.trials import measured_trials
@@ -31,9 +30,10 @@ def model_path(tmp_path_factory) -> str:
     return str(conv_net(tmp_path_factory.mktemp("faults") / "conv.onnx"))
 
 
-def optimize(workdir: Path, model: str, n_trials: int, *extra: str) -> subprocess.Popen:
+def optimize(workdir: Path, model: str, n_trials: int, *extra: str, p99: str | None = "2s") -> subprocess.Popen:
+    bound = ["--p99", p99] if p99 else []
     return subprocess.Popen(
-        [*CLI, "optimize", "--model", model, "--p99", "2s", "--n-trials", str(n_trials), "--window", "0.3s",
+        [*CLI, "optimize", "--model", model, *bound, "--n-trials", str(n_trials), "--window", "0.3s",
          "--seed", "5", "--revalidate", "0", "--no-mlflow", *extra],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
@@ -56,7 +56,7 @@ def mine() -> list[psutil.Process]:
 
 def test_a_worker_killed_mid_window_fails_its_trial_and_the_study_goes_on(tmp_path, model_path):
     proc = optimize(tmp_path, model_path, 4)
-    victims = wait_for_workers(proc)
+    victims = wait_for_server_window(proc)
     victims[0].send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
@@ -74,7 +74,7 @@ def test_a_worker_killed_mid_window_fails_its_trial_and_the_study_goes_on(tmp_pa
 
 def test_a_hung_worker_is_detected_and_its_trial_failed(tmp_path, model_path):
     proc = optimize(tmp_path, model_path, 3, "--hang-timeout", "3s")
-    victims = wait_for_workers(proc)
+    victims = wait_for_server_window(proc)
     victims[0].send_signal(signal.SIGSTOP)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
@@ -85,8 +85,12 @@ def test_a_hung_worker_is_detected_and_its_trial_failed(tmp_path, model_path):
 
 
 def test_a_worker_over_its_memory_limit_fails_trials_then_the_study_resumes(tmp_path):
+    """Offline trials with no bound: the limit bites at start-up whatever the scenario, and a slow
+    model's offline trial is one short window where a server trial's rate search runs windows of
+    hundreds of requests (minutes)."""
     hog = str(memory_hog_model(tmp_path / "hog.onnx"))
-    proc = optimize(tmp_path, hog, 3, "--worker-memory-limit", "200M")
+    offline = ("--scenario", "offline")
+    proc = optimize(tmp_path, hog, 3, *offline, "--worker-memory-limit", "200M", p99=None)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err + out
     assert "3 trials in a row failed" in err and "out of memory" in err and "Traceback" not in err
@@ -94,7 +98,7 @@ def test_a_worker_over_its_memory_limit_fails_trials_then_the_study_resumes(tmp_
     failed = [t for t in study_of(tmp_path).trials if t.state.name == "FAIL"]
     assert len(failed) == 3 and all("memory" in t.user_attrs["fail_reason"] for t in failed)
     assert not mine()
-    proc = optimize(tmp_path, hog, 3)
+    proc = optimize(tmp_path, hog, 3, *offline, p99=None)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
     assert len(counted(study_of(tmp_path))) == 3
@@ -176,25 +180,8 @@ def test_a_locked_sqlite_storage_is_waited_for(tmp_path, model_path):
 
 
 def test_mlflow_dying_mid_study_warns_once_and_the_study_completes(tmp_path, model_path):
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
-         "--artifacts-destination", str(tmp_path / "art"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server, port = start_mlflow_server(tmp_path)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
         proc = subprocess.Popen(
             [*CLI, "optimize", "--model", model_path, "--p99", "2s", "--n-trials", "4", "--window", "0.3s",
              "--revalidate", "0", "--mlflow-uri", f"http://127.0.0.1:{port}"],

@@ -13,7 +13,8 @@ import time
 from multiprocessing import connection, shared_memory
 
 from tuner.bench.model import ModelInfo
-from tuner.bench.worker import ABORT, ABORT_STOP, SharedBuffers, WorkerConfig, worker_main
+from tuner.bench.protocol import Done, Failed, FromWorker, Ready, SharedBuffers, Stop, Window
+from tuner.bench.worker import WorkerConfig, worker_main
 from tuner.errors import ModelError, PlacementMismatch, WorkerError
 from tuner.machine.cpulist import format_cpulist
 from tuner.machine.numa import expected_policy_token, memory_policy_seen, thread_affinities
@@ -43,6 +44,13 @@ class _SigtermAsInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
         return False
+
+
+def _expect(message: FromWorker, kind: type, index: int):
+    """``message`` when it is a ``kind``; anything else breaks the protocol (a bug, not a fault)."""
+    if not isinstance(message, kind):
+        raise WorkerError(f"worker {index} sent {type(message).__name__} where {kind.__name__} was due")
+    return message
 
 
 def _limit_text(limit: int) -> str:
@@ -86,8 +94,7 @@ class Launcher:
 
     def _start(self) -> None:
         self.shm = shared_memory.SharedMemory(create=True, size=SharedBuffers.size(self.max_requests))
-        self.buffers = SharedBuffers(self.shm.buf, self.max_requests)
-        self.buffers.control[:] = 0
+        self.buffers = SharedBuffers(self.shm.buf, self.max_requests)  # a new block is all zeros
         self.lock = self._ctx.Lock()
         params = self.plan.params
         for spec in self.plan.workers:
@@ -106,6 +113,10 @@ class Launcher:
             child.close()
             self.processes.append(proc)
             self.conns.append(parent)
+        self._await_ready()
+
+    def _await_ready(self) -> None:
+        """Wait for every worker's ``Ready``; the first failure or death raises."""
         deadline = time.monotonic() + self.start_timeout_s
         self.pids = [0] * len(self.processes)
         pending = set(range(len(self.processes)))
@@ -114,7 +125,7 @@ class Launcher:
             if remaining <= 0:
                 late = ", ".join(str(i) for i in sorted(pending))
                 raise WorkerError(f"worker(s) {late} did not load the model within {self.start_timeout_s:.0f}s "
-                                  "(raise --start-timeout for very large models)")
+                                  "(raise MeasureSettings.start_timeout_s for very large models)")
             waitables = {self.conns[i]: i for i in pending}
             waitables.update({self.processes[i].sentinel: i for i in pending})
             for ready in connection.wait(list(waitables), timeout=remaining):
@@ -126,21 +137,21 @@ class Launcher:
                 except (EOFError, OSError):  # a dead peer: EOF, or ECONNRESET on a socket pair
                     self.processes[i].join(timeout=5.0)  # its pipe closes a moment before it is reapable
                     raise WorkerError(f"worker {i} {self._how_it_ended(i)} during start-up") from None
-                if message[0] == "oom":
+                if isinstance(message, Failed) and message.out_of_memory:
                     raise WorkerError(f"worker {i} ran out of memory during start-up "
-                                      f"({_limit_text(self.memory_limit)}): {message[1][:300]}")
-                if message[0] == "error":
-                    raise ModelError(f"worker {i} could not start: {message[1]}")
-                self.pids[i] = message[1]
+                                      f"({_limit_text(self.memory_limit)}): {message.summary[:300]}")
+                if isinstance(message, Failed):
+                    raise ModelError(f"worker {i} could not start: {message.summary}")
+                self.pids[i] = _expect(message, Ready, i).pid
                 pending.discard(i)
 
     def close(self) -> None:
         """Stop every worker (politely, then by force) and release shared memory. Idempotent."""
         if self.buffers is not None:
-            self.buffers.control[ABORT] = ABORT_STOP
+            self.buffers.stop()
         for conn in self.conns:
             try:
-                conn.send(("stop",))
+                conn.send(Stop())
             except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + 2.0
@@ -209,15 +220,14 @@ class Launcher:
             if not proc.is_alive():
                 raise WorkerError(f"worker {i} (pid {self.pids[i]}) {self._how_it_ended(i)}")
 
-    def run_window(self, end_time: float, bound_s: float | None, backlog_limit_s: float | None,
-                   timeout_s: float) -> list[int]:
+    def run_window(self, window: Window, timeout_s: float) -> list[int]:
         """Tell every worker to serve the window already written to shared memory; wait for all.
         Returns requests served per worker. A dead or hung worker raises WorkerError."""
         for i, conn in enumerate(self.conns):
             try:
-                conn.send(("window", end_time, bound_s, backlog_limit_s))
+                conn.send(window)
             except OSError:  # EPIPE/ECONNRESET: it died between windows
-                self.buffers.control[ABORT] = ABORT_STOP
+                self.buffers.stop()
                 self.processes[i].join(timeout=5.0)
                 self.check_alive()
                 raise WorkerError(f"worker {i} (pid {self.pids[i]}) {self._how_it_ended(i)} between windows") from None
@@ -227,7 +237,7 @@ class Launcher:
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.buffers.control[ABORT] = ABORT_STOP
+                self.buffers.stop()
                 late = ", ".join(f"{i} (pid {self.pids[i]})" for i in sorted(pending))
                 raise WorkerError(f"worker(s) {late} did not finish the window within {timeout_s:.1f}s "
                                   "(hung or stopped?)")
@@ -236,23 +246,23 @@ class Launcher:
             for ready in connection.wait(list(waitables), timeout=min(remaining, 0.5)):
                 i = waitables[ready]
                 if ready is self.processes[i].sentinel:
-                    self.buffers.control[ABORT] = ABORT_STOP
+                    self.buffers.stop()
                     self.check_alive()
                 try:
                     message = self.conns[i].recv()
                 except (EOFError, OSError):  # a dead peer: EOF, or ECONNRESET on a socket pair
-                    self.buffers.control[ABORT] = ABORT_STOP
+                    self.buffers.stop()
                     self.processes[i].join(timeout=5.0)  # the pipe closes a moment before the exit is seen
                     self.check_alive()
                     raise WorkerError(f"worker {i} closed its pipe during the window") from None
-                if message[0] == "done":
-                    served[i] = message[1]
-                    pending.discard(i)
-                elif message[0] in ("error", "oom"):
-                    self.buffers.control[ABORT] = ABORT_STOP
-                    what = (f"ran out of memory ({_limit_text(self.memory_limit)})" if message[0] == "oom"
+                if isinstance(message, Failed):
+                    self.buffers.stop()
+                    what = (f"ran out of memory ({_limit_text(self.memory_limit)})" if message.out_of_memory
                             else "failed")
-                    raise WorkerError(f"worker {i} (pid {self.pids[i]}) {what} during the window: {message[1][:300]}")
+                    raise WorkerError(f"worker {i} (pid {self.pids[i]}) {what} during the window: "
+                                      f"{message.summary[:300]}")
+                served[i] = _expect(message, Done, i).served
+                pending.discard(i)
         return served
 
     def cpu_seconds(self) -> list[float]:

@@ -28,22 +28,11 @@ import numpy as np
 
 from tuner.bench import interference, stats
 from tuner.bench.launcher import Launcher
-from tuner.bench.worker import (
-    ABORT,
-    ABORT_BACKLOG,
-    ABORT_OVER_BOUND,
-    MODE,
-    MODE_OFFLINE,
-    MODE_SERVER,
-    N_REQUESTS,
-    NEXT,
-    OVER_ALLOWED,
-    OVER_BOUND,
-)
+from tuner.bench.protocol import Abort, Mode, Window
 from tuner.results.records import WindowInterference, WindowResult
 
 KEEP_UP_RATIO = 0.99
-START_DELAY_S = 0.02  # lets every worker receive "window" before the first arrival
+START_DELAY_S = 0.02  # lets every worker receive its Window message before the first arrival
 
 
 @dataclass(frozen=True)
@@ -75,28 +64,14 @@ def percentiles_ms(latencies_s: np.ndarray) -> tuple[float, float, float, float]
     return tuple(float(v) for v in values)
 
 
-def _reset(fleet: Launcher, count: int, mode: int, over_allowed: int) -> None:
-    b = fleet.buffers
-    b.completed[:count] = np.nan
-    b.started[:count] = np.nan
-    b.worker[:count] = -1
-    c = b.control
-    c[NEXT] = 0
-    c[N_REQUESTS] = count
-    c[OVER_BOUND] = 0
-    c[OVER_ALLOWED] = over_allowed
-    c[MODE] = mode
-    c[ABORT] = 0
-
-
 @dataclass
-class _Segment:
+class Segment:
     """One run of the workers over a schedule in shared memory: its raw arrays and CPU use."""
 
     scheduled: np.ndarray
     started: np.ndarray
     completed: np.ndarray
-    abort: int
+    abort: Abort
     wall_s: float
     worker_cpu_s: list[float]
     harness_cpu_s: float
@@ -104,7 +79,7 @@ class _Segment:
     after: interference.Snapshot
 
 
-def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) -> _Segment:
+def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) -> Segment:
     snap_before = interference.snapshot(fleet.pids)
     cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
     run()
@@ -112,13 +87,13 @@ def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) ->
     cpu_after, own_after = fleet.cpu_seconds(), _own_cpu()
     snap_after = interference.snapshot(fleet.pids)
     b = fleet.buffers
-    claimed = min(int(b.control[NEXT]) if count is None else count, fleet.max_requests)
-    return _Segment(b.scheduled[:claimed].copy(), b.started[:claimed].copy(), b.completed[:claimed].copy(),
-                    int(b.control[ABORT]), wall, [a - c for c, a in zip(cpu_before, cpu_after, strict=True)],
-                    own_after - own_before, snap_before, snap_after)
+    claimed = min(b.claimed() if count is None else count, fleet.max_requests)
+    return Segment(b.scheduled[:claimed].copy(), b.started[:claimed].copy(), b.completed[:claimed].copy(),
+                   b.abort_reason(), wall, [a - c for c, a in zip(cpu_before, cpu_after, strict=True)],
+                   own_after - own_before, snap_before, snap_after)
 
 
-def _window_interference(fleet: Launcher, segments: list[_Segment], own_cpu_s: float,
+def _window_interference(fleet: Launcher, segments: list[Segment], own_cpu_s: float,
                          wall_s: float) -> WindowInterference:
     """Interference on the trial's CPUs; ``own_cpu_s`` (workers and harness) is not foreign."""
     cpus = sorted({c for w in fleet.plan.workers for c in w.cpus}) or sorted(segments[0].before.cpu)
@@ -128,17 +103,17 @@ def _window_interference(fleet: Launcher, segments: list[_Segment], own_cpu_s: f
 
 def _server_segment(fleet: Launcher, offered_rate: float, count: int, over_allowed: int, start: float,
                     bound_s: float | None, backlog_limit_s: float | None, unloaded_service_s: float,
-                    rng: np.random.Generator) -> _Segment:
+                    rng: np.random.Generator) -> Segment:
     offsets = poisson_schedule(offered_rate, count, rng)
-    _reset(fleet, count, MODE_SERVER, over_allowed)
+    fleet.buffers.start_window(count, Mode.SERVER, over_allowed)
     fleet.buffers.scheduled[:count] = start + offsets
     schedule_span = float(offsets[-1])
     # generous: the schedule, then three times the whole segment's service work on one worker
     grace = min(5.0, fleet.hang_grace_s)
     timeout = max(0.0, start - time.monotonic()) + schedule_span + grace + 3 * max(
         unloaded_service_s, 0.001) * count / max(1, len(fleet.pids))
-    return _run_segment(fleet, count, lambda: fleet.run_window(start + schedule_span + 3600, bound_s,
-                                                               backlog_limit_s, timeout_s=timeout))
+    window = Window(start + schedule_span + 3600, bound_s, backlog_limit_s)
+    return _run_segment(fleet, count, lambda: fleet.run_window(window, timeout_s=timeout))
 
 
 def window_requests(offered_rate: float, duration_s: float, min_requests: int, max_requests: int,
@@ -180,46 +155,46 @@ def run_server_window(
 
     segments = [_server_segment(fleet, offered_rate, count, allowance(count, 0), start, bound_s,
                                 backlog_limit_s, unloaded_service_s, rng)]
-    if bound_s is not None and _kept_up(segments, offered_rate, unloaded_service_s)[0]:
+    if bound_s is not None and keep_up(segments, offered_rate, unloaded_service_s)[0]:
         def more(extra: int) -> np.ndarray:
             done = sum(s.scheduled.size for s in segments)
-            over = int(np.count_nonzero(~(_latencies(segments) <= bound_s)))
+            over = int(np.count_nonzero(~(latencies(segments) <= bound_s)))
             gap = float(rng.exponential(1.0 / offered_rate))
             begin = max(float(np.nanmax(segments[-1].scheduled)) + gap, time.monotonic() + START_DELAY_S)
             segments.append(_server_segment(fleet, offered_rate, extra, allowance(done + extra, over), begin,
                                             bound_s, backlog_limit_s, unloaded_service_s, rng))
-            return _latencies(segments[-1:])
+            return latencies(segments[-1:])
 
-        stats.decide(_latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence)
-    return _summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs, fleet)
+        stats.decide(latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence)
+    return summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs, fleet)
 
 
 def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None = None,
                        verdicts: VerdictSettings | None = None) -> WindowResult:
     """Every worker closed-loop for ``duration_s``."""
     count = fleet.max_requests
-    _reset(fleet, count, MODE_OFFLINE, count)
+    fleet.buffers.start_window(count, Mode.OFFLINE, count)
     fleet.buffers.scheduled[:count] = np.nan
     end = time.monotonic() + duration_s
-    segment = _run_segment(fleet, None, lambda: fleet.run_window(end, None, None,
-                                                                 timeout_s=duration_s + fleet.hang_grace_s))
+    window = Window(end, None, None)
+    segment = _run_segment(fleet, None, lambda: fleet.run_window(window, timeout_s=duration_s + fleet.hang_grace_s))
     done = ~np.isnan(segment.completed)  # offline: only what completed is part of the window
     segment.scheduled, segment.started, segment.completed = (
         segment.scheduled[done], segment.started[done], segment.completed[done])
-    return _summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings(), fleet)
+    return summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings(), fleet)
 
 
 def _own_cpu() -> float:
     return time.process_time()
 
 
-def _latencies(segments: list[_Segment]) -> np.ndarray:
+def latencies(segments: list[Segment]) -> np.ndarray:
     """Scheduled arrival to completion; a request never completed is infinitely late."""
     return np.concatenate([np.where(np.isnan(s.completed), np.inf, s.completed - s.scheduled)
                            for s in segments])
 
 
-def _kept_up(segments: list[_Segment], offered_rate: float, unloaded_service_s: float) -> tuple[bool, float]:
+def keep_up(segments: list[Segment], offered_rate: float, unloaded_service_s: float) -> tuple[bool, float]:
     """(kept up, achieved rate): completions over the segments' own spans (gaps between extension
     segments do not count), against the offered rate."""
     claimed = sum(s.scheduled.size for s in segments)
@@ -230,17 +205,17 @@ def _kept_up(segments: list[_Segment], offered_rate: float, unloaded_service_s: 
     span = sum(float(np.nanmax(s.scheduled) - np.nanmin(s.scheduled)) + max(unloaded_service_s, 0.0)
                for s in segments)
     effective_offered = claimed / span if span > 0 else offered_rate
-    backlog = any(s.abort == ABORT_BACKLOG for s in segments)
+    backlog = any(s.abort == Abort.BACKLOG for s in segments)
     kept = n_done == claimed and not backlog and achieved >= KEEP_UP_RATIO * min(effective_offered, offered_rate)
     return kept, achieved
 
 
-def _window_verdict(segments: list[_Segment], scenario: str, offered_rate: float, achieved: float, kept_up: bool,
-                    bound_s: float | None, vs: VerdictSettings, looks: int) -> tuple[stats.Verdict | None, str]:
+def window_verdict(segments: list[Segment], scenario: str, offered_rate: float, achieved: float, kept_up: bool,
+                   bound_s: float | None, vs: VerdictSettings, looks: int) -> tuple[stats.Verdict | None, str]:
     """The window's statistical verdict (None without a bound) and why it did not pass."""
-    verdict = stats.judge(_latencies(segments), bound_s, vs.quantile, vs.confidence, looks) if bound_s else None
-    aborted = any(s.abort == ABORT_OVER_BOUND for s in segments)
-    if any(s.abort == ABORT_BACKLOG for s in segments):
+    verdict = stats.judge(latencies(segments), bound_s, vs.quantile, vs.confidence, looks) if bound_s else None
+    aborted = any(s.abort == Abort.OVER_BOUND for s in segments)
+    if any(s.abort == Abort.BACKLOG for s in segments):
         return verdict, "did not keep up (backlog grew past the limit)"
     if not kept_up and not aborted:
         return verdict, f"did not keep up (achieved {achieved:.1f} of {offered_rate:.1f} req/s)"
@@ -259,23 +234,25 @@ def _window_verdict(segments: list[_Segment], scenario: str, offered_rate: float
                      f"straddle the {bound_ms:g} ms bound")
 
 
-def _summarise(segments: list[_Segment], scenario: str, offered_rate: float, bound_s: float | None,
-               unloaded_service_s: float, vs: VerdictSettings, fleet: Launcher) -> WindowResult:
-    latencies = _latencies(segments)
+def summarise(segments: list[Segment], scenario: str, offered_rate: float, bound_s: float | None,
+              unloaded_service_s: float, vs: VerdictSettings, fleet: Launcher) -> WindowResult:
+    """The window's result from its segments' raw arrays: percentiles, keep-up, verdict and its
+    reason, CPU use; ``fleet`` (its plan's CPUs) says where interference was read."""
+    latencies_s = latencies(segments)
     service = np.concatenate([s.completed - s.started for s in segments])
     service = service[~np.isnan(service)]
-    claimed = int(latencies.size)
-    n_done = int(np.count_nonzero(np.isfinite(latencies)))
-    p50, p90, p99, p999 = percentiles_ms(latencies)
+    claimed = int(latencies_s.size)
+    n_done = int(np.count_nonzero(np.isfinite(latencies_s)))
+    p50, p90, p99, p999 = percentiles_ms(latencies_s)
     wall = sum(s.wall_s for s in segments)
     if scenario == "server":
-        kept_up, achieved = _kept_up(segments, offered_rate, unloaded_service_s)
+        kept_up, achieved = keep_up(segments, offered_rate, unloaded_service_s)
         looks = vs.looks
     else:
         kept_up, looks = True, 1
         s = segments[0]
         achieved = n_done / max(float(np.max(s.completed) - np.min(s.scheduled)), 1e-9) if n_done else 0.0
-    verdict, reason = _window_verdict(segments, scenario, offered_rate, achieved, kept_up, bound_s, vs, looks)
+    verdict, reason = window_verdict(segments, scenario, offered_rate, achieved, kept_up, bound_s, vs, looks)
     if verdict is not None:
         word = stats.FAIL if reason and verdict.verdict == stats.PASS else verdict.verdict
     else:

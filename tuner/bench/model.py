@@ -120,19 +120,7 @@ def inspect_model(
 ) -> ModelInfo:
     """Load the model once in this process (fail fast, with the reason) and fix its input shapes."""
     path = resolve_model_path(model)
-    try:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises several types (Fail, InvalidGraph, InvalidProtobuf ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "InvalidProtobuf" in type(exc).__name__ or "protobuf parsing failed" in first.lower():
-            raise UsageError(f"{path} is not an ONNX model (it does not parse as one); give an .onnx file "
-                             "exported by torch.onnx, tf2onnx or similar") from None
-        raise ModelError(f"ONNX Runtime cannot load {path}: {first[:300]}") from None
+    session = _load_session(path)
     shapes = dict(shapes or {})
     names = [i.name for i in session.get_inputs()]
     unknown = set(shapes) - set(names)
@@ -141,41 +129,63 @@ def inspect_model(
             f"--shape names input(s) {', '.join(sorted(unknown))} that the model does not have; "
             f"its inputs are: {', '.join(names)}"
         )
-    specs = []
     if npz is not None:
         arrays = load_npz(npz, names)
         specs = [InputSpec(n, tuple(arrays[n].shape), str(arrays[n].dtype)) for n in names]
     else:
-        for inp in session.get_inputs():
-            if inp.type not in _DTYPES:
-                raise ModelError(f"input {inp.name} has type {inp.type}, which placetune cannot generate; "
-                                 "give real inputs with --inputs FILE.npz")
-            if inp.name in shapes:
-                shape = shapes[inp.name]
-                if len(shape) != len(inp.shape):
-                    raise UsageError(
-                        f"--shape {inp.name} has {len(shape)} dims; the model's input has "
-                        f"{len(inp.shape)} ({inp.shape})"
-                    )
-            else:
-                shape = []
-                for pos, dim in enumerate(inp.shape):
-                    if isinstance(dim, int) and dim > 0:
-                        shape.append(dim)
-                    elif pos == 0 and batch is not None:
-                        shape.append(batch)
-                    else:
-                        raise UsageError(
-                            f"input {inp.name} has a dynamic dimension {dim!r} at position {pos} "
-                            f"(shape {inp.shape}); fix it with --shape {inp.name}=" + "x".join(
-                                str(d) if isinstance(d, int) and d > 0 else "N" for d in inp.shape
-                            ) + (" or --batch N" if pos == 0 else "")
-                        )
-                shape = tuple(shape)
-            specs.append(InputSpec(inp.name, tuple(shape), np.dtype(_DTYPES[inp.type]).name))
+        specs = [_generated_input(inp, shapes, batch) for inp in session.get_inputs()]
     name = path.stem.removeprefix("light_")
     return ModelInfo(str(path.resolve()), name, file_sha256(path), tuple(specs),
                      str(Path(npz).resolve()) if npz else None)
+
+
+def _load_session(path: Path):
+    """An ONNX Runtime session on ``path`` (one thread); what ORT cannot load is a UsageError (not
+    ONNX at all) or a ModelError (ORT's reason)."""
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises several types (Fail, InvalidGraph, InvalidProtobuf ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "InvalidProtobuf" in type(exc).__name__ or "protobuf parsing failed" in first.lower():
+            raise UsageError(f"{path} is not an ONNX model (it does not parse as one); give an .onnx file "
+                             "exported by torch.onnx, tf2onnx or similar") from None
+        raise ModelError(f"ONNX Runtime cannot load {path}: {first[:300]}") from None
+
+
+def _generated_input(inp, shapes: dict[str, tuple[int, ...]], batch: int | None) -> InputSpec:
+    """The spec of an input placetune generates: its shape from ``shapes``, the model, or ``batch``
+    for a dynamic first dimension."""
+    if inp.type not in _DTYPES:
+        raise ModelError(f"input {inp.name} has type {inp.type}, which placetune cannot generate; "
+                         "give real inputs with --inputs FILE.npz")
+    if inp.name in shapes:
+        shape = shapes[inp.name]
+        if len(shape) != len(inp.shape):
+            raise UsageError(
+                f"--shape {inp.name} has {len(shape)} dims; the model's input has "
+                f"{len(inp.shape)} ({inp.shape})"
+            )
+    else:
+        dims = []
+        for pos, dim in enumerate(inp.shape):
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            elif pos == 0 and batch is not None:
+                dims.append(batch)
+            else:
+                raise UsageError(
+                    f"input {inp.name} has a dynamic dimension {dim!r} at position {pos} "
+                    f"(shape {inp.shape}); fix it with --shape {inp.name}=" + "x".join(
+                        str(d) if isinstance(d, int) and d > 0 else "N" for d in inp.shape
+                    ) + (" or --batch N" if pos == 0 else "")
+                )
+        shape = tuple(dims)
+    return InputSpec(inp.name, tuple(shape), np.dtype(_DTYPES[inp.type]).name)
 
 
 def load_npz(npz: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
