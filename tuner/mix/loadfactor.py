@@ -65,9 +65,11 @@ class LoadFactorOutcome:
 
 
 def search_load_factor(run: Callable[[float], MixWindow], capacity_lf: float, steps: int,
-                       say: Callable[[str], None] = lambda _m: None, retest: bool = True) -> LoadFactorOutcome:
+                       say: Callable[[str], None] = lambda _m: None, retest: bool = True,
+                       fallbacks: int = 2) -> LoadFactorOutcome:
     """Bisection over load factors below ``capacity_lf`` (the closed-loop estimate) with ``steps``
-    runs, then one re-test of the boundary."""
+    runs, then one re-test of the boundary; when no load factor passed, up to ``fallbacks`` runs at
+    half the lowest one tried."""
     by_lf: dict[float, list[MixWindow]] = {}
     runs: list[MixWindow] = []
 
@@ -95,6 +97,12 @@ def search_load_factor(run: Callable[[float], MixWindow], capacity_lf: float, st
     if retest and best is not None:
         at(best, "boundary re-test")
         verdicts[best] = pooled_mix_verdict(by_lf[best])
+        best = _highest_pass(verdicts)
+    for _ in range(fallbacks):  # nothing passed (the first run, or the re-test, was over): halve the lowest L
+        if best is not None or not verdicts:
+            break
+        lf = min(verdicts) / 2
+        verdicts[lf] = pooled_mix_verdict([at(lf, "fallback")])
         best = _highest_pass(verdicts)
     if best is None:
         return LoadFactorOutcome(None, runs, (0.0, min(verdicts, default=0.0)), stats.UNDECIDED)

@@ -98,10 +98,11 @@ def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, m
 
 
 def _why_none(outcome: LoadFactorOutcome) -> str:
-    lowest = min(outcome.runs, key=lambda r: r.load_factor, default=None)
+    lowest = min((r for r in outcome.runs if r.failing()), key=lambda r: r.load_factor, default=None)
     if lowest is None:
-        return "no load factor was tried"
-    return f"no load factor was proven to pass (lowest tried, {lowest.load_factor:.3g}: {'; '.join(lowest.failing())})"
+        return "no load factor was proven to pass"
+    why = "; ".join(lowest.failing())
+    return f"no load factor was proven to pass (lowest failing, {lowest.load_factor:.3g}: {why})"
 
 
 def _per_model(probe: dict[str, WindowResult], outcome: LoadFactorOutcome | None, seen: dict, the_plans: dict,
