@@ -70,32 +70,29 @@ def search_load_factor(run: Callable[[float], MixWindow], capacity_lf: float, st
     """Bisection over load factors below ``capacity_lf`` (the closed-loop estimate) with ``steps``
     runs, then one re-test of the boundary; when no load factor passed, up to ``fallbacks`` runs at
     half the lowest one tried."""
-    by_lf: dict[float, list[MixWindow]] = {}
     runs: list[MixWindow] = []
 
     def at(lf: float, label: str) -> MixWindow:
         say(f"{label}: load factor {lf:.3g}")
-        r = run(lf)
-        runs.append(r)
-        by_lf.setdefault(lf, []).append(r)
-        return r
+        runs.append(run(lf))
+        return runs[-1]
 
-    low, high = 0.0, capacity_lf * 1.05
+    bracket = [0.0, capacity_lf * 1.05]  # [highest passing, lowest not passing] so far
     lf = capacity_lf * 0.9
     for step in range(steps):
-        if lf <= 0 or not low < lf < high:
+        if lf <= 0 or not bracket[0] < lf < bracket[1]:
             break
-        if at(lf, f"run {step + 1}/{steps}").verdict == stats.PASS:
-            low = lf
-        else:
-            high = lf
-        lf = (low + high) / 2
-        if high - low < 0.01 * capacity_lf:
+        passed = at(lf, f"run {step + 1}/{steps}").verdict == stats.PASS
+        bracket[0 if passed else 1] = lf
+        if bracket[1] - bracket[0] < 0.01 * capacity_lf:
             break
+        lf = sum(bracket) / 2
+    by_lf = _grouped(runs)
     verdicts = {x: pooled_mix_verdict(rs) for x, rs in by_lf.items()}
     best = _highest_pass(verdicts)
     if retest and best is not None:
         at(best, "boundary re-test")
+        by_lf = _grouped(runs)
         verdicts[best] = pooled_mix_verdict(by_lf[best])
         best = _highest_pass(verdicts)
     for _ in range(fallbacks):  # nothing passed (the first run, or the re-test, was over): halve the lowest L
@@ -104,12 +101,20 @@ def search_load_factor(run: Callable[[float], MixWindow], capacity_lf: float, st
         lf = min(verdicts) / 2
         verdicts[lf] = pooled_mix_verdict([at(lf, "fallback")])
         best = _highest_pass(verdicts)
+    by_lf = _grouped(runs)
     if best is None:
         return LoadFactorOutcome(None, runs, (0.0, min(verdicts, default=0.0)), stats.UNDECIDED)
     above = [x for x, v in verdicts.items() if x > best and v != stats.PASS]
     passing = [r for r in by_lf[best] if r.verdict == stats.PASS] or by_lf[best]
     return LoadFactorOutcome(passing[-1], runs, (best, min(above) if above else max(capacity_lf, best)),
                              stats.PASS)
+
+
+def _grouped(runs: list[MixWindow]) -> dict[float, list[MixWindow]]:
+    by_lf: dict[float, list[MixWindow]] = {}
+    for r in runs:
+        by_lf.setdefault(r.load_factor, []).append(r)
+    return by_lf
 
 
 def _highest_pass(verdicts: dict[float, str]) -> float | None:
