@@ -3,9 +3,9 @@
 1. plan each model inside its part of the machine and start every model's workers at once
    (tuner.mix.bench.MixFleet); verify every pinned worker's placement from /proc;
 2. warm-up, all models closed-loop at once;
-3. capacity probe, all models closed-loop at once: each model's capacity C_i under co-load and
-   its unloaded latency; the config is infeasible when a model's unloaded P99 is proven over its
-   bound (the reason names the model);
+3. capacity probe, all models closed-loop at once: each model's capacity C_i under co-load
+   (a bound no config can meet is caught before the study, each model alone:
+   tuner.mix.study.check_bounds_alone);
 4. the load-factor search (tuner.mix.loadfactor) below min_i C_i / share_i, every model on its
    own Poisson stream at L x share_i, all at once;
 5. the result: L with its interval and, per model at the best L, throughput, P50/P99 with the
@@ -39,7 +39,7 @@ class MixResult:
     label: str
     load_factor: float  # the largest passing L (0 when none passed)
     load_factor_ci: tuple[float, float]
-    verdict: str  # pass | fail (proven: a model's unloaded P99 is over its bound) | undecided
+    verdict: str  # pass | undecided (no load factor tried passed; a lower one might)
     reason: str
     models: dict[str, dict]  # per model at the best L: throughput, p50_ms, p99_ms, p99_ci_ms, interference, ...
     runs: list[dict] = field(default_factory=list)  # every MixWindow, in order
@@ -75,26 +75,19 @@ def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, m
         mix.offline(settings.warmup_s)
         say("capacity probe (all models at once)")
         probe = mix.offline(settings.window_s, bounds)
-        over = [n for n, w in probe.items() if w.verdict == stats.FAIL]
-        outcome = None
-        if not over:
-            capacity_lf = min(probe[n].achieved_rate / shares[n] for n in deployment.names)
-            service = service_times_s(probe)
-            outcome = search_load_factor(lambda lf: mix.server(lf, shares, bounds, service, rngs), capacity_lf,
-                                         settings.search_steps, say)
+        # every model saturated at once is not an unloaded latency when models share cores: the probe
+        # gives capacities only, and no config is called infeasible from it (the search halves L instead)
+        capacity_lf = min(probe[n].achieved_rate / shares[n] for n in deployment.names)
+        service = service_times_s(probe)
+        outcome = search_load_factor(lambda lf: mix.server(lf, shares, bounds, service, rngs), capacity_lf,
+                                     settings.search_steps, say)
         mix.check_alive()
     per_model = _per_model(probe, outcome, seen, the_plans, bounds)
-    if outcome is None:
-        reason = "; ".join(f"model {n}: unloaded P99 {probe[n].p99_ms:.2f} ms is over its "
-                           f"{bounds[n] * 1000:g} ms bound (lower bound {probe[n].p99_ci_ms[0]:.2f} ms)" for n in over)
-        verdict, lf, ci, runs = stats.FAIL, 0.0, (0.0, 0.0), []
-    else:
-        verdict, runs = outcome.verdict, [r.to_dict() for r in outcome.runs]
-        lf = outcome.best.load_factor if outcome.best else 0.0
-        ci = (float(outcome.interval[0]), float(outcome.interval[1]))
-        reason = "" if outcome.best else _why_none(outcome)
-    return MixResult(config.to_dict(), config.label(), float(lf), ci, verdict, reason, per_model, runs,
-                     machine_metadata(), time.monotonic() - began)
+    lf = outcome.best.load_factor if outcome.best else 0.0
+    reason = "" if outcome.best else _why_none(outcome)
+    return MixResult(config.to_dict(), config.label(), float(lf), tuple(map(float, outcome.interval)),
+                     outcome.verdict, reason, per_model, [r.to_dict() for r in outcome.runs], machine_metadata(),
+                     time.monotonic() - began)
 
 
 def _why_none(outcome: LoadFactorOutcome) -> str:
@@ -105,9 +98,9 @@ def _why_none(outcome: LoadFactorOutcome) -> str:
     return f"no load factor was proven to pass (lowest failing, {lowest.load_factor:.3g}: {why})"
 
 
-def _per_model(probe: dict[str, WindowResult], outcome: LoadFactorOutcome | None, seen: dict, the_plans: dict,
+def _per_model(probe: dict[str, WindowResult], outcome: LoadFactorOutcome, seen: dict, the_plans: dict,
                bounds: dict[str, float]) -> dict[str, dict]:
-    best: MixWindow | None = outcome.best if outcome else None
+    best: MixWindow | None = outcome.best
     out = {}
     for name, p in probe.items():
         w = best.windows[name] if best else p
