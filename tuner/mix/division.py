@@ -38,14 +38,25 @@ def proportional_sizes(n_cores: int, shares: tuple[float, ...]) -> tuple[int, ..
 
 
 def candidate_sizes(n_cores: int, shares: tuple[float, ...], limit: int = MAX_CANDIDATES) -> list[tuple[int, ...]]:
-    """Splits of ``n_cores`` into one positive count per model, the proportional one first, then
-    the others by their distance (cores moved) from it; at most ``limit``."""
+    """Splits of ``n_cores`` into one positive count per model: the proportional one first, then
+    those one core moved away, two cores moved, ... (breadth first); at most ``limit``."""
     target = proportional_sizes(n_cores, shares)
-    m = len(shares)
-    splits = [(*cuts, n_cores) for cuts in itertools.combinations(range(1, n_cores), m - 1)]
-    sizes = [tuple(b - a for a, b in zip((0, *s[:-1]), s, strict=True)) for s in splits]
-    sizes.sort(key=lambda s: (sum(abs(a - b) for a, b in zip(s, target, strict=True)), s))
-    return sizes[:limit]
+    found = [target]
+    seen = {target}
+    frontier = [target]
+    while frontier and len(found) < limit:
+        following = []
+        for sizes in frontier:
+            for i, j in itertools.permutations(range(len(sizes)), 2):
+                if sizes[i] > 1:
+                    moved = tuple(k - (x == i) + (x == j) for x, k in enumerate(sizes))
+                    if moved not in seen:
+                        seen.add(moved)
+                        following.append(moved)
+        following.sort()
+        found += following
+        frontier = following
+    return found[:limit]
 
 
 def division_label(sizes: tuple[int, ...]) -> str:
