@@ -261,7 +261,7 @@ def test_bad_deployments_from_the_cli_are_one_line_usage_errors(two_models):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and message in done.stderr and lines[-1].startswith("placetune: error:"), (
             file, done.stderr)
-        assert not (d / "best_config.json").exists()
+        assert not (d / "best_config.json").exists() and not (d / "placetune.db").exists()  # nothing stored
 
 
 def test_optimize_a_deployment_then_export_one_launch_script_per_model_that_serves(two_models, tmp_path):
