@@ -13,14 +13,27 @@ import click
 from tuner.errors import UsageError
 
 
+def _click():
+    """The click the running command line uses: typer >= 0.29 vendors its own (typer._click), whose
+    context and exceptions are the ones that print the usage line; older typers use click."""
+    try:
+        from typer import _click as vendored
+
+        return vendored.exceptions, vendored.globals.get_current_context
+    except ImportError:
+        return click.exceptions, click.get_current_context
+
+
 def check_model_or_deployment(model: str | None, deployment: Path | None) -> bool:
-    """True when the command is about a deployment; a usage error (exit 2) when both or neither is given."""
-    ctx = click.get_current_context(silent=True)
+    """True when the command is about a deployment; a usage error (exit 2, with the usage line) when
+    both or neither is given."""
+    exceptions, current = _click()
+    ctx = current(silent=True)
     if model is not None and deployment is not None:
-        raise click.UsageError("--model and --deployment exclude each other: a deployment file names its "
-                               "models", ctx=ctx)
+        raise exceptions.UsageError("--model and --deployment exclude each other: a deployment file names its "
+                                    "models", ctx=ctx)
     if model is None and deployment is None:
-        raise click.MissingParameter(ctx=ctx, param_hint="'--model'", param_type="option")
+        raise exceptions.MissingParameter(ctx=ctx, param_hint="'--model'", param_type="option")
     return deployment is not None
 
 
