@@ -126,13 +126,17 @@ def test_sampled_configs_keep_every_model_inside_its_part(tmp_path):
     deployment = parse_deployment({"models": [{"name": "a", "model": "x", "p99": "1s", "share": 1},
                                               {"name": "b", "model": "x", "p99": "1s", "share": 2}]})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    policies = set()
     for _ in range(12):
         trial = study.ask()
         config = suggest_config(trial, topo, deployment, "default")
+        policies |= {p.numa_policy for p in config.params.values()}
         for name, the_plan in plans(topo, config).items():
             assert {c for w in the_plan.workers for c in w.cpus} <= set(config.cpus[name]), config.label()
+            assert all(set(w.mem_nodes) == set(w.nodes) for w in the_plan.workers if w.mem_policy == "bind")
         assert not set(config.cpus["a"]) & set(config.cpus["b"])
         study.tell(trial, 1.0)
+    assert "bind" in policies  # a model's part chooses its memory policy on a multi-node machine
 
 
 def test_deploy_apply_picks_one_model_of_a_deployment_document():

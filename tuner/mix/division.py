@@ -13,7 +13,7 @@ against a restricted Topology holding only that part's CPUs, so each model's pla
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuner.machine.placement import Params, Plan, plan
 from tuner.machine.topology import Topology
@@ -114,9 +114,13 @@ def suggest_config(trial, topology: Topology, deployment: Deployment, space_name
     restricted to its part (parameters ``NAME.workers``, ``NAME.cores_per_worker``, ...)."""
     choices = division_choices(topology, deployment)
     label = trial.suggest_categorical("division", list(choices))
+    machine_policies = load_space(space_name, topology).choices["numa_policy"]
     params = {}
     for name, cpus in zip(deployment.names, choices[label], strict=True):
         space = load_space(space_name, model_topology(topology, cpus, name))
+        # a part inside one node of a multi-node machine still chooses its memory policy (bind keeps
+        # its memory on its node): the restricted topology alone would collapse the choice to none
+        space = replace(space, choices={**space.choices, "numa_policy": machine_policies})
         params[name] = Params(**space.walk(_chooser(trial, name, space))[0])
     return MixConfig(label, dict(zip(deployment.names, choices[label], strict=True)), params)
 
