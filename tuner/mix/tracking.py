@@ -45,6 +45,13 @@ class MixTracker:
         self._client = MlflowClient(tracking_uri=self.uri)
         found = self._client.get_experiment_by_name(self.experiment)
         self._experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)
+        found = self._client.search_runs(  # a resumed study keeps its parent run
+            [self._experiment_id], filter_string=f"tags.`placetune.study` = '{study_name}' and "
+                                                 "tags.`placetune.kind` = 'deployment-study'", max_results=1)
+        if found:
+            self.parent = found[0].info.run_id
+            self._client.update_run(self.parent, status="RUNNING")
+            return
         run = self._client.create_run(self._experiment_id, run_name=study_name,
                                       tags={"placetune.study": study_name, "placetune.kind": "deployment-study"})
         self.parent = run.info.run_id
