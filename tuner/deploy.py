@@ -12,6 +12,10 @@ model's memory is first-touched on the right node, and returns ``onnxruntime.Ses
 exactly as placetune measured them (thread counts, execution mode, spinning, intra-op thread
 affinities, graph optimization level). The worker is read from ``PLACETUNE_WORKER_INDEX`` and the
 config from ``PLACETUNE_CONFIG`` when they are not given, as the exported launch scripts set them.
+
+A deployment's best config (several models sharing the server, ``placetune optimize --deployment``)
+holds one config per model: ``deploy.apply("best_deployment.json", worker_index=0, model="ranker")``
+(or ``PLACETUNE_MODEL=ranker``) applies that model's worker.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ if TYPE_CHECKING:
     from tuner.machine.placement import Params
 
 CONFIG_FORMAT = "placetune-config/1"
+DEPLOYMENT_FORMAT = "placetune-deployment/1"  # tuner.mix: one CONFIG_FORMAT document per model
 
 
-def load_config(config: str | os.PathLike | dict | None = None) -> dict:
-    """A best-config document from a dict, a .json/.yaml path, or $PLACETUNE_CONFIG."""
+def load_config(config: str | os.PathLike | dict | None = None, model: str | None = None) -> dict:
+    """A best-config document from a dict, a .json/.yaml path, or $PLACETUNE_CONFIG; from a
+    deployment's document, the config of ``model`` (or $PLACETUNE_MODEL)."""
     if isinstance(config, dict):
         document = config
         where = "the config mapping"
@@ -54,6 +60,8 @@ def load_config(config: str | os.PathLike | dict | None = None) -> dict:
                 document = json.loads(text)
         except Exception as exc:
             raise UsageError(f"config {path} is not valid JSON/YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(document, dict) and document.get("format") == DEPLOYMENT_FORMAT:
+        document, where = _model_config(document, model or os.environ.get("PLACETUNE_MODEL"), where)
     if not isinstance(document, dict) or document.get("format") != CONFIG_FORMAT:
         found = f", found {document.get('format')!r}" if isinstance(document, dict) and "format" in document else ""
         raise UsageError(f"{where} is not a placetune config (expected format: {CONFIG_FORMAT}{found}); "
@@ -64,6 +72,18 @@ def load_config(config: str | os.PathLike | dict | None = None) -> dict:
         raise UsageError(f"{where} has no plan with a list of workers; export it again with "
                          "'placetune export --format json'")
     return document
+
+
+def _model_config(document: dict, model: str | None, where: str) -> tuple[dict, str]:
+    """One model's config inside a deployment's document."""
+    models = document.get("models")
+    names = ", ".join(models) if isinstance(models, dict) else "none"
+    if model is None:
+        raise UsageError(f"{where} is a deployment of several models ({names}): choose one with model=NAME "
+                         "or PLACETUNE_MODEL")
+    if not isinstance(models, dict) or model not in models:
+        raise UsageError(f"{where} has no model {model!r}; its models: {names}")
+    return models[model], f"{where} (model {model})"
 
 
 def config_params(document: dict, where: str = "the config") -> Params:
@@ -146,12 +166,14 @@ def pin_every_thread(cpus: tuple[int, ...]) -> None:
     os.sched_setaffinity(0, cpus)
 
 
-def apply(config: str | os.PathLike | dict | None = None, worker_index: int | None = None):
-    """Pin this process as worker ``worker_index`` of ``config``, set its memory policy, and return
-    the session options it was measured with. Call it before creating the InferenceSession."""
+def apply(config: str | os.PathLike | dict | None = None, worker_index: int | None = None,
+          model: str | None = None):
+    """Pin this process as worker ``worker_index`` of ``config`` (of ``model``'s config in a
+    deployment's document), set its memory policy, and return the session options it was measured
+    with. Call it before creating the InferenceSession."""
     from tuner.machine.numa import set_mempolicy
 
-    document = load_config(config)
+    document = load_config(config, model)
     spec = worker_spec(document, worker_index)
     params = document["params"]
     cpus = tuple(spec["cpus"])

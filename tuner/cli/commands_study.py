@@ -19,7 +19,6 @@ from tuner.cli.common import (
     LockWaitOpt,
     MemLimitOpt,
     MlflowUriOpt,
-    ModelOpt,
     ScenarioOpt,
     ShapeOpt,
     StorageOpt,
@@ -37,7 +36,8 @@ from tuner.errors import UsageError
 
 
 def optimize(  # over 60 lines: typer reads its 30 options from the signature; the body is short
-    model: ModelOpt,
+    model: Annotated[str | None, typer.Option("--model", help="An .onnx file, or onnx:NAME for a model the onnx "
+                                              "package ships (onnx:squeezenet, onnx:resnet50, ...).")] = None,
     p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms.")] = None,
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Configs to measure in all (baselines "
                                                  "included; planner-rejected and repeated configs are free); "
@@ -74,11 +74,29 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
     inputs: InputsOpt = None,
     fsroot: FsRoot = None,
     topology_file: TopologyFile = None,
+    deployment: Annotated[Path | None, typer.Option("--deployment", help="Tune several models sharing this "
+                                                    "server: a YAML file of {name, model, p99, share} entries "
+                                                    "(instead of --model).")] = None,
 ) -> None:
     """Run (or resume) an Optuna study over placements; write the best feasible config.
 
     Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
     """
+    # ---- several models sharing the server (issue 16): tuner/cli/mix.py
+    from tuner.cli import mix as mix_cli
+
+    if mix_cli.check_model_or_deployment(model, deployment):
+        code = mix_cli.optimize_deployment(
+            deployment, console=console, warn=warn, p99=p99, n_trials=n_trials, timeout=timeout, space=space,
+            seed=seed, scenario=scenario, window=window, storage=storage, study_name=study_name,
+            revalidate=revalidate, out=out, mlflow_uri=mlflow_uri, no_mlflow=no_mlflow, experiment=experiment,
+            lock_wait_s=lock_wait_s(lock_wait), topology=get_topology(fsroot, topology_file),
+            settings=measure_settings("server", None, window, worker_memory_limit, hang_timeout, seed or 0,
+                                      confidence))
+        if code:
+            raise typer.Exit(code)
+        return
+    # ---- end of issue 16
     from tuner.app.optimize import OptimizeRequest, TrackingRequest, run_optimize
     from tuner.bench.model import inspect_model, parse_shapes
     from tuner.cli.optimize_view import OptimizeView
@@ -134,6 +152,12 @@ def export(
 
     if fmt not in exporter.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
+    # ---- a deployment's best config (issue 16): one file per model, tuner/cli/mix.py
+    from tuner.cli import mix as mix_cli
+
+    if config is not None and mix_cli.is_deployment_file(config):
+        return mix_cli.export_deployment(config, fmt, out, config_path if config_path != "best_config.json" else None)
+    # ---- end of issue 16
     if out is not None:
         check_writable(out, "--out")
     if config is not None:

@@ -1,0 +1,144 @@
+"""``placetune optimize --deployment FILE`` and ``placetune export --config DEPLOYMENT.json``: several
+models sharing one server (tuner.mix). cli/main.py's optimize and export commands dispatch here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from tuner.errors import UsageError
+
+
+def _click():
+    """The click the running command line uses: typer >= 0.29 vendors its own (typer._click), whose
+    context and exceptions are the ones that print the usage line; older typers use click."""
+    try:
+        from typer import _click as vendored
+
+        return vendored.exceptions, vendored.globals.get_current_context
+    except ImportError:
+        return click.exceptions, click.get_current_context
+
+
+def check_model_or_deployment(model: str | None, deployment: Path | None) -> bool:
+    """True when the command is about a deployment; a usage error (exit 2, with the usage line) when
+    both or neither is given."""
+    exceptions, current = _click()
+    ctx = current(silent=True)
+    if model is not None and deployment is not None:
+        raise exceptions.UsageError("--model and --deployment exclude each other: a deployment file names its "
+                                    "models", ctx=ctx)
+    if model is None and deployment is None:
+        raise exceptions.MissingParameter(ctx=ctx, param_hint="'--model'", param_type="option")
+    return deployment is not None
+
+
+def optimize_deployment(deployment: Path, *, console, warn: Callable[[str], None], p99: str | None,
+                        n_trials: int | None, timeout: str | None, space: str, seed: int | None, scenario: str,
+                        window: str, storage: str | None, study_name: str | None, revalidate: int, out: Path,
+                        mlflow_uri: str | None, no_mlflow: bool, experiment: str, lock_wait_s: float,
+                        settings, topology) -> int:
+    """Tune a deployment: check it, run the study, write the best config; the exit code (3: none met
+    every bound)."""
+    from tuner.mix.deployment import check_fits, load_deployment, resolve_models
+    from tuner.mix.study import MixStudyConfig, NoFeasibleMix, check_bounds_alone, default_study_name, run
+    from tuner.outputs import check_writable
+    from tuner.search.storage import storage_url as study_storage_url
+    from tuner.units import parse_duration
+
+    if p99 is not None:
+        raise UsageError("--p99 does not apply to --deployment: each model's bound is its p99 in the file")
+    if scenario != "server":
+        raise UsageError("--deployment tunes the server scenario only (each model on its own Poisson stream)")
+    if n_trials is not None and n_trials < 1:
+        raise UsageError("--n-trials must be at least 1")
+    timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    check_writable(out, "--out")
+    spec = load_deployment(deployment)
+    check_fits(spec, len(topology.cores()))
+    from tuner.search.space import load_space
+
+    load_space(space, topology)  # a bad --space is a usage error before anything runs
+    models = resolve_models(spec)
+    say = _progress(console)
+    check_bounds_alone(topology, spec, models, settings, say)
+    url = study_storage_url(storage)
+    name = study_name or default_study_name(spec, models)
+    cfg = MixStudyConfig(spec, models, topology, settings, url, name, space, seed, n_trials, timeout_s, revalidate)
+    tracker = None
+    if not no_mlflow:
+        from tuner.mix.tracking import MixTracker
+        from tuner.results.tracking import default_uri
+
+        tracker = MixTracker(mlflow_uri or default_uri(url), experiment, warn=warn)
+    try:
+        document = run(cfg, say, tracker, lock_wait_s=lock_wait_s)
+    except NoFeasibleMix as exc:
+        warn(str(exc))
+        return 3
+    from tuner.outputs import write_atomic
+
+    write_atomic(out, json.dumps(document, indent=1) + "\n")
+    console.print(summary(document), highlight=False)
+    console.print(f"best deployment config written to {out}", highlight=False)
+    return 0
+
+
+def _progress(console) -> Callable[[str], None]:
+    err = console.__class__(stderr=True)
+    return lambda message: err.print(f"[dim]{message}[/]", highlight=False, soft_wrap=True)
+
+
+def summary(document: dict) -> str:
+    """The best division, each model's figures at the best load factor, the race's ratios."""
+    low, high = document["load_factor_ci"]
+    lines = [f"best: {document['label']}", f"load factor {document['load_factor']:.3g} (interval {low:.3g}-{high:.3g})"]
+    for name, m in document["models"].items():
+        lo, hi = m["p99_ci_ms"]
+        lines.append(f"  {name}: {m['throughput']:.1f} req/s, P50 {m['p50_ms']:.2f} ms, P99 {m['p99_ms']:.2f} ms "
+                     f"({lo:.2f}-{hi:.2f}) <= {m['p99_bound_ms']:g} ms; {_interference(m['interference'])}")
+    for name, b in document["baselines"].items():
+        lines.append(f"  baseline {name}: load factor {b['load_factor']:.3g} ({b['label']})")
+    race = document.get("race") or {}
+    for name, r in race.get("vs_baselines", {}).items():
+        lo, hi = r["ci"]
+        lines.append(f"  race: {r['ratio']:.2f}x {name} ({round(race['confidence'] * 100)}% CI {lo:.2f}-{hi:.2f}, "
+                     f"{r['rounds']} rounds)")
+    return "\n".join(lines)
+
+
+def _interference(figures: dict) -> str:
+    from tuner.bench.interference import describe
+
+    return describe(figures)
+
+
+def is_deployment_file(path: Path) -> bool:
+    """A best-config file written by ``optimize --deployment`` (JSON, format placetune-deployment/1)."""
+    from tuner.mix.document import is_deployment
+
+    try:
+        return is_deployment(json.loads(Path(path).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def export_deployment(config: Path, fmt: str, out: Path | None, config_dir: str | None) -> None:
+    """One artifact per model (and each model's JSON config) into the folder ``out``."""
+    from tuner.mix.document import export_files
+    from tuner.outputs import write_atomic
+    from tuner.results import export as exporter
+
+    if fmt not in exporter.FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
+    if out is None:
+        raise UsageError(f"{config} is a deployment of several models: give --out FOLDER for one file per model")
+    out.mkdir(parents=True, exist_ok=True)
+    files = export_files(json.loads(config.read_text()), fmt, config_dir or str(out.resolve()))
+    for name, text in files.items():
+        write_atomic(out / name, text, mode=0o755 if name.endswith(".sh") else None)
+    sys.stderr.write(f"{fmt} export: {', '.join(sorted(files))} written to {out}\n")

@@ -1,0 +1,120 @@
+"""One mix config in, one honest result out: the largest load factor every model serves.
+
+1. plan each model inside its part of the machine and start every model's workers at once
+   (tuner.mix.bench.MixFleet); verify every pinned worker's placement from /proc;
+2. warm-up, all models closed-loop at once;
+3. capacity probe, all models closed-loop at once: each model's capacity C_i under co-load
+   (a bound no config can meet is caught before the study, each model alone:
+   tuner.mix.study.check_bounds_alone);
+4. the load-factor search (tuner.mix.loadfactor) below min_i C_i / share_i, every model on its
+   own Poisson stream at L x share_i, all at once;
+5. the result: L with its interval and, per model at the best L, throughput, P50/P99 with the
+   P99 interval, interference and placement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tuner.bench import interference, stats
+from tuner.bench.measure import MeasureSettings, machine_metadata
+from tuner.bench.model import ModelInfo
+from tuner.machine.topology import Topology
+from tuner.mix.bench import MixFleet, mix_settings, service_times_s
+from tuner.mix.deployment import Deployment
+from tuner.mix.division import MixConfig, plans
+from tuner.mix.loadfactor import LoadFactorOutcome, MixWindow, search_load_factor
+from tuner.results.records import WindowResult
+
+
+@dataclass(frozen=True)
+class MixResult:
+    """What one mix config achieved."""
+
+    config: dict  # MixConfig.to_dict()
+    label: str
+    load_factor: float  # the largest passing L (0 when none passed)
+    load_factor_ci: tuple[float, float]
+    verdict: str  # pass | undecided (no load factor tried passed; a lower one might)
+    reason: str
+    models: dict[str, dict]  # per model at the best L: throughput, p50_ms, p99_ms, p99_ci_ms, interference, ...
+    runs: list[dict] = field(default_factory=list)  # every MixWindow, in order
+    machine: dict = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def feasible(self) -> bool:
+        return self.verdict == stats.PASS
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["load_factor_ci"] = list(self.load_factor_ci)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MixResult:
+        return cls(**{**d, "load_factor_ci": tuple(d["load_factor_ci"])})
+
+
+def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, models: dict[str, ModelInfo],
+                settings: MeasureSettings, say=lambda _m: None) -> MixResult:
+    """Measure one mix config; every worker of every model is stopped when this returns."""
+    began = time.monotonic()
+    settings = mix_settings(settings)
+    bounds = {m.name: m.p99_bound_s for m in deployment.models}
+    shares = {m.name: m.share for m in deployment.models}
+    rngs = {n: np.random.default_rng([settings.seed, i]) for i, n in enumerate(deployment.names)}
+    the_plans = plans(topology, config)
+    with MixFleet(the_plans, models, settings) as mix:
+        seen = mix.placements()
+        say("warm-up (all models at once)")
+        mix.offline(settings.warmup_s)
+        say("capacity probe (all models at once)")
+        probe = mix.offline(settings.window_s, bounds)
+        # every model saturated at once is not an unloaded latency when models share cores: the probe
+        # gives capacities only, and no config is called infeasible from it (the search halves L instead)
+        capacity_lf = min(probe[n].achieved_rate / shares[n] for n in deployment.names)
+        service = service_times_s(probe)
+        outcome = search_load_factor(lambda lf: mix.server(lf, shares, bounds, service, rngs), capacity_lf,
+                                     settings.search_steps, say)
+        mix.check_alive()
+    per_model = _per_model(probe, outcome, seen, the_plans, bounds)
+    lf = outcome.best.load_factor if outcome.best else 0.0
+    reason = "" if outcome.best else _why_none(outcome)
+    return MixResult(config.to_dict(), config.label(), float(lf), tuple(map(float, outcome.interval)),
+                     outcome.verdict, reason, per_model, [r.to_dict() for r in outcome.runs], machine_metadata(),
+                     time.monotonic() - began)
+
+
+def _why_none(outcome: LoadFactorOutcome) -> str:
+    lowest = min((r for r in outcome.runs if r.failing()), key=lambda r: r.load_factor, default=None)
+    if lowest is None:
+        return "no load factor was proven to pass"
+    why = "; ".join(lowest.failing())
+    return f"no load factor was proven to pass (lowest failing, {lowest.load_factor:.3g}: {why})"
+
+
+def _per_model(probe: dict[str, WindowResult], outcome: LoadFactorOutcome, seen: dict, the_plans: dict,
+               bounds: dict[str, float]) -> dict[str, dict]:
+    best: MixWindow | None = outcome.best
+    out = {}
+    for name, p in probe.items():
+        w = best.windows[name] if best else p
+        out[name] = {
+            "throughput": w.achieved_rate if best else 0.0, "offered_rate": w.offered_rate,
+            "p50_ms": w.p50_ms, "p90_ms": w.p90_ms, "p99_ms": w.p99_ms, "p99_ci_ms": list(w.p99_ci_ms),
+            "p99_bound_ms": bounds[name] * 1000, "verdict": w.verdict, "capacity": p.achieved_rate,
+            "unloaded_p99_ms": p.p99_ms, "cpu_util": float(sum(w.worker_cpu)),
+            "interference": interference.summarise([w.to_dict()], w.to_dict()),
+            "placement": [s.to_dict() for s in seen[name]], "plan": the_plans[name].to_dict(),
+        }
+    return out
+
+
+def finite(value: float) -> float:
+    """A metric MLflow and JSON can hold (inf and nan become -1)."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else -1.0

@@ -1,0 +1,228 @@
+"""The deployment study: baselines first, then divisions and per-model configs proposed by Optuna,
+then a final race of the best against both baselines; resumable like a single-model study.
+
+One objective, maximized: the load factor L (tuner.mix.measure). A config already measured is
+not measured again (the sampler is told the earlier value and the trial carries ``repeat_of``);
+when the sampler proposes nothing new ``MAX_REPEATS`` times in a row the space is exhausted and
+the study stops early.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import optuna
+
+from tuner.bench import stats
+from tuner.bench.launcher import Launcher
+from tuner.bench.loadgen import run_offline_window
+from tuner.bench.measure import MeasureSettings
+from tuner.bench.model import ModelInfo
+from tuner.errors import Infeasible, PlacementMismatch, PlacetuneError, StudyMismatch, UsageError, WorkerError
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import Topology
+from tuner.mix.deployment import Deployment
+from tuner.mix.division import MixConfig, even_split, ort_defaults, suggest_config
+from tuner.mix.measure import MixResult, measure_mix
+from tuner.search.storage import engine_kwargs
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+MAX_REPEATS = 8
+Say = Callable[[str], None]
+Frozen = optuna.trial.FrozenTrial
+
+
+@dataclass(frozen=True)
+class MixStudyConfig:
+    deployment: Deployment
+    models: dict[str, ModelInfo]
+    topology: Topology
+    settings: MeasureSettings
+    storage: str
+    study_name: str
+    space: str = "default"
+    seed: int | None = None
+    n_trials: int | None = 20  # measured configs in all, baselines included
+    timeout_s: float | None = None
+    race_rounds: int = 3  # final race: rounds of best vs baselines (0: no race)
+
+
+def default_study_name(deployment: Deployment, models: dict[str, ModelInfo]) -> str:
+    parts = [f"{m.name}-{models[m.name].sha256[:8]}-{m.p99_bound_s * 1000:g}ms-x{m.share:g}"
+             for m in deployment.models]
+    return "mix-" + "+".join(parts) + ("-shared" if deployment.shared_cores else "")
+
+
+def check_bounds_alone(topology: Topology, deployment: Deployment, models: dict[str, ModelInfo],
+                       settings: MeasureSettings, say: Say = lambda _m: None) -> dict[str, float]:
+    """Each model ALONE on the whole machine (one pinned worker, a thread per core): its unloaded
+    P99 in ms. A bound no config can meet even then is a UsageError naming the model."""
+    cores = len(topology.cores())
+    alone = plan(topology, Params(workers=1, cores_per_worker=cores, intra_op_threads=cores))
+    unloaded = {}
+    for m in deployment.models:
+        say(f"{m.name} alone: unloaded latency")
+        with Launcher(alone, models[m.name], start_timeout_s=settings.start_timeout_s,
+                      hang_grace_s=settings.hang_grace_s) as fleet:
+            run_offline_window(fleet, settings.warmup_s)
+            probe = run_offline_window(fleet, settings.window_s, m.p99_bound_s)
+        if probe.verdict == stats.FAIL:
+            raise UsageError(f"{deployment.path}: model {m.name}'s P99 bound {m.p99_bound_s * 1000:g} ms is "
+                             f"unreachable: alone on the whole machine, unloaded, its P99 is {probe.p99_ms:.2f} ms "
+                             f"(lower bound {probe.p99_ci_ms[0]:.2f} ms); relax its p99")
+        unloaded[m.name] = probe.p99_ms
+    return unloaded
+
+
+def open_mix_study(cfg: MixStudyConfig) -> optuna.Study:
+    """Create or resume the study; a resumed study must describe the same deployment."""
+    try:
+        storage = optuna.storages.RDBStorage(cfg.storage, engine_kwargs=engine_kwargs(cfg.storage))
+    except Exception as exc:
+        raise UsageError(f"--storage {cfg.storage}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=5)
+    study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",
+                                sampler=sampler, load_if_exists=True)
+    identity = {"deployment": [[m.name, cfg.models[m.name].sha256, m.p99_bound_s, m.share]
+                               for m in cfg.deployment.models],
+                "shared_cores": cfg.deployment.shared_cores, "topology": cfg.topology.fingerprint()}
+    stored = study.user_attrs.get("mix_identity")
+    if stored is None:
+        study.set_user_attr("mix_identity", identity)
+        study.set_user_attr("deployment", cfg.deployment.to_dict())
+        study.set_user_attr("kind", "deployment")
+    elif stored != identity:
+        raise StudyMismatch(f"study {cfg.study_name!r} was run for another deployment or machine; "
+                            "give another --study-name")
+    study.set_user_attr("model_paths", {n: info.path for n, info in cfg.models.items()})
+    return study
+
+
+def measured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials that measured something (repeats excluded)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "result" in t.user_attrs and "repeat_of" not in t.user_attrs]
+
+
+def _record(study: optuna.Study, trial: optuna.Trial, cfg: MixStudyConfig, config: MixConfig, baseline: str,
+            say: Say, on_result: Callable[[int, MixResult, str], None]) -> None:
+    """Measure one config as ``trial`` and tell the study (a failed measurement fails the trial)."""
+    trial.set_user_attr("label", config.label())
+    if baseline:
+        trial.set_user_attr("baseline", baseline)
+    say(f"trial {trial.number}: {config.label()}")
+    try:
+        result = measure_mix(cfg.topology, config, cfg.deployment, cfg.models,
+                             replace(cfg.settings, seed=cfg.settings.seed + trial.number), say)
+    except (Infeasible, WorkerError, PlacementMismatch) as exc:
+        trial.set_user_attr("fail_reason", str(exc))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        say(f"trial {trial.number} failed: {exc}")
+        return
+    trial.set_user_attr("result", result.to_dict())
+    study.tell(trial, result.load_factor)
+    on_result(trial.number, result, baseline)
+    say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
+
+
+def run_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = lambda _m: None,
+               on_result: Callable[[int, MixResult, str], None] = lambda *_a: None) -> None:
+    """Measure the baselines not yet measured, then sampled configs, up to ``n_trials`` measured."""
+    began = time.monotonic()
+    done = {t.user_attrs["label"]: t for t in measured(study)}
+    for name, config in (("ort_default", ort_defaults(cfg.deployment)),
+                         ("even_split", even_split(cfg.topology, cfg.deployment))):
+        if config.label() not in done:
+            _record(study, study.ask(), cfg, config, name, say, on_result)
+            done = {t.user_attrs["label"]: t for t in measured(study)}
+    repeats = 0
+    while (cfg.n_trials is None or len(done) < cfg.n_trials) and repeats < MAX_REPEATS:
+        if cfg.timeout_s is not None and time.monotonic() - began > cfg.timeout_s:
+            break
+        trial = study.ask()
+        config = suggest_config(trial, cfg.topology, cfg.deployment, cfg.space)
+        earlier = done.get(config.label())
+        if earlier is not None:  # the sampler learns the earlier value; nothing is measured twice
+            trial.set_user_attr("repeat_of", earlier.number)
+            study.tell(trial, earlier.value)
+            repeats += 1
+            continue
+        repeats = 0
+        _record(study, trial, cfg, config, "", say, on_result)
+        done = {t.user_attrs["label"]: t for t in measured(study)}
+    if repeats >= MAX_REPEATS:
+        say(f"the sampler proposed only measured configs {MAX_REPEATS} times in a row: the space is exhausted")
+
+
+def best_and_baselines(study: optuna.Study) -> tuple[Frozen | None, dict[str, Frozen]]:
+    """The trial with the largest passing load factor, and each baseline's trial."""
+    trials = measured(study)
+    feasible = [t for t in trials if t.user_attrs["result"]["verdict"] == stats.PASS]
+    best = max(feasible, key=lambda t: (t.value, -t.number), default=None)
+    return best, {t.user_attrs["baseline"]: t for t in trials if "baseline" in t.user_attrs}
+
+
+def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None
+               ) -> dict:
+    """The best config and both baselines re-measured in rotating interleaved rounds
+    (tuner.search.race); the best's load factor over each baseline's, with paired-bootstrap intervals."""
+    from tuner.search.race import Entrant, race
+
+    entrants = {best.user_attrs["label"]: Entrant(best.user_attrs["label"], Params(),
+                                                  best.user_attrs.get("baseline", ""))}
+    for name, t in sorted(baselines.items()):
+        entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], Params(), name))
+    configs = {label: MixConfig.from_dict(t.user_attrs["result"]["config"])
+               for label, t in ((t.user_attrs["label"], t) for t in [best, *baselines.values()])}
+    seeds = iter(range(10_000, 1_000_000))
+
+    def load_factor(e: Entrant) -> float:
+        quick = replace(cfg.settings, seed=next(seeds), search_steps=min(3, cfg.settings.search_steps))
+        return measure_mix(cfg.topology, configs[e.label], cfg.deployment, cfg.models, quick).load_factor
+
+    rounds = max(2, cfg.race_rounds)
+    result = race(list(entrants.values()), load_factor, min_rounds=rounds, max_rounds=rounds,
+                  confidence=cfg.settings.confidence, say=say)
+    ratios = {}
+    for name, t in baselines.items():
+        a, b = result.throughputs[best.user_attrs["label"]], result.throughputs[t.user_attrs["label"]]
+        ratio, low, high = stats.ratio_ci(a, b, cfg.settings.confidence)
+        ratios[name] = {"ratio": ratio, "ci": [low, high], "rounds": len(a)}
+    return {"load_factors": result.throughputs, "vs_baselines": ratios, "confidence": cfg.settings.confidence,
+            "mean": {k: float(np.mean(v)) for k, v in result.throughputs.items()}}
+
+
+def run(cfg: MixStudyConfig, say: Say = lambda _m: None, tracker=None, lock_wait_s: float | None = None) -> dict:
+    """The whole study: trials, final race; returns the best-config document (tuner.mix.document)."""
+    from contextlib import nullcontext
+
+    from tuner.mix.document import deployment_document
+    from tuner.search.locks import HostLock
+
+    study = open_mix_study(cfg)
+    if tracker is not None:
+        tracker.start(cfg.study_name, cfg.deployment.to_dict())
+    on_result = tracker.log_trial if tracker is not None else (lambda *_a: None)
+    lock = HostLock(cfg.topology, wait_s=lock_wait_s) if lock_wait_s is not None else nullcontext()
+    with lock:
+        run_trials(study, cfg, say, on_result)
+        best, baselines = best_and_baselines(study)
+        if best is None:
+            if tracker is not None:
+                tracker.finish(None, "FAILED")
+            raise NoFeasibleMix(f"no config of study {cfg.study_name!r} served any load factor within every "
+                                "model's bound")
+        race_result = final_race(cfg, best, baselines, say) if cfg.race_rounds > 0 else None
+    document = deployment_document(study, best, baselines, race_result)
+    if tracker is not None:
+        tracker.finish(document)
+    return document
+
+
+class NoFeasibleMix(PlacetuneError):
+    """No config met every model's bound (the CLI exits 3)."""
+
+    exit_code = 3

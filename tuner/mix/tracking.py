@@ -1,0 +1,94 @@
+"""MLflow for a deployment study: one parent run per study, one child run per trial with the load
+factor and every model's metrics (``NAME.throughput``, ``NAME.p50_ms``, ``NAME.p99_ms``, ...).
+Tracking never stops a study: after the first failure it warns once and does nothing more."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from tuner.mix.measure import MixResult, finite
+
+MODEL_METRICS = ("throughput", "offered_rate", "p50_ms", "p99_ms", "capacity", "cpu_util")
+
+
+class MixTracker:
+    """Parent and child runs of one deployment study (tuner.results.tracking does the same for one model)."""
+
+    def __init__(self, uri: str, experiment: str = "placetune", warn: Callable[[str], None] = lambda _m: None):
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.uri, self.experiment, self.warn = uri, experiment, warn
+        self.enabled = True
+        self.parent: str | None = None
+        self.children: dict[int, str] = {}
+        self._client = None
+        self._experiment_id = ""
+
+    def _safe(self, fn, *args) -> None:
+        if not self.enabled:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # MLflow down or misconfigured: the study goes on
+            self.enabled = False
+            self.warn(f"MLflow at {self.uri} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      "the study goes on without tracking")
+
+    def start(self, study_name: str, deployment: dict) -> None:
+        """Create the study's parent run."""
+        self._safe(self._start, study_name, deployment)
+
+    def _start(self, study_name: str, deployment: dict) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.uri)
+        found = self._client.get_experiment_by_name(self.experiment)
+        self._experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)
+        found = self._client.search_runs(  # a resumed study keeps its parent run
+            [self._experiment_id], filter_string=f"tags.`placetune.study` = '{study_name}' and "
+                                                 "tags.`placetune.kind` = 'deployment-study'", max_results=1)
+        if found:
+            self.parent = found[0].info.run_id
+            self._client.update_run(self.parent, status="RUNNING")
+            return
+        run = self._client.create_run(self._experiment_id, run_name=study_name,
+                                      tags={"placetune.study": study_name, "placetune.kind": "deployment-study"})
+        self.parent = run.info.run_id
+        for m in deployment["models"]:
+            self._client.log_param(self.parent, f"{m['name']}.model", m["model"])
+            self._client.log_param(self.parent, f"{m['name']}.p99_bound_ms", m["p99_ms"])
+            self._client.log_param(self.parent, f"{m['name']}.share", m["share"])
+
+    def log_trial(self, number: int, result: MixResult, baseline: str = "") -> None:
+        """One child run: the trial's config, its load factor and every model's metrics."""
+        self._safe(self._log_trial, number, result, baseline)
+
+    def _log_trial(self, number: int, result: MixResult, baseline: str) -> None:
+        from mlflow.entities import Metric, Param
+
+        tags = {"mlflow.parentRunId": self.parent, "placetune.trial": str(number), "placetune.label": result.label}
+        if baseline:
+            tags["placetune.baseline"] = baseline
+        run = self._client.create_run(self._experiment_id, run_name=f"trial {number}", tags=tags)
+        now = int(time.time() * 1000)
+        metrics = [Metric("load_factor", finite(result.load_factor), now, 0)]
+        params = [Param("division", result.config["division"])]
+        for name, m in result.models.items():
+            metrics += [Metric(f"{name}.{k}", finite(m[k]), now, 0) for k in MODEL_METRICS]
+            params += [Param(f"{name}.{k}", str(v)) for k, v in result.config["params"][name].items()]
+        self._client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        self._client.set_terminated(run.info.run_id, "FINISHED" if result.feasible else "KILLED")
+        self.children[number] = run.info.run_id
+
+    def finish(self, best: dict | None, status: str = "FINISHED") -> None:
+        """Close the parent run with the best load factor (and its models' metrics)."""
+        self._safe(self._finish, best, status)
+
+    def _finish(self, best: dict | None, status: str) -> None:
+        if best is not None:
+            self._client.log_metric(self.parent, "best_load_factor", finite(best["load_factor"]))
+            for name, m in best["models"].items():
+                for k in ("throughput", "p50_ms", "p99_ms"):
+                    self._client.log_metric(self.parent, f"best.{name}.{k}", finite(m.get(k, -1.0)))
+        self._client.set_terminated(self.parent, status)
