@@ -1,4 +1,4 @@
-"""Errors a user can act on. The CLI turns each into one line and an exit code (see cli.py)."""
+"""Errors a user can act on. The CLI turns each into one line and an exit code (tuner/cli/main.py)."""
 
 from __future__ import annotations
 
