@@ -94,7 +94,13 @@ def test_bind_keeps_each_worker_inside_one_node_when_it_fits(case):
             node = next(iter(nodes))
             if node is not None:
                 assert w.mem_policy == "bind"
-                assert w.mem_nodes == (node,)
+                own = next(n for n in topo.nodes if n.id == node)
+                if own.memory_allowed and (own.memory_bytes or 0) > 0:
+                    assert w.mem_nodes == (node,)
+                else:  # no memory there, or the cpuset forbids it (4fake-4gr1nu1pu): the nearest node that has it
+                    assert len(w.mem_nodes) == 1 and w.mem_nodes != (node,)
+                    target = next(n for n in topo.nodes if n.id == w.mem_nodes[0])
+                    assert target.memory_allowed and (target.memory_bytes or 0) > 0
             else:  # CPUs of no NUMA node (offline-cpu0-node0) have no memory to bind to: the plan says so
                 assert any(note.startswith(f"worker {w.index}: ") and "no NUMA node" in note for note in p.notes)
 
