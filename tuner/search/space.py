@@ -35,7 +35,7 @@ from tuner.errors import Infeasible, UsageError
 from tuner.machine.placement import EXECUTION_MODES, NUMA_POLICIES, Params, plan
 from tuner.machine.topology import Topology
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DIMENSIONS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads",
               "execution_mode", "numa_policy", "spinning", "io_cores")
 ORDER = ("io_cores", "numa_policy", "workers", "cores_per_worker", "smt", "intra_op_threads",
