@@ -39,8 +39,10 @@ from tuner.search.study import (
     enqueue_baselines,
     enqueue_proposal,
     fail_orphaned_trials,
+    make_sampler,
     run_study,
     run_trials,
+    study_strategy,
 )
 
 MODEL = ModelInfo("fake", "fake.onnx", "f" * 64, ())
@@ -105,6 +107,19 @@ def config(tmp_path, two_cores) -> Callable[..., StudyConfig]:
 def run(cfg: StudyConfig, machine: FakeMachine, **kwargs) -> tuple[optuna.Study, list[dict]]:
     shown: list[dict] = []
     study = run_study(cfg, lambda t, info: shown.append(info), lambda _m: None, measure_fn=machine, **kwargs)
+    return study, shown
+
+
+def run_in_memory(cfg: StudyConfig, machine: FakeMachine, study: optuna.Study | None = None,
+                  **kwargs) -> tuple[optuna.Study, list[dict]]:
+    """The loop ``run_study`` runs once it holds the host lock, over an in-memory study (faster)."""
+    if study is None:
+        study = optuna.create_study(directions=["maximize", "minimize"],
+                                    sampler=make_sampler(cfg.sampler, cfg.seed, cfg.space))
+        enqueue_baselines(study, cfg.topology, cfg.space)
+    shown: list[dict] = []
+    run_trials(study, cfg, study_strategy(cfg), make_objective(cfg, study, lambda _m: None, "host:key", machine),
+               lambda t, info: shown.append(info), lambda _m: None, **kwargs)
     return study, shown
 
 
@@ -246,10 +261,10 @@ def test_an_interrupted_study_resumes_without_running_a_baseline_twice(config):
 def test_a_study_stops_at_n_trials_measured_configs(config):
     cfg = config(n_trials=2)
     machine = FakeMachine(p99_ms={baselines(cfg.topology)[0][1].label(): 80.0})  # infeasible still counts
-    study, shown = run(cfg, machine)
+    study, shown = run_in_memory(cfg, machine)
     assert len(machine.measured) == len(measured_trials(study)) == len(shown) == 2
     assert not study.user_attrs.get("space_exhausted")
-    study, _ = run(config(n_trials=3), machine)  # the same command with a larger budget goes on
+    run_in_memory(config(n_trials=3), machine, study)  # the same command with a larger budget goes on
     assert len(machine.measured) == len(set(machine.measured)) == 3
 
 
@@ -267,16 +282,16 @@ def test_consecutive_failures_stop_the_study_with_the_last_reason(config):
     crash = WorkerError("worker 0 hung or stopped")
     machine = FakeMachine(raises={label: crash for label in all_labels(cfg)})
     with pytest.raises(PlacetuneError, match=r"3 trials in a row failed \(last: WorkerError: worker 0 hung"):
-        run(cfg, machine)
+        run_in_memory(cfg, machine)
     assert len(machine.measured) == 3
 
 
 def test_a_timeout_or_a_stop_flag_ends_the_study_before_the_next_trial(config):
     machine = FakeMachine()
-    run(config(timeout_s=0.0), machine)
+    run_in_memory(config(timeout_s=0.0), machine)
     assert machine.measured == []
     calls = []
-    run(config(), machine, stop_flag=lambda: calls.append(1) or len(calls) > 2)
+    run_in_memory(config(), machine, stop_flag=lambda: calls.append(1) or len(calls) > 2)
     assert len(machine.measured) == 2
 
 
@@ -303,7 +318,7 @@ def test_baseline_results_give_each_baseline_its_result_or_why_it_failed(config)
     cfg = config()
     (failing, failing_params), (working, working_params) = baselines(cfg.topology)[:2]
     crash = WorkerError("worker 0 ran out of memory")
-    study, _ = run(cfg, FakeMachine(raises={failing_params.label(): crash}))
+    study, _ = run_in_memory(cfg, FakeMachine(raises={failing_params.label(): crash}))
     rows = baseline_results(study)
     assert rows[working]["feasible"] is True and rows[working]["params"] == working_params.to_dict()
     assert rows[failing] == {"feasible": False, "failed": True, "throughput": 0.0,

@@ -86,14 +86,14 @@ def default_study_name(model: ModelInfo, bound_ms: float | None, scenario: str) 
 
 
 def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":  # the conditional space has no static grid: the Exhaustive strategy walks it
-        return optuna.samplers.RandomSampler(seed=seed)
+    """The Optuna sampler ``--sampler`` names."""
+    with quiet_optuna():  # TPE's multivariate mode is experimental
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+        if name in ("random", "grid"):  # the conditional space has no static grid: the Exhaustive strategy walks it
+            return optuna.samplers.RandomSampler(seed=seed)
     raise UsageError(f"--sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
@@ -211,23 +211,24 @@ def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_tr
     row raise ``PlacetuneError``."""
     started = time.monotonic()
     failures = 0
-    while not _should_stop(study, cfg, started, stop_flag):
-        if not _queue_next(study, strategy, mutex):
-            if not _others_running(study):
-                study.set_user_attr("space_exhausted", True)
-                return
-            on_progress("nothing new to measure; waiting for the other hosts' trials")
-            optuna.storages.fail_stale_trials(study)
-            time.sleep(OTHERS_POLL_S)  # the storage has no change notification: poll it
-            continue
-        last = _run_next_trial(study, objective)
-        if last is None or "repeat_of" in last.user_attrs:
-            continue  # a repeat is neither a result nor a failure, and is not shown
-        on_trial(last, summarize_trial(last))
-        failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
-                                 "fix the cause and re-run the same command to resume the study")
+    with quiet_optuna():  # also when driven without run_study (the replay)
+        while not _should_stop(study, cfg, started, stop_flag):
+            if not _queue_next(study, strategy, mutex):
+                if not _others_running(study):
+                    study.set_user_attr("space_exhausted", True)
+                    return
+                on_progress("nothing new to measure; waiting for the other hosts' trials")
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(OTHERS_POLL_S)  # the storage has no change notification: poll it
+                continue
+            last = _run_next_trial(study, objective)
+            if last is None or "repeat_of" in last.user_attrs:
+                continue  # a repeat is neither a result nor a failure, and is not shown
+            on_trial(last, summarize_trial(last))
+            failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
+                                     "fix the cause and re-run the same command to resume the study")
 
 
 def _should_stop(study: optuna.Study, cfg: StudyConfig, started: float, stop_flag: Callable[[], bool] | None) -> bool:
@@ -263,7 +264,8 @@ def _run_next_trial(study: optuna.Study, objective) -> optuna.trial.FrozenTrial 
 def study_strategy(cfg: StudyConfig):
     """The strategy for this study's space and budget (tuner/search/strategy.py ``choose_strategy``)."""
     extra = sum(1 for _, params in baselines(cfg.topology) if cfg.space.express(params) is None)
-    return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra)
+    with quiet_optuna():  # its sampler may use experimental options
+        return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra)
 
 
 def _refuse_static_space_study(study: optuna.Study) -> None:
