@@ -335,3 +335,17 @@ def test_the_pareto_front_holds_the_feasible_configs_nothing_beats_on_both_objec
             user_attrs={"label": f"c{i}", "result": {"feasible": feasible}}))
     assert [t.user_attrs["label"] for t in pareto_front(study)] == ["c0", "c1"]
     assert math.isclose(best_trial(study).values[0], 100.0) and best_trial(study).number == 0
+
+
+def test_a_host_lock_held_elsewhere_is_refused_after_its_wait_and_taken_once_free(two_cores):
+    from tuner.search.locks import HostLock
+
+    said: list[str] = []
+    with HostLock(two_cores) as holder:
+        with (pytest.raises(PlacetuneError, match=rf"another placetune \(pid {os.getpid()}"),
+              HostLock(two_cores, wait_s=0.0, on_wait=said.append)):
+            pass
+        assert holder.path.read_text() == f"{os.getpid()}\n"
+    assert said == [] or "waiting for it" in said[0]
+    with HostLock(two_cores, wait_s=0.0):
+        pass
