@@ -8,17 +8,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.events import wait_until
 from tests.models import conv_net
-from tests.procs import no_process_left
-from tuner.results.trials import measured_trials
+from tests.procs import no_process_left, wait_for_workers
+from tuner.results.trials import best_trial, measured_trials
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -44,23 +43,24 @@ def load(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="fleet", storage=storage)
 
 
-def wait_running(storage: str, n: int, timeout_s: float = 120) -> list[optuna.trial.FrozenTrial]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            running = [t for t in load(storage).trials if t.state.name == "RUNNING" and "label" in t.user_attrs]
-        except KeyError:
-            running = []
-        if len(running) >= n:
-            return running
-        time.sleep(0.2)
-    pytest.fail(f"{n} running trial(s) never appeared")
+def running_trials(storage: str, tuner_pid: int | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The study's running trials that have their config (of one tuner when ``tuner_pid`` is given)."""
+    try:
+        trials = load(storage).trials
+    except KeyError:  # the study is not created yet
+        return []
+    return [t for t in trials if t.state.name == "RUNNING" and "label" in t.user_attrs
+            and tuner_pid in (None, t.user_attrs.get("tuner_pid"))]
 
 
 def test_two_hosts_share_one_study_and_measure_no_config_twice(tmp_path, model_path, postgres_db, mlflow_server):
-    # a 1-CPU host has two distinct configs: ORT's default and one pinned single-threaded worker
-    procs = [tuner(cpu, tmp_path / f"host{cpu}", model_path, postgres_db, "--n-trials", "2", "--mlflow-uri",
-                   mlflow_server, "--mlflow-experiment", "fleet-two-hosts") for cpu in (0, 1)]
+    # a 1-CPU host has two distinct configs: ORT's default and one pinned single-threaded worker. The
+    # first host stops after one measured config and the second starts once the first is measuring, so
+    # each host measures one: the second takes the config the first queued
+    mlflow = ["--mlflow-uri", mlflow_server, "--mlflow-experiment", "fleet-two-hosts"]
+    first = tuner(0, tmp_path / "host0", model_path, postgres_db, "--n-trials", "1", *mlflow)
+    wait_until(lambda: running_trials(postgres_db, first.pid), "the first host's trial", 300)
+    procs = [first, tuner(1, tmp_path / "host1", model_path, postgres_db, "--n-trials", "2", *mlflow)]
     results = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err + out
@@ -70,7 +70,8 @@ def test_two_hosts_share_one_study_and_measure_no_config_twice(tmp_path, model_p
     assert len(measured) == 2
     labels = [t.user_attrs["label"] for t in measured]
     assert len(labels) == len(set(labels)), f"a config was measured twice: {labels}"
-    assert len({t.user_attrs["host"] for t in measured}) == 2, "both hosts measured trials"
+    assert {t.user_attrs["tuner_pid"] for t in measured} == {p.pid for p in procs}, "each host measured one"
+    assert len({t.user_attrs["host"] for t in measured}) == 2
     assert len({t.user_attrs["topology_fingerprint"] for t in measured}) == 1
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("fleet-two-hosts")
@@ -84,25 +85,28 @@ def test_two_hosts_share_one_study_and_measure_no_config_twice(tmp_path, model_p
     status = subprocess.run([*CLI, "fleet", "status", "--storage", postgres_db, "--study", "fleet"],
                             capture_output=True, text=True, timeout=120, env=ENV)
     assert status.returncode == 0, status.stderr
-    assert status.stdout.count(":") >= 2 and "best so far" in status.stdout
+    assert "2 configs measured" in status.stdout
+    assert all(t.user_attrs["host"] in status.stdout for t in measured), "a row per host"
+    assert f"best so far: {best_trial(study).user_attrs['label']} (trial {best_trial(study).number}" in status.stdout
 
 
 def test_a_host_killed_mid_trial_is_failed_by_heartbeat_and_the_other_finishes(tmp_path, model_path, postgres_db):
     a = tuner(0, tmp_path / "a", model_path, postgres_db, "--n-trials", "2", "--no-mlflow")
-    b = tuner(1, tmp_path / "b", model_path, postgres_db, "--n-trials", "2", "--no-mlflow")
-    running = wait_running(postgres_db, 2)
-    victim = next(t for t in running if t.user_attrs.get("tuner_pid") == a.pid)
-    workers = [c.pid for c in psutil.Process(a.pid).children(recursive=True)]
+    workers = [w.pid for w in wait_for_workers(a)]  # a is measuring its first config
+    (victim,) = running_trials(postgres_db, a.pid)
     a.send_signal(signal.SIGKILL)
     a.communicate(timeout=60)
+    b = tuner(1, tmp_path / "b", model_path, postgres_db, "--n-trials", "2", "--no-mlflow")
     out, err = b.communicate(timeout=600)
     assert b.returncode == 0, err + out
     study = load(postgres_db)
-    assert study.trials[victim.number].state.name == "FAIL"
+    dead = study.trials[victim.number]
+    assert dead.state.name == "FAIL" and f"(pid {a.pid} on " in dead.user_attrs["fail_reason"]
+    assert "killed mid-trial" in dead.user_attrs["fail_reason"]
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retried, "the failed trial was re-queued"
     measured = measured_trials(study)
-    assert len(measured) == 2
+    assert len(measured) == 2 and {t.user_attrs["tuner_pid"] for t in measured} == {b.pid}
     labels = [t.user_attrs["label"] for t in measured]
     assert len(labels) == len(set(labels))
     assert victim.user_attrs["label"] in labels, "the other host measured the dead host's config"

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import fixture_dirs, fixture_topology
+from tests.events import wait_for_line
 from tests.models import conv_net
 from tests.procs import wait_for_workers
 from tuner.errors import UsageError
@@ -70,11 +71,7 @@ def test_a_short_real_study_runs_baselines_and_writes_a_config_that_remeasures(t
 
 def test_an_interrupted_study_resumes_with_the_same_command(tmp_path, model_path):
     proc = _optimize(tmp_path, model_path, 5, ["--revalidate", "0"])
-    seen = []
-    for line in proc.stdout:  # wait for the first finished trial's line, then Ctrl-C
-        seen.append(line)
-        if line.startswith("#"):
-            break
+    wait_for_line(proc.stdout, lambda line: line.startswith("#"))  # the first trial's line, then Ctrl-C
     wait_for_workers(proc)  # inside the next trial (its workers have loaded the model)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -149,7 +146,13 @@ def test_baselines_are_plannable_and_distinct(machine):
     assert len({p for _, p in found}) == len(found)
     for _, params in found:
         plan(topo, params)
-    assert all(isinstance(p, Params) for _, p in found)
+    named = {part: params for name, params in found for part in name.split("+")}
+    assert set(named) == {"ort_default", "intel_throughput", "intel_latency", "one_per_core"}
+    assert named["ort_default"] == Params(workers=1, pin=False, intra_op_threads=0)  # what ORT does unasked
+    assert named["one_per_core"].workers == len(topo.cores()) and named["one_per_core"].cores_per_worker == 1
+    multi = len(topo.usable_nodes) > 1
+    assert named["intel_latency"].workers == (len(topo.usable_nodes) if multi else 1)  # one instance per node
+    assert {p.numa_policy for p in named.values() if p.pin} == {"bind" if multi else "none"}
 
 
 def _oracle_config(tmp_path, machine: str, n_trials: int | None, sampler: str = "tpe"):

@@ -83,17 +83,9 @@ def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials that no other feasible trial beats on both throughput and P99."""
-    trials = feasible_trials(study)
-    front = []
-    for t in trials:
-        thr, p99 = t.values
-        dominated = any(
-            (o.values[0] >= thr and o.values[1] <= p99) and (o.values[0] > thr or o.values[1] < p99)
-            for o in trials
-        )
-        if not dominated:
-            front.append(t)
+    """Feasible trials that no other feasible trial beats on both throughput and P99 (Optuna's
+    constraint-aware ``Study.best_trials``), one per config, by throughput."""
+    front = [t for t in study.best_trials if (t.user_attrs.get("result") or {}).get("feasible")]
     unique: dict[str, optuna.trial.FrozenTrial] = {}
     for t in sorted(front, key=lambda t: (-t.values[0], t.number)):
         unique.setdefault(t.user_attrs.get("label", str(t.number)), t)

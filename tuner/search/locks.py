@@ -36,9 +36,7 @@ class StudyMutex:
             self._conn = self._engine.connect()
             self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
         elif self.url.startswith("sqlite:///"):
-            path = Path(self.url[len("sqlite:///"):])
-            self._fd = os.open(f"{path}.placetune-lock", os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._fd = _lock_file(Path(f"{self.url[len('sqlite:///'):]}.placetune-lock"), wait=True)
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -52,8 +50,7 @@ class StudyMutex:
                 self._engine.dispose()
                 self._conn = self._engine = None
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            _unlock_file(self._fd)
             self._fd = None
         return False
 
@@ -85,34 +82,47 @@ class HostLock:
         return f"pid {pid}" + (f": {command[:200]}" if command else "")
 
     def __enter__(self) -> HostLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = time.monotonic() + self.wait_s
         said = False
         while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = _lock_file(self.path, wait=False)
+            if self._fd is not None:
                 os.ftruncate(self._fd, 0)
                 os.write(self._fd, f"{os.getpid()}\n".encode())
                 return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    holder = self.holder()
-                    os.close(self._fd)
-                    raise PlacetuneError(f"another placetune ({holder}) is measuring these CPUs "
-                                         f"(lock {self.path}); overlapping trials would poison both "
-                                         "measurements: wait for it (--lock-wait) or stop it") from None
-                if not said:
-                    self.on_wait(f"another placetune ({self.holder()}) is measuring these CPUs; waiting for it "
-                                 f"to finish, at most {_duration_text(self.wait_s)} (--lock-wait)")
-                    said = True
-                time.sleep(0.5)
+            if time.monotonic() > deadline:
+                holder = self.holder()
+                raise PlacetuneError(f"another placetune ({holder}) is measuring these CPUs "
+                                     f"(lock {self.path}); overlapping trials would poison both "
+                                     "measurements: wait for it (--lock-wait) or stop it")
+            if not said:
+                self.on_wait(f"another placetune ({self.holder()}) is measuring these CPUs; waiting for it "
+                             f"to finish, at most {_duration_text(self.wait_s)} (--lock-wait)")
+                said = True
+            time.sleep(0.5)  # flock has no timeout of its own: try again
 
     def __exit__(self, *exc) -> bool:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            _unlock_file(self._fd)
             self._fd = None
         return False
+
+
+def _lock_file(path: Path, wait: bool) -> int | None:
+    """An exclusive flock on ``path`` (created if missing): its descriptor, or None when another
+    process holds it and ``wait`` is False. The kernel releases it when its holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock_file(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _say_on_stderr(message: str) -> None:

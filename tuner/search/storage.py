@@ -1,13 +1,33 @@
-"""Where studies live: the Optuna storage URL, its engine options, loading an existing study."""
+"""Where studies live: the Optuna storage URL, its engine options, loading an existing study; and
+how loud Optuna is while placetune uses it."""
 
 from __future__ import annotations
 
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 
 from tuner.errors import UsageError
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Within it, Optuna logs errors only and does not warn about its experimental features (the
+    heartbeat, constraints, TPE's multivariate mode): its INFO lines and those warnings are not for
+    placetune's users. The previous verbosity and warning filters come back on exit, so importing
+    placetune changes nothing for a program that uses Optuna itself."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def ensure_study_uuid(study: optuna.Study) -> str:
@@ -28,8 +48,9 @@ def load_study(storage: str | None, name: str | None) -> optuna.Study:
         raise UsageError(f"--storage {url}: no database file {sqlite_file}; check the path (a study's storage "
                          "is where 'placetune optimize' wrote it)")
     try:
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-        names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
+        with quiet_optuna():
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+            names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
     except Exception as exc:
         raise UsageError(f"--storage {url}: cannot open ({str(exc).splitlines()[0][:200]})") from None
     if name is None:
@@ -39,7 +60,8 @@ def load_study(storage: str | None, name: str | None) -> optuna.Study:
         name = names[0]
     if name not in names:
         raise UsageError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=rdb)
+    with quiet_optuna():
+        return optuna.load_study(study_name=name, storage=rdb)
 
 
 def _sqlite_file(url: str) -> Path | None:
