@@ -226,7 +226,7 @@ def test_a_failed_baseline_keeps_its_row_with_the_reason_and_a_second_failure_is
             "baseline": name, "fail_reason": "WorkerError: worker 0 died (killed by SIGKILL)", **attrs}))
     rows = baseline_results(study)
     assert rows[name].feasible is False and "killed by SIGKILL" in rows[name].reason
-    assert f"vs {name}: infeasible (trial failed: WorkerError" in summary_text(study)
+    assert f"vs {name}: failed: WorkerError" in summary_text(study)
     enqueue_baselines(study, topo)  # a resume does not queue a baseline whose retry failed too
     queued = [t.user_attrs["baseline"] for t in study.trials if t.state.name == "WAITING"]
     assert name not in queued and len(queued) == len(baselines(topo)) - 1

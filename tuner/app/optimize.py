@@ -29,6 +29,7 @@ from tuner.results.trials import (
     pareto_front,
     result_of,
 )
+from tuner.search import screening
 from tuner.search.locks import StudyMutex
 from tuner.search.race import RaceResult, race_study
 from tuner.search.study import MeasureFn, StudyConfig, open_study, run_study
@@ -77,6 +78,7 @@ class TrialEvent:
     info: TrialSummary  # tuner.results.trials.summarize_trial
     best_throughput: float  # req/s: the best feasible throughput this run has seen so far
     measured: int  # configs measured in the study (every host's)
+    spent: float = 0.0  # of --n-trials: full measurements plus screening ones at their fraction
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,9 @@ class _TrialReporter:
         if info.feasible and info.throughput > self.best_throughput:
             self.best_throughput = info.throughput
             save_best_config(self.study, self.request.out)  # a Ctrl-C later must not lose the best so far
-        self.listener.trial_done(TrialEvent(trial, info, self.best_throughput, len(measured_trials(self.study))))
+        trials = self.study.get_trials(deepcopy=False)
+        self.listener.trial_done(TrialEvent(trial, info, self.best_throughput, len(measured_trials(self.study)),
+                                            screening.budget_spent(trials)))
         _tracked(self.request.study, self.tracker, lambda t: t.log_trial(self.study, trial))
 
 

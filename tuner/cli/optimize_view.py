@@ -54,7 +54,7 @@ class OptimizeView(OptimizeListener):
 
     def trial_done(self, event: TrialEvent) -> None:
         self._progress.console.print(render_study.trial_line(event), highlight=False)
-        self._progress.update(self._task, completed=min(event.measured, self._target), status="")
+        self._progress.update(self._task, completed=min(max(event.measured, event.spent), self._target), status="")
 
     def search_done(self, outcome: OptimizeOutcome) -> None:
         self._stop_progress()

@@ -216,7 +216,8 @@ def summary(study: optuna.Study) -> dict:
         ratio = (out["best"]["throughput"] / row.throughput
                  if out["best"] and row.feasible and row.throughput > 0 else None)
         out["baselines"][name] = {"throughput": row.throughput if row.feasible else None,
-                                  "feasible": row.feasible, "reason": row.reason, "best_ratio": ratio}
+                                  "feasible": row.feasible, "failed": row.failed, "reason": row.reason,
+                                  "best_ratio": ratio}
     return out
 
 
@@ -235,6 +236,8 @@ def summary_text(study: optuna.Study) -> str:
     for name, r in s["baselines"].items():
         if r["best_ratio"] is not None:
             lines.append(f"vs {name}: {r['throughput']:.1f} req/s -> {r['best_ratio']:.2f}x")
+        elif r["failed"]:  # never measured: a failed trial is not an infeasible config
+            lines.append(f"vs {name}: failed: {r['reason'].removeprefix('trial failed: ')}")
         else:
             lines.append(f"vs {name}: infeasible ({r['reason']})")
     return "\n".join(lines)
