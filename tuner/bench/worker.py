@@ -98,15 +98,17 @@ def _place_and_load(cfg: WorkerConfig) -> tuple:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (cfg.memory_limit, cfg.memory_limit))
-    with _stderr_to_devnull():  # under a memory limit ORT's import prints "Schema error: std::bad_alloc"
+    # Under a memory limit, ORT's import prints "Schema error: std::bad_alloc" and glibc, creating the
+    # session's thread pool, "cannot allocate memory for thread-local data": silence fd 2 while loading.
+    with _stderr_to_devnull():
         import onnxruntime as ort
 
-    ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
-    from tuner.bench.model import ModelInfo, make_inputs
+        ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
+        from tuner.bench.model import ModelInfo, make_inputs
 
-    session = ort.InferenceSession(cfg.model_path, _session_options(cfg), providers=["CPUExecutionProvider"])
-    feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
-    session.run(None, feeds)
+        session = ort.InferenceSession(cfg.model_path, _session_options(cfg), providers=["CPUExecutionProvider"])
+        feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
+        session.run(None, feeds)
     if cfg.pin and cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
     return session, feeds
