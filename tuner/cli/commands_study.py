@@ -86,6 +86,10 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
     from tuner.cli import mix as mix_cli
 
     if mix_cli.check_model_or_deployment(model, deployment):
+        mix_cli.refuse_single_model_options({
+            "--sampler": sampler != "tpe", "--shape": bool(shape), "--batch": batch is not None,
+            "--inputs": inputs is not None, "--force": force, "--allow-heterogeneous": allow_heterogeneous,
+            "--heartbeat": heartbeat != "10s"})
         code = mix_cli.optimize_deployment(
             deployment, console=console, warn=warn, p99=p99, n_trials=n_trials, timeout=timeout, space=space,
             seed=seed, scenario=scenario, window=window, storage=storage, study_name=study_name,

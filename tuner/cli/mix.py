@@ -24,6 +24,17 @@ def _click():
         return click.exceptions, click.get_current_context
 
 
+def refuse_single_model_options(given: dict[str, bool]) -> None:
+    """A deployment study has its own sampler (TPE), inputs (each model's own) and identity checks:
+    a single-model option given with ``--deployment`` is refused rather than silently ignored.
+    ``given`` maps each such flag to whether it was given (differs from its default)."""
+    used = [flag for flag, is_given in given.items() if is_given]
+    if used:
+        raise UsageError(f"{', '.join(used)} do(es) not apply to --deployment (each model of a deployment is "
+                         "tuned with its own random inputs and the deployment study's TPE sampler); drop "
+                         f"{'it' if len(used) == 1 else 'them'}")
+
+
 def check_model_or_deployment(model: str | None, deployment: Path | None) -> bool:
     """True when the command is about a deployment; a usage error (exit 2, with the usage line) when
     both or neither is given."""
