@@ -47,6 +47,33 @@ def test_a_boundary_that_fails_its_retest_falls_back_to_the_next_passing_rate():
     assert pooled_verdict([window(750, 0), window(750, 60)]) != "pass"
 
 
+def test_a_retest_that_takes_back_the_only_pass_searches_on_below_it():
+    seen: dict[float, int] = {}
+
+    def run(rate: float) -> WindowResult:
+        seen[rate] = seen.get(rate, 0) + 1
+        lucky = seen[rate] == 1 and 400 < rate <= 500  # passed once by luck, fails on the re-test
+        return window(rate, 0 if rate <= 400 or lucky else 60)
+
+    out = search_rate(run, 1000.0, steps=3)  # 900 fail, 450 lucky pass, 675 fail; re-test 450 fails
+    assert seen[450.0] == 2
+    assert out.verdict == "pass" and out.best is not None and out.best.offered_rate == 450.0 * 0.7
+    lo, hi = out.throughput_ci
+    assert lo == out.best.achieved_rate and hi == 450.0
+
+
+def test_a_retest_with_nothing_passing_below_stays_undecided_after_its_fallback_windows():
+    seen: dict[float, int] = {}
+
+    def run(rate: float) -> WindowResult:
+        seen[rate] = seen.get(rate, 0) + 1
+        return window(rate, 0 if seen[rate] == 1 and rate == 450.0 else 60)
+
+    out = search_rate(run, 1000.0, steps=3)
+    assert out.best is None and out.verdict == "undecided"
+    assert len(out.windows) == 3 + 1 + 2  # the bisection, the re-test, two windows below it
+
+
 def test_no_passing_rate_is_undecided_not_infeasible():
     out = search_rate(lambda r: window(r, 10), 1000.0, steps=4)
     assert out.best is None and out.verdict == "undecided"

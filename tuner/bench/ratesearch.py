@@ -7,7 +7,8 @@ Robust to noise:
   failing one, whatever order the windows came in;
 - the boundary is re-tested: the best passing rate is measured again and judged on the pooled
   counts of both windows (error spent over all their looks); if that no longer passes, the next
-  lower passing rate is the answer;
+  lower passing rate is the answer, and when there is none the search goes on downward (at most
+  ``FALLBACK_STEPS`` windows, each at ``FALLBACK_RATIO`` of the lowest rate not proven to pass);
 - the answer has an interval: [achieved rate of the best passing window, lowest offered rate
   not proven to pass] (or the closed-loop capacity when every rate tried passed).
 """
@@ -24,6 +25,8 @@ from tuner.bench import stats
 from tuner.results.records import WindowResult
 
 RunWindow = Callable[[float], WindowResult]  # offered rate -> a judged window
+FALLBACK_STEPS = 2  # windows tried below a boundary whose re-test took back the only pass
+FALLBACK_RATIO = 0.7  # each one at this share of the lowest rate not proven to pass
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ def search_rate(run: RunWindow, capacity: float, steps: int, say: Callable[[str]
         measure_at(best_rate, "boundary re-test")
         verdicts[best_rate] = pooled_verdict(by_rate[best_rate])
         best_rate = _best_rate(verdicts)
+        for step in range(FALLBACK_STEPS if best_rate is None else 0):  # the re-test took the only pass back
+            rate = min(verdicts) * FALLBACK_RATIO
+            measure_at(rate, f"below the re-tested boundary {step + 1}/{FALLBACK_STEPS}")
+            verdicts[rate] = pooled_verdict(by_rate[rate])
+            best_rate = _best_rate(verdicts)
+            if best_rate is not None:
+                break
     return _outcome(by_rate, verdicts, best_rate, windows, capacity)
 
 
