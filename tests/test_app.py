@@ -169,6 +169,30 @@ def test_optimize_writes_the_best_config_with_its_race_and_reports_every_step(tm
     assert document["race"] == json.loads(json.dumps(outcome.race.to_dict()))
 
 
+def test_a_race_that_a_baseline_wins_puts_that_baseline_in_the_best_config(tmp_path):
+    oracle, seen = _oracle(), {}
+
+    def lucky_in_the_study(the_plan, model, settings, progress=None):
+        """The study's best searched config was a lucky window: re-measured, it is half as fast."""
+        result = oracle(the_plan, model, settings, progress)
+        label = the_plan.params.label()
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] == 1 and label == "w1xc2-intra2-nospin":
+            return dataclasses.replace(result, throughput=result.throughput * 10)
+        return result
+
+    out = tmp_path / "best_config.json"
+    outcome = run_optimize(OptimizeRequest(_two_core_config(tmp_path), out, race_k=2,
+                                           measure_fn=lucky_in_the_study), Recorder())
+    assert outcome.best.user_attrs["label"] == "w1xc2-intra2-nospin" and "baseline" not in outcome.best.user_attrs
+    race = outcome.race
+    assert race.searched["label"] == "w1xc2-intra2-nospin" and race.searched["outcome"] == "slower"
+    document = json.loads(out.read_text())
+    raced = next(t for t in outcome.study.trials if t.user_attrs.get("label") == race.recommended)
+    assert "baseline" in raced.user_attrs and document["label"] == race.recommended
+    assert document["trial"] == raced.number and document["race"]["recommended"] == race.recommended
+
+
 def test_optimize_without_a_race_still_writes_the_best_config(tmp_path):
     out = tmp_path / "best.json"
     heard = Recorder()

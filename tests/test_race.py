@@ -45,5 +45,19 @@ def test_no_significant_difference_recommends_the_simpler_config():
     measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 100.0}, seed=4)
     result = race([BEST, DEFAULT], measure, min_rounds=3, max_rounds=5)
     assert len(result.throughputs[BEST.label]) == 5  # never settled: ran to the round limit
-    assert not result.significant and result.recommended == DEFAULT.label
-    assert "no significant difference from ORT default" in result.summary
+    assert not result.significant and result.recommended == result.winner == DEFAULT.label
+    assert result.searched["outcome"] == "no difference" and result.searched["label"] == BEST.label
+    assert "x ORT default (95% CI " in result.summary and "no significant difference" in result.summary
+    assert "recommending the simpler config, w1xc2-intra2;" in result.summary
+
+
+def test_a_baseline_faster_than_every_searched_config_wins_the_race_and_says_so():
+    measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 150.0, HEURISTIC.label: 120.0})
+    result = race([BEST, DEFAULT, HEURISTIC], measure, min_rounds=3, max_rounds=8)
+    assert result.winner == result.recommended == DEFAULT.label and result.significant
+    assert result.searched["outcome"] == "slower" and result.searched["ci"][1] < 1.0
+    assert "ORT default is faster than every searched config, w1xc2-intra2" in result.summary
+    assert "no significant difference" not in result.summary
+    (other,) = result.comparisons  # the winner against the other baseline, never against itself
+    assert other["baseline"] == "Intel heuristic" and other["ratio"] > 1.0
+    assert result.to_dict()["searched"]["label"] == BEST.label

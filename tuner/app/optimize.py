@@ -25,6 +25,7 @@ from tuner.results.trials import (
     baseline_results,
     best_config_document,
     best_trial,
+    feasible_trials,
     measured_trials,
     pareto_front,
     result_of,
@@ -201,10 +202,14 @@ def _search_outcome(request: OptimizeRequest, study: optuna.Study, target: int,
 
 def save_best_config(study: optuna.Study, out: Path, race: dict | None = None) -> bool:
     """Write the study's best feasible config to ``out`` atomically (a temporary file renamed over
-    it), with the final race when given; False when there is no feasible trial yet."""
+    it); with the final race, the config the race recommends (a baseline when no searched config
+    is proven faster); False when there is no feasible trial yet."""
     best = best_trial(study)
     if best is None:
         return False
+    if race is not None and race.get("recommended"):
+        raced = [t for t in feasible_trials(study) if t.user_attrs.get("label") == race["recommended"]]
+        best = max(raced, key=lambda t: t.values[0], default=best)
     document = best_config_document(study, best)
     if race is not None:
         document["race"] = race

@@ -6,7 +6,8 @@ stops once the best config's advantage over the best baseline has a paired-boots
 that excludes 1 and is narrow enough (``rel_width``), or at ``max_rounds``. Pairing by round
 cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
 entrant of a round alike. When the interval includes 1 there is no significant difference and
-the simpler config (the baseline) is recommended.
+the simpler config (the baseline) is recommended; when it lies below 1 the best baseline is
+faster than anything the search found, and it is the winner.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ class RaceResult:
     confidence: float = stats.DEFAULT_CONFIDENCE
     winner: str = ""
     recommended: str = ""
-    comparisons: list[dict] = field(default_factory=list)  # winner vs each baseline: ratio and interval
-    significant: bool = False
+    comparisons: list[dict] = field(default_factory=list)  # winner vs each (other) baseline: ratio and interval
+    significant: bool = False  # the best searched config vs the best baseline: the interval excludes 1
     summary: str = ""
+    searched: dict = field(default_factory=dict)  # the best searched config vs the best baseline
 
     def to_dict(self) -> dict:
         return {"rounds": len(next(iter(self.throughputs.values()), [])), "confidence": self.confidence,
                 "throughputs": self.throughputs, "winner": self.winner, "recommended": self.recommended,
                 "significant": self.significant, "comparisons": self.comparisons, "summary": self.summary,
+                "searched": self.searched,
                 "entrants": [{"label": e.label, "baseline": e.baseline, "params": e.params.to_dict()}
                              for e in self.entrants]}
 
@@ -53,26 +56,41 @@ def compare(result: RaceResult) -> RaceResult:
     """Fill winner, comparisons, significance, recommendation and summary from the throughputs."""
     th = result.throughputs
     candidates = [e for e in result.entrants if not e.baseline]
-    baselines = [e for e in result.entrants if e.baseline]
-    pool = candidates or result.entrants
-    winner = max(pool, key=lambda e: _mean(th[e.label]))
-    result.winner = winner.label
+    baselines = sorted((e for e in result.entrants if e.baseline), key=lambda e: -_mean(th[e.label]))
+    best_searched = max(candidates or result.entrants, key=lambda e: _mean(th[e.label]))
+    result.searched, winner = {}, best_searched
+    if candidates and baselines:
+        ratio, lo, hi = stats.ratio_ci(th[best_searched.label], th[baselines[0].label], result.confidence)
+        result.searched = {"label": best_searched.label, "baseline": baselines[0].baseline,
+                           "baseline_label": baselines[0].label, "ratio": ratio, "ci": [lo, hi],
+                           "outcome": "faster" if lo > 1.0 else "slower" if hi < 1.0 else "no difference"}
+        if result.searched["outcome"] != "faster":  # the simpler config, or the faster one: the baseline
+            winner = baselines[0]
+    result.winner = result.recommended = winner.label
     result.comparisons = []
-    for b in sorted(baselines, key=lambda e: -_mean(th[e.label])):
-        ratio, lo, hi = stats.ratio_ci(th[winner.label], th[b.label], result.confidence)
-        result.comparisons.append({"baseline": b.baseline, "label": b.label, "ratio": ratio, "ci": [lo, hi],
-                                   "significant": lo > 1.0})
-    best_baseline = result.comparisons[0] if result.comparisons else None
-    result.significant = best_baseline is None or best_baseline["significant"]
-    result.recommended = winner.label if result.significant else best_baseline["label"]
+    for b in baselines:
+        if b.label != winner.label:
+            ratio, lo, hi = stats.ratio_ci(th[winner.label], th[b.label], result.confidence)
+            result.comparisons.append({"baseline": b.baseline, "label": b.label, "ratio": ratio, "ci": [lo, hi],
+                                       "significant": lo > 1.0})
+    result.significant = not result.searched or result.searched["outcome"] != "no difference"
     result.summary = summary_text(result)
     return result
 
 
 def summary_text(result: RaceResult) -> str:
-    """'w16xc1-intra1: 3.1x ORT default (95% CI 2.7-3.5), 1.4x Intel heuristic (1.2-1.6)' and, when
-    the best baseline's interval includes 1, that there is no significant difference."""
+    """'w16xc1-intra1: 3.1x ORT default (95% CI 2.7-3.5), 1.4x Intel heuristic (1.2-1.6)'; when the
+    best searched config is not proven faster than the best baseline, the baseline wins and the text
+    says whether there is no significant difference or the baseline is faster."""
     pct = round(result.confidence * 100)
+    s = result.searched
+    head = ""
+    if s and s["outcome"] != "faster":
+        lo, hi = s["ci"]
+        head = (f"best searched config {s['label']} is {s['ratio']:.2f}x {s['baseline']} "
+                f"({pct}% CI {lo:.2f}-{hi:.2f}): "
+                + ("no significant difference, recommending the simpler config" if s["outcome"] == "no difference"
+                   else f"{s['baseline']} is faster than every searched config") + f", {result.winner}")
     parts = []
     for i, c in enumerate(result.comparisons):
         lo, hi = c["ci"]
@@ -80,19 +98,17 @@ def summary_text(result: RaceResult) -> str:
         parts.append(f"{c['ratio']:.2f}x {c['baseline']} ({pct}% CI {interval})" if i == 0 else
                      f"{c['ratio']:.2f}x {c['baseline']} ({interval})")
     text = f"{result.winner}: " + (", ".join(parts) if parts else
-                                   f"{_mean(result.throughputs[result.winner]):.1f} req/s (no baseline raced)")
-    if not result.significant:
-        text += (f"; no significant difference from {result.comparisons[0]['baseline']}: "
-                 f"recommending the simpler config, {result.recommended}")
-    return text
+                                   f"{_mean(result.throughputs[result.winner]):.1f} req/s" +
+                                   ("" if head else " (no baseline raced)"))
+    return f"{head}; {text}" if head else text
 
 
 def settled(result: RaceResult, rel_width: float) -> bool:
-    """The winner's interval against the best baseline excludes 1 and is at most ``rel_width`` wide
-    (relative to the ratio)."""
-    if not result.comparisons:
+    """The best searched config's interval against the best baseline excludes 1 and is at most
+    ``rel_width`` wide (relative to the ratio)."""
+    c = result.searched or (result.comparisons[0] if result.comparisons else None)
+    if c is None:
         return True
-    c = result.comparisons[0]
     lo, hi = c["ci"]
     excludes_one = lo > 1.0 or hi < 1.0
     return excludes_one and math.isfinite(hi) and (hi - lo) <= rel_width * c["ratio"]
