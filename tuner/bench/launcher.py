@@ -176,6 +176,20 @@ class Launcher:
         self._sigterm.__exit__(None, None, None)
 
     # ---- verification
+    def placement_seen(self) -> list[PlacementSeen]:
+        """What each worker really runs with: checked against the plan when the plan pins
+        (``verify_placement``); an unpinned worker (the ORT-default baseline) is only described,
+        since the OS scheduler places it."""
+        if self.plan.params.pin:
+            return self.verify_placement()
+        seen = []
+        for spec, pid in zip(self.plan.workers, self.pids, strict=True):
+            affinities = thread_affinities(pid)
+            seen.append(PlacementSeen(spec.index, pid, (), len(affinities),
+                                      tuple(sorted({format_cpulist(a) for a in affinities.values()})),
+                                      memory_policy_seen(pid), "default"))
+        return seen
+
     def verify_placement(self) -> list[PlacementSeen]:
         """Read each worker's threads' affinity and memory policy from /proc; a mismatch with the
         plan raises PlacementMismatch."""

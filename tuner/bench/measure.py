@@ -35,7 +35,7 @@ from tuner.bench.model import ModelInfo
 from tuner.bench.ratesearch import SearchOutcome, search_rate
 from tuner.errors import UsageError
 from tuner.machine.placement import Plan
-from tuner.results.records import Interference, MachineInfo, PlacementSeen, TrialResult, WindowResult
+from tuner.results.records import Interference, MachineInfo, TrialResult, WindowResult
 
 SCENARIOS = ("server", "offline")
 
@@ -74,8 +74,6 @@ class MeasureSettings:
             raise UsageError("the P99 bound must be positive")
 
 
-
-
 def machine_metadata() -> MachineInfo:
     cpu_model = ""
     try:
@@ -106,7 +104,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     notes: list[str] = []
     with Launcher(plan, model, start_timeout_s=settings.start_timeout_s,
                   memory_limit=settings.worker_memory_limit, hang_grace_s=settings.hang_grace_s) as fleet:
-        seen = fleet.verify_placement() if plan.params.pin else _unpinned_seen(fleet)
+        seen = fleet.placement_seen()
         say("warm-up")
         run_offline_window(fleet, settings.warmup_s)
         say("capacity probe")
@@ -193,18 +191,3 @@ def noise_notes(window: WindowResult) -> list[str]:
         return [f"noisy machine: inside session.run, P99 was {p99 / p50:.1f}x P50 ({p99:.2f} vs {p50:.2f} ms) "
                 "for identical requests; other load or CPU steal disturbed this measurement"]
     return []
-
-
-def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:
-    from tuner.machine.cpulist import format_cpulist
-    from tuner.machine.numa import memory_policy_seen, thread_affinities
-
-    seen = []
-    for spec, pid in zip(fleet.plan.workers, fleet.pids, strict=True):
-        aff = thread_affinities(pid)
-        seen.append(PlacementSeen(spec.index, pid, (), len(aff),
-                                  tuple(sorted({format_cpulist(a) for a in aff.values()})),
-                                  memory_policy_seen(pid), "default"))
-    return seen
-
-

@@ -29,8 +29,6 @@ from tuner.bench.launcher import Launcher
 from tuner.bench.loadgen import START_DELAY_S, VerdictSettings, run_offline_window, run_server_window
 from tuner.bench.measure import MeasureSettings
 from tuner.bench.model import ModelInfo
-from tuner.machine.cpulist import format_cpulist
-from tuner.machine.numa import memory_policy_seen, thread_affinities
 from tuner.machine.placement import Plan
 from tuner.mix.loadfactor import MixWindow
 from tuner.results.records import PlacementSeen, WindowResult
@@ -73,7 +71,7 @@ class MixFleet:
 
     def placements(self) -> dict[str, list[PlacementSeen]]:
         """Each model's workers as read from /proc (a pinned model off its plan raises PlacementMismatch)."""
-        return {name: fleet.verify_placement() if fleet.plan.params.pin else _unpinned_seen(fleet)
+        return {name: fleet.placement_seen()
                 for name, fleet in self.fleets.items()}
 
     def offline(self, duration_s: float, bounds_s: dict[str, float] | None = None) -> dict[str, WindowResult]:
@@ -108,16 +106,6 @@ def common_duration(rates: dict[str, float], min_duration_s: float, verdicts: Ve
     the slowest stream (the smallest rate) gets the samples its pass verdict needs."""
     need = stats.samples_needed(0.0, verdicts.quantile, verdicts.confidence, verdicts.looks)
     return max(min_duration_s, max(need / r for r in rates.values() if r > 0))
-
-
-def _unpinned_seen(fleet: Launcher) -> list[PlacementSeen]:
-    seen = []
-    for spec, pid in zip(fleet.plan.workers, fleet.pids, strict=True):
-        affinity = thread_affinities(pid)
-        seen.append(PlacementSeen(spec.index, pid, (), len(affinity),
-                                  tuple(sorted({format_cpulist(a) for a in affinity.values()})),
-                                  memory_policy_seen(pid), "default"))
-    return seen
 
 
 def mix_settings(settings: MeasureSettings) -> MeasureSettings:
