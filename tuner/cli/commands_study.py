@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +36,7 @@ from tuner.cli.common import (
 from tuner.errors import UsageError
 
 
-def optimize(  # over 60 lines: typer reads its 30 options from the signature; the body is short
+def optimize(  # over 60 lines: typer reads its 31 options from the signature; the body is short
     model: Annotated[str | None, typer.Option("--model", help="An .onnx file, or onnx:NAME for a model the onnx "
                                               "package ships (onnx:squeezenet, onnx:resnet50, ...).")] = None,
     p99: Annotated[str | None, typer.Option("--p99", help="P99 latency bound, e.g. 20ms.")] = None,
@@ -74,6 +75,10 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
     inputs: InputsOpt = None,
     fsroot: FsRoot = None,
     topology_file: TopologyFile = None,
+    no_screening: Annotated[bool, typer.Option("--no-screening", help="Measure every config in full: no short "
+                                               "screening measurements, even when the space is far larger than "
+                                               "--n-trials (a resumed study may switch it; configs it screened "
+                                               "before stay screened).")] = False,
     deployment: Annotated[Path | None, typer.Option("--deployment", help="Tune several models sharing this "
                                                     "server: a YAML file of {name, model, p99, share} entries "
                                                     "(instead of --model).")] = None,
@@ -89,7 +94,7 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
         mix_cli.refuse_single_model_options({
             "--sampler": sampler != "tpe", "--shape": bool(shape), "--batch": batch is not None,
             "--inputs": inputs is not None, "--force": force, "--allow-heterogeneous": allow_heterogeneous,
-            "--heartbeat": heartbeat != "10s"})
+            "--heartbeat": heartbeat != "10s", "--no-screening": no_screening})
         code = mix_cli.optimize_deployment(
             deployment, console=console, warn=warn, p99=p99, n_trials=n_trials, timeout=timeout, space=space,
             seed=seed, scenario=scenario, window=window, storage=storage, study_name=study_name,
@@ -127,7 +132,7 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
                       study_name=study_name or default_study_name(info, bound * 1000 if bound else None, scenario),
                       sampler=sampler, seed=seed, n_trials=n_trials, timeout_s=timeout_s, force=force,
                       lock_wait_s=wait_s, allow_heterogeneous=allow_heterogeneous,
-                      heartbeat_s=parse_duration(heartbeat, "--heartbeat"))
+                      heartbeat_s=parse_duration(heartbeat, "--heartbeat"), screening=not no_screening)
     tracking = None if no_mlflow else TrackingRequest(mlflow_uri, experiment)
     with OptimizeView(console) as view:
         outcome = run_optimize(OptimizeRequest(cfg, out, race_k=revalidate, tracking=tracking), view)
@@ -151,25 +156,38 @@ def export(
     """Export a study's best config for deployment: JSON/YAML, a numactl launch script, an env file,
     systemd units, docker run lines, or a Kubernetes pod spec fragment."""
     from tuner.deploy import load_config
+    from tuner.mix.trials import is_deployment_study
     from tuner.outputs import check_writable, write_atomic
     from tuner.results import export as exporter
+    from tuner.search.storage import load_study
 
     if fmt not in exporter.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
     # ---- a deployment's best config (issue 16): one file per model, tuner/cli/mix.py
     from tuner.cli import mix as mix_cli
 
+    config_dir = config_path if config_path != "best_config.json" else None
     if config is not None and mix_cli.is_deployment_file(config):
-        return mix_cli.export_deployment(config, fmt, out, config_path if config_path != "best_config.json" else None)
+        if study is not None or p99 is not None:
+            raise UsageError("--config exports a file as it is; it does not take --study or --p99")
+        return mix_cli.export_deployment(json.loads(config.read_text()), str(config), fmt, out, config_dir)
     # ---- end of issue 16
-    if out is not None:
-        check_writable(out, "--out")
     if config is not None:
         if study is not None or p99 is not None:
             raise UsageError("--config exports a file as it is; it does not take --study or --p99")
+        if out is not None:
+            check_writable(out, "--out")
         document = load_config(config)
     else:
-        document = _study_document(storage, study, p99)
+        the_study = load_study(storage, study)
+        if is_deployment_study(the_study):  # issue 23: one artifact per model, like --config
+            from tuner.cli.mix_results import study_document
+
+            return mix_cli.export_deployment(study_document(the_study, p99), f"study {the_study.study_name!r}",
+                                             fmt, out, config_dir)
+        if out is not None:
+            check_writable(out, "--out")
+        document = _study_document(the_study, p99)
     text = exporter.render(document, fmt, config_path)
     if out is None:
         sys.stdout.write(text)
@@ -178,13 +196,11 @@ def export(
         Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
 
 
-def _study_document(storage: str | None, study: str | None, p99: str | None) -> dict:
+def _study_document(the_study, p99: str | None) -> dict:
     """The config document of a study's best trial, or of the best one for another bound (``--p99``)."""
     from tuner.results.trials import best_config_document, best_trial
-    from tuner.search.storage import load_study
     from tuner.units import parse_duration
 
-    the_study = load_study(storage, study)
     if p99 is None:
         trial = best_trial(the_study)
         if trial is None:
@@ -211,6 +227,7 @@ def report(
     """A study's Pareto table, best vs baselines, parameter importances and plots.
     Exit code 3 when no trial met the bound."""
     from tuner.cli import render_study
+    from tuner.mix.trials import is_deployment_study
     from tuner.outputs import check_writable, write_atomic
     from tuner.results import report as reporting
     from tuner.search.storage import load_study
@@ -218,6 +235,13 @@ def report(
     if html_out is not None:
         check_writable(html_out, "--html")
     the_study = load_study(storage, study)
+    if is_deployment_study(the_study):  # issue 23
+        from tuner.cli.mix_results import report as report_deployment
+
+        code = report_deployment(the_study, html_out)
+        if code:
+            raise typer.Exit(code)
+        return
     frame = reporting.trials_frame(the_study)
     console.print(reporting.summary_text(the_study), highlight=False)
     front = frame[frame.pareto].sort_values("throughput", ascending=False)
@@ -248,12 +272,17 @@ def log_command(
 ) -> None:
     """Log a study to MLflow from its Optuna storage (after an outage, or a --no-mlflow run).
     Idempotent: runs already there are not duplicated."""
+    from tuner.mix.trials import is_deployment_study
     from tuner.results.tracking import Tracker, default_uri
     from tuner.search.storage import ensure_study_uuid, load_study, storage_url
 
     the_study = load_study(storage, study)
-    ensure_study_uuid(the_study)
     uri = mlflow_uri or default_uri(storage_url(storage))
+    if is_deployment_study(the_study):  # issue 23
+        from tuner.cli.mix_results import log
+
+        return log(the_study, uri, experiment)
+    ensure_study_uuid(the_study)
     tracker = Tracker(uri, experiment)
     added = tracker.sync(the_study)
     console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "

@@ -21,7 +21,8 @@ def fleet_status(
     study: StudyOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Hosts in a shared study: trials per host, running trials and their age, best so far."""
+    """Hosts in a shared study: trials per host, running trials and their age, best so far
+    (a deployment study's best: its load factor and each model's figures)."""
     import time
 
     from tuner.app.fleet import read_fleet_status
@@ -35,7 +36,11 @@ def fleet_status(
     if status.waiting:
         console.print(f"{status.waiting} trial(s) queued (baselines or re-queued after a host died)", highlight=False)
     best = status.best
-    if best is not None:
+    if best is not None and best.load_factor is not None:  # a deployment study
+        models = "; ".join(f"{name} {thr:.1f} req/s, P99 {p99:.2f} ms" for name, thr, p99 in best.models)
+        console.print(f"best so far: {best.label} (trial {best.number}, {best.hostname}) load factor "
+                      f"{best.load_factor:.3g}: {models}", highlight=False)
+    elif best is not None:
         console.print(f"best so far: {best.label} (trial {best.number}, {best.hostname}) {best.throughput:.1f} req/s, "
                       f"P99 {best.p99_ms:.2f} ms", highlight=False)
     else:

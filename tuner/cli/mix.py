@@ -105,7 +105,8 @@ def _progress(console) -> Callable[[str], None]:
 
 
 def summary(document: dict) -> str:
-    """The best division, each model's figures at the best load factor, the race's ratios."""
+    """The recommended config's division and each model's figures at its best load factor, the
+    baselines, the race's ratios and verdict."""
     low, high = document["load_factor_ci"]
     lines = [f"best: {document['label']}", f"load factor {document['load_factor']:.3g} (interval {low:.3g}-{high:.3g})"]
     for name, m in document["models"].items():
@@ -117,8 +118,12 @@ def summary(document: dict) -> str:
     race = document.get("race") or {}
     for name, r in race.get("vs_baselines", {}).items():
         lo, hi = r["ci"]
-        lines.append(f"  race: {r['ratio']:.2f}x {name} ({round(race['confidence'] * 100)}% CI {lo:.2f}-{hi:.2f}, "
-                     f"{r['rounds']} rounds)")
+        lines.append(f"  race: {race['best_label']} {r['ratio']:.2f}x {name} ({round(race['confidence'] * 100)}% CI "
+                     f"{lo:.2f}-{hi:.2f}, {r['rounds']} rounds)")
+    if race:
+        lines.append(f"race: {race['summary']}")
+    if document.get("baseline"):
+        lines.append(f"recommended: baseline {document['baseline']} ({document['label']})")
     return "\n".join(lines)
 
 
@@ -138,8 +143,9 @@ def is_deployment_file(path: Path) -> bool:
         return False
 
 
-def export_deployment(config: Path, fmt: str, out: Path | None, config_dir: str | None) -> None:
-    """One artifact per model (and each model's JSON config) into the folder ``out``."""
+def export_deployment(document: dict, source: str, fmt: str, out: Path | None, config_dir: str | None) -> None:
+    """One artifact per model (and each model's JSON config) of a deployment document (from the
+    file or the study ``source`` names) into the folder ``out``."""
     from tuner.mix.document import export_files
     from tuner.outputs import write_atomic
     from tuner.results import export as exporter
@@ -147,9 +153,12 @@ def export_deployment(config: Path, fmt: str, out: Path | None, config_dir: str 
     if fmt not in exporter.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
     if out is None:
-        raise UsageError(f"{config} is a deployment of several models: give --out FOLDER for one file per model")
+        raise UsageError(f"{source} is a deployment of several models: give --out FOLDER for one file per model")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: a deployment's export is a folder (one file per model); "
+                         "give a folder path")
     out.mkdir(parents=True, exist_ok=True)
-    files = export_files(json.loads(config.read_text()), fmt, config_dir or str(out.resolve()))
+    files = export_files(document, fmt, config_dir or str(out.resolve()))
     for name, text in files.items():
         write_atomic(out / name, text, mode=0o755 if name.endswith(".sh") else None)
     sys.stderr.write(f"{fmt} export: {', '.join(sorted(files))} written to {out}\n")

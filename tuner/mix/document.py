@@ -12,7 +12,9 @@ MODEL_KEYS = ("throughput", "p50_ms", "p99_ms", "p99_ci_ms", "offered_rate", "in
 
 
 def deployment_document(study, best, baselines: dict, race: dict | None) -> dict:
-    """The best-config document of a deployment study (format ``placetune-deployment/1``)."""
+    """The best-config document of a deployment study (format ``placetune-deployment/1``) for the
+    trial ``best`` (the config the race recommends: tuner.mix.trials.study_document chooses it);
+    ``baseline`` names the baseline when that config is one."""
     result = best.user_attrs["result"]
     deployment = study.user_attrs["deployment"]
     fingerprint = study.user_attrs["mix_identity"]["topology"]
@@ -32,7 +34,8 @@ def deployment_document(study, best, baselines: dict, race: dict | None) -> dict
         }
     return {
         "format": DEPLOYMENT_FORMAT, "study": study.study_name, "trial": best.number,
-        "label": best.user_attrs["label"], "division": result["config"]["division"],
+        "label": best.user_attrs["label"], "baseline": best.user_attrs.get("baseline", ""),
+        "division": result["config"]["division"],
         "load_factor": result["load_factor"], "load_factor_ci": result["load_factor_ci"],
         "baselines": {name: {"label": t.user_attrs["label"], "load_factor": t.user_attrs["result"]["load_factor"]}
                       for name, t in baselines.items()},

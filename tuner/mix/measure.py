@@ -14,13 +14,11 @@
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tuner.bench import interference, stats
+from tuner.bench import interference
 from tuner.bench.measure import MeasureSettings, machine_metadata
 from tuner.bench.model import ModelInfo
 from tuner.machine.topology import Topology
@@ -28,36 +26,9 @@ from tuner.mix.bench import MixFleet, mix_settings, service_times_s
 from tuner.mix.deployment import Deployment
 from tuner.mix.division import MixConfig, plans
 from tuner.mix.loadfactor import LoadFactorOutcome, MixWindow, search_load_factor
+from tuner.mix.records import MixResult as MixResult
+from tuner.mix.records import finite as finite
 from tuner.results.records import WindowResult
-
-
-@dataclass(frozen=True)
-class MixResult:
-    """What one mix config achieved."""
-
-    config: dict  # MixConfig.to_dict()
-    label: str
-    load_factor: float  # the largest passing L (0 when none passed)
-    load_factor_ci: tuple[float, float]
-    verdict: str  # pass | undecided (no load factor tried passed; a lower one might)
-    reason: str
-    models: dict[str, dict]  # per model at the best L: throughput, p50_ms, p99_ms, p99_ci_ms, interference, ...
-    runs: list[dict] = field(default_factory=list)  # every MixWindow, in order
-    machine: dict = field(default_factory=dict)
-    duration_s: float = 0.0
-
-    @property
-    def feasible(self) -> bool:
-        return self.verdict == stats.PASS
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["load_factor_ci"] = list(self.load_factor_ci)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MixResult:
-        return cls(**{**d, "load_factor_ci": tuple(d["load_factor_ci"])})
 
 
 def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, models: dict[str, ModelInfo],
@@ -113,8 +84,3 @@ def _per_model(probe: dict[str, WindowResult], outcome: LoadFactorOutcome, seen:
             "placement": [s.to_dict() for s in seen[name]], "plan": the_plans[name].to_dict(),
         }
     return out
-
-
-def finite(value: float) -> float:
-    """A metric MLflow and JSON can hold (inf and nan become -1)."""
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else -1.0

@@ -9,6 +9,7 @@ the study stops early.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,6 +28,8 @@ from tuner.machine.topology import Topology
 from tuner.mix.deployment import Deployment
 from tuner.mix.division import MixConfig, even_split, ort_defaults, suggest_config
 from tuner.mix.measure import MixResult, measure_mix
+from tuner.mix.trials import DEPLOYMENT_KIND, best_and_baselines, study_document
+from tuner.mix.trials import measured as measured
 from tuner.search.storage import engine_kwargs
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -93,7 +96,7 @@ def open_mix_study(cfg: MixStudyConfig) -> optuna.Study:
     if stored is None:
         study.set_user_attr("mix_identity", identity)
         study.set_user_attr("deployment", cfg.deployment.to_dict())
-        study.set_user_attr("kind", "deployment")
+        study.set_user_attr("kind", DEPLOYMENT_KIND)
     elif stored != identity:
         raise StudyMismatch(f"study {cfg.study_name!r} was run for another deployment or machine; "
                             "give another --study-name")
@@ -101,16 +104,14 @@ def open_mix_study(cfg: MixStudyConfig) -> optuna.Study:
     return study
 
 
-def measured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials that measured something (repeats excluded)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "result" in t.user_attrs and "repeat_of" not in t.user_attrs]
-
-
 def _record(study: optuna.Study, trial: optuna.Trial, cfg: MixStudyConfig, config: MixConfig, baseline: str,
             say: Say, on_result: Callable[[int, MixResult, str], None]) -> None:
     """Measure one config as ``trial`` and tell the study (a failed measurement fails the trial)."""
+    from tuner.search.locks import HostLock
+
     trial.set_user_attr("label", config.label())
+    trial.set_user_attr("host", HostLock(cfg.topology).key)  # fleet status: who measured what
+    trial.set_user_attr("hostname", socket.gethostname())
     if baseline:
         trial.set_user_attr("baseline", baseline)
     say(f"trial {trial.number}: {config.label()}")
@@ -157,26 +158,23 @@ def run_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = lambda _m: N
         say(f"the sampler proposed only measured configs {MAX_REPEATS} times in a row: the space is exhausted")
 
 
-def best_and_baselines(study: optuna.Study) -> tuple[Frozen | None, dict[str, Frozen]]:
-    """The trial with the largest passing load factor, and each baseline's trial."""
-    trials = measured(study)
-    feasible = [t for t in trials if t.user_attrs["result"]["verdict"] == stats.PASS]
-    best = max(feasible, key=lambda t: (t.value, -t.number), default=None)
-    return best, {t.user_attrs["baseline"]: t for t in trials if "baseline" in t.user_attrs}
-
-
-def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None
-               ) -> dict:
-    """The best config and both baselines re-measured in rotating interleaved rounds
-    (tuner.search.race); the best's load factor over each baseline's, with paired-bootstrap intervals."""
+def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None) -> dict:
+    """The best config and every passing baseline re-measured in rotating interleaved rounds, judged
+    by the single-model race's rules (tuner.search.race.compare: a baseline proven faster than the
+    best searched config, or not significantly slower, is recommended). Returns the race as stored:
+    its ``recommended`` label and ``summary``, ``searched`` (the best searched config vs the best
+    baseline), ``comparisons`` (the winner vs each other baseline), each entrant's ``load_factors``
+    per round and ``vs_baselines`` (the best config's load factor over each baseline's, with
+    paired-bootstrap intervals)."""
     from tuner.search.race import Entrant, race
 
-    entrants = {best.user_attrs["label"]: Entrant(best.user_attrs["label"], Params(),
-                                                  best.user_attrs.get("baseline", ""))}
-    for name, t in sorted(baselines.items()):
+    best_label = best.user_attrs["label"]
+    entrants = {best_label: Entrant(best_label, Params(), best.user_attrs.get("baseline", ""))}
+    raced = {name: t for name, t in sorted(baselines.items()) if t.user_attrs["result"]["verdict"] == stats.PASS}
+    for name, t in raced.items():  # a baseline that served no load factor has nothing to race
         entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], Params(), name))
-    configs = {label: MixConfig.from_dict(t.user_attrs["result"]["config"])
-               for label, t in ((t.user_attrs["label"], t) for t in [best, *baselines.values()])}
+    configs = {t.user_attrs["label"]: MixConfig.from_dict(t.user_attrs["result"]["config"])
+               for t in [best, *raced.values()]}
     seeds = iter(range(10_000, 1_000_000))
 
     def load_factor(e: Entrant) -> float:
@@ -185,21 +183,28 @@ def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = la
 
     rounds = max(2, cfg.race_rounds)
     result = race(list(entrants.values()), load_factor, min_rounds=rounds, max_rounds=rounds,
-                  confidence=cfg.settings.confidence, say=say)
+                  confidence=cfg.settings.confidence, say=say, unit="load factor")
+    return race_document(result, best_label, {name: t.user_attrs["label"] for name, t in raced.items()})
+
+
+def race_document(result, best_label: str, baseline_labels: dict[str, str]) -> dict:
+    """A finished race (tuner.search.race.RaceResult over load factors) as the study stores it."""
+    out = {k: v for k, v in result.to_dict().items() if k not in ("throughputs", "entrants")}
+    lf = result.throughputs
     ratios = {}
-    for name, t in baselines.items():
-        a, b = result.throughputs[best.user_attrs["label"]], result.throughputs[t.user_attrs["label"]]
-        ratio, low, high = stats.ratio_ci(a, b, cfg.settings.confidence)
-        ratios[name] = {"ratio": ratio, "ci": [low, high], "rounds": len(a)}
-    return {"load_factors": result.throughputs, "vs_baselines": ratios, "confidence": cfg.settings.confidence,
-            "mean": {k: float(np.mean(v)) for k, v in result.throughputs.items()}}
+    for name, label in baseline_labels.items():
+        if label != best_label:
+            ratio, low, high = stats.ratio_ci(lf[best_label], lf[label], result.confidence)
+            ratios[name] = {"ratio": ratio, "ci": [low, high], "rounds": len(lf[best_label])}
+    return {**out, "best_label": best_label, "load_factors": lf, "vs_baselines": ratios,
+            "mean": {k: float(np.mean(v)) for k, v in lf.items()},
+            "entrants": [{"label": e.label, "baseline": e.baseline} for e in result.entrants]}
 
 
 def run(cfg: MixStudyConfig, say: Say = lambda _m: None, tracker=None, lock_wait_s: float | None = None) -> dict:
     """The whole study: trials, final race; returns the best-config document (tuner.mix.document)."""
     from contextlib import nullcontext
 
-    from tuner.mix.document import deployment_document
     from tuner.search.locks import HostLock
 
     study = open_mix_study(cfg)
@@ -215,8 +220,9 @@ def run(cfg: MixStudyConfig, say: Say = lambda _m: None, tracker=None, lock_wait
                 tracker.finish(None, "FAILED")
             raise NoFeasibleMix(f"no config of study {cfg.study_name!r} served any load factor within every "
                                 "model's bound")
-        race_result = final_race(cfg, best, baselines, say) if cfg.race_rounds > 0 else None
-    document = deployment_document(study, best, baselines, race_result)
+        if cfg.race_rounds > 0:
+            study.set_user_attr("race", final_race(cfg, best, baselines, say))
+    document = study_document(study)  # the config the race recommends, with the race
     if tracker is not None:
         tracker.finish(document)
     return document

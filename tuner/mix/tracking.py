@@ -1,6 +1,8 @@
 """MLflow for a deployment study: one parent run per study, one child run per trial with the load
 factor and every model's metrics (``NAME.throughput``, ``NAME.p50_ms``, ``NAME.p99_ms``, ...).
-Tracking never stops a study: after the first failure it warns once and does nothing more."""
+Tracking never stops a study: after the first failure it warns once and does nothing more.
+``placetune log`` fills MLflow afterwards from the study (``MixTracker.sync``: idempotent, a trial
+already logged is not logged again). Light: reads results only, never starts a worker."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import os
 import time
 from collections.abc import Callable
 
-from tuner.mix.measure import MixResult, finite
+from tuner.errors import PlacetuneError
+from tuner.mix.records import MixResult, finite
+from tuner.results.tracking import HTTP_SETTINGS, QUIET_SETTINGS, mlflow_settings
 
 MODEL_METRICS = ("throughput", "offered_rate", "p50_ms", "p99_ms", "capacity", "cpu_util")
 
@@ -51,6 +55,7 @@ class MixTracker:
         if found:
             self.parent = found[0].info.run_id
             self._client.update_run(self.parent, status="RUNNING")
+            self._load_children()
             return
         run = self._client.create_run(self._experiment_id, run_name=study_name,
                                       tags={"placetune.study": study_name, "placetune.kind": "deployment-study"})
@@ -92,3 +97,34 @@ class MixTracker:
                 for k in ("throughput", "p50_ms", "p99_ms"):
                     self._client.log_metric(self.parent, f"best.{name}.{k}", finite(m.get(k, -1.0)))
         self._client.set_terminated(self.parent, status)
+
+    def _load_children(self) -> None:
+        """The parent's child runs already in MLflow, by trial number (a resumed or re-logged study)."""
+        children = self._client.search_runs([self._experiment_id],
+                                            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'")
+        for run in children:
+            number = run.data.tags.get("placetune.trial")
+            if number is not None and number.isdigit():
+                self.children[int(number)] = run.info.run_id
+
+    def sync(self, study) -> int:
+        """Log a deployment study from its storage (``placetune log``): the parent run, found or
+        created, a child run per measured trial not yet in MLflow, and the best config's figures;
+        returns how many child runs were added. Raises PlacetuneError when MLflow cannot be reached."""
+        from tuner.mix.trials import measured, mix_result, study_document
+
+        try:
+            with mlflow_settings({**HTTP_SETTINGS, **QUIET_SETTINGS}):
+                self._start(study.study_name, study.user_attrs["deployment"])
+                added = 0
+                for t in measured(study):
+                    if t.number not in self.children:
+                        self._log_trial(t.number, mix_result(t), t.user_attrs.get("baseline", ""))
+                        added += 1
+                document = study_document(study)
+                self._finish(document, "FINISHED" if document is not None else "FAILED")
+            return added
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise PlacetuneError(f"cannot log to MLflow at {self.uri} ({first}); check --mlflow-uri and that "
+                                 "the server is up, then run this again") from None

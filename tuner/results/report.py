@@ -94,10 +94,11 @@ def by_fingerprint(frame: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def importances(study: optuna.Study) -> dict[str, float] | str:
-    """optuna.importance on throughput over the measured trials (no repeats), for the parameters
-    every one of them suggested (the space is conditional), or why not."""
-    complete = [t for t in measured_trials(study) if t.params]
+def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> dict[str, float] | str:
+    """optuna.importance on the first objective (throughput; a deployment's load factor) over the
+    measured trials (no repeats; ``trials`` when given), for the parameters every one of them
+    suggested (the space is conditional), or why not."""
+    complete = [t for t in (measured_trials(study) if trials is None else trials) if t.params]
     common = set.intersection(*(set(t.params) for t in complete)) if complete else set()
     varying = {k for k in common if len({str(o.params.get(k)) for o in complete}) > 1}
     if len(complete) < 4 or not varying:

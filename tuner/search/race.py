@@ -38,6 +38,7 @@ class RaceResult:
     significant: bool = False  # the best searched config vs the best baseline: the interval excludes 1
     summary: str = ""
     searched: dict = field(default_factory=dict)  # the best searched config vs the best baseline
+    unit: str = "req/s"  # what ``throughputs`` holds (a deployment's race: "load factor")
 
     def to_dict(self) -> dict:
         return {"rounds": len(next(iter(self.throughputs.values()), [])), "confidence": self.confidence,
@@ -98,7 +99,7 @@ def summary_text(result: RaceResult) -> str:
         parts.append(f"{c['ratio']:.2f}x {c['baseline']} ({pct}% CI {interval})" if i == 0 else
                      f"{c['ratio']:.2f}x {c['baseline']} ({interval})")
     text = f"{result.winner}: " + (", ".join(parts) if parts else
-                                   f"{_mean(result.throughputs[result.winner]):.1f} req/s" +
+                                   f"{_mean(result.throughputs[result.winner]):.1f} {result.unit}" +
                                    ("" if head else " (no baseline raced)"))
     return f"{head}; {text}" if head else text
 
@@ -116,12 +117,12 @@ def settled(result: RaceResult, rel_width: float) -> bool:
 
 def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float], min_rounds: int = 3,
          max_rounds: int = 6, confidence: float = stats.DEFAULT_CONFIDENCE, rel_width: float = 0.25,
-         say: Callable[[str], None] = lambda _m: None) -> RaceResult:
+         say: Callable[[str], None] = lambda _m: None, unit: str = "req/s") -> RaceResult:
     """Race ``entrants`` in rotating interleaved rounds; ``measure_throughput`` measures one entrant
-    once (0 for an infeasible measurement)."""
+    once (0 for an infeasible measurement; ``unit`` names what it returns)."""
     if not entrants:
         raise ValueError("a race needs at least one entrant")
-    result = RaceResult(entrants, {e.label: [] for e in entrants}, confidence)
+    result = RaceResult(entrants, {e.label: [] for e in entrants}, confidence, unit=unit)
     for round_no in range(max_rounds):
         shift = round_no % len(entrants)
         for e in entrants[shift:] + entrants[:shift]:

@@ -79,6 +79,9 @@ class StudyConfig:
     lock_wait_s: float = 3600.0
     allow_heterogeneous: bool = False
     heartbeat_s: float = 10.0
+    # screening (tuner/search/screening.py) where the space is far larger than the budget; not part of
+    # the study's identity: results are full measurements either way, so a resumed run may change it
+    screening: bool = True
 
 
 def default_study_name(model: ModelInfo, bound_ms: float | None, scenario: str) -> str:
@@ -270,7 +273,7 @@ def study_strategy(cfg: StudyConfig):
     """The strategy for this study's space and budget (tuner/search/strategy.py ``choose_strategy``)."""
     extra = sum(1 for _, params in baselines(cfg.topology) if cfg.space.express(params) is None)
     with quiet_optuna():  # its sampler may use experimental options
-        return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra)
+        return choose_strategy(cfg.space, cfg.sampler, cfg.seed, cfg.n_trials, extra, screen=cfg.screening)
 
 
 def _refuse_static_space_study(study: optuna.Study) -> None:
