@@ -159,13 +159,23 @@ def run_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = lambda _m: N
 
 
 def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None) -> dict:
-    """The best config and every passing baseline re-measured in rotating interleaved rounds, judged
-    by the single-model race's rules (tuner.search.race.compare: a baseline proven faster than the
-    best searched config, or not significantly slower, is recommended). Returns the race as stored:
-    its ``recommended`` label and ``summary``, ``searched`` (the best searched config vs the best
-    baseline), ``comparisons`` (the winner vs each other baseline), each entrant's ``load_factors``
-    per round and ``vs_baselines`` (the best config's load factor over each baseline's, with
-    paired-bootstrap intervals)."""
+    """The final race of a finished study (``race_trials``), each entrant measured by ``measure_mix``
+    with the study's settings, three load-factor search runs and a fresh seed per measurement."""
+    seeds = iter(range(10_000, 1_000_000))
+
+    def load_factor(config: MixConfig) -> float:
+        quick = replace(cfg.settings, seed=next(seeds), search_steps=min(3, cfg.settings.search_steps))
+        return measure_mix(cfg.topology, config, cfg.deployment, cfg.models, quick).load_factor
+
+    return race_trials(best, baselines, load_factor, max(2, cfg.race_rounds), cfg.settings.confidence, say)
+
+
+def race_trials(best: Frozen, baselines: dict[str, Frozen], measure_load_factor: Callable[[MixConfig], float],
+                rounds: int, confidence: float = stats.DEFAULT_CONFIDENCE, say: Say = lambda _m: None) -> dict:
+    """The best config and every passing baseline re-measured (``measure_load_factor``) in ``rounds``
+    rotating interleaved rounds, judged by the single-model race's rules (tuner.search.race.compare:
+    a baseline proven faster than the best searched config, or not significantly slower, is
+    recommended). Returns the race as the study stores it (``race_document``)."""
     from tuner.search.race import Entrant, race
 
     best_label = best.user_attrs["label"]
@@ -175,20 +185,17 @@ def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = la
         entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], Params(), name))
     configs = {t.user_attrs["label"]: MixConfig.from_dict(t.user_attrs["result"]["config"])
                for t in [best, *raced.values()]}
-    seeds = iter(range(10_000, 1_000_000))
-
-    def load_factor(e: Entrant) -> float:
-        quick = replace(cfg.settings, seed=next(seeds), search_steps=min(3, cfg.settings.search_steps))
-        return measure_mix(cfg.topology, configs[e.label], cfg.deployment, cfg.models, quick).load_factor
-
-    rounds = max(2, cfg.race_rounds)
-    result = race(list(entrants.values()), load_factor, min_rounds=rounds, max_rounds=rounds,
-                  confidence=cfg.settings.confidence, say=say, unit="load factor")
+    result = race(list(entrants.values()), lambda e: measure_load_factor(configs[e.label]), min_rounds=rounds,
+                  max_rounds=rounds, confidence=confidence, say=say, unit="load factor")
     return race_document(result, best_label, {name: t.user_attrs["label"] for name, t in raced.items()})
 
 
 def race_document(result, best_label: str, baseline_labels: dict[str, str]) -> dict:
-    """A finished race (tuner.search.race.RaceResult over load factors) as the study stores it."""
+    """A finished race (tuner.search.race.RaceResult over load factors) as the study stores it:
+    ``recommended`` and ``summary``, ``searched`` (the best searched config vs the best baseline),
+    ``comparisons`` (the winner vs each other baseline), ``best_label`` (the study's best when it
+    raced), each entrant's ``load_factors`` per round and ``mean``, and ``vs_baselines`` (the best
+    config's load factor over each raced baseline's, with paired-bootstrap intervals)."""
     out = {k: v for k, v in result.to_dict().items() if k not in ("throughputs", "entrants")}
     lf = result.throughputs
     ratios = {}
