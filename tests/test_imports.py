@@ -30,3 +30,42 @@ def test_the_check_sees_a_module_that_does_load_the_launcher():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "tuner.bench.launcher" in json.loads(done.stdout)
+
+
+# ---- deployment studies (issue 23): reading one is as light as reading a single-model study -------
+MIX_READING_MODULES = ("tuner.mix.records", "tuner.mix.trials", "tuner.mix.report", "tuner.mix.tracking",
+                       "tuner.mix.document", "tuner.cli.mix_results", "tuner.cli.mix", "tuner.app.fleet",
+                       "tuner.cli.commands_study", "tuner.cli.fleet")
+
+
+def _heavy_after(code: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", f"import json, sys\n{code}\n"
+                           f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", MIX_READING_MODULES)
+def test_a_module_that_reads_deployment_studies_imports_without_the_process_stack(module):
+    assert _heavy_after(f"import {module}") == []
+
+
+def test_the_check_sees_that_measuring_a_mix_loads_the_launcher():
+    assert "tuner.bench.launcher" in _heavy_after("import tuner.mix.measure")
+
+
+def test_report_export_log_and_fleet_status_of_a_deployment_study_load_no_process_stack(tmp_path):
+    from tests.mix_studies import study_with_baselines
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study_with_baselines(url)
+    commands = [["report", "--storage", url, "--html", str(tmp_path / "r.html")],
+                ["export", "--storage", url, "--format", "numactl", "--out", str(tmp_path / "exp")],
+                ["fleet", "status", "--storage", url],
+                ["log", "--storage", url, "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]]
+    code = ("from tuner.cli.main import app\n"
+            f"for args in {commands!r}:\n"
+            "    app(args, standalone_mode=False)\n")
+    assert _heavy_after(code) == []
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "exp" / "ranker-launch.sh").is_file()
