@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Scale proof I (issue 20): the default study of SqueezeNet (P99 <= 50 ms) and ResNet-50 (P99 <= 300 ms)
+# on the lent 16-core machine, each ending in the final race, in at most 8.5 minutes of wall time.
+#
+# On the device (once per checkout, here: bash ../shared/device/bundle; then a run with
+# carry [".devbundle"] and timeout_s 580):
+#     bash .devbundle/setup && bash experiments/scale/run.sh --out $OUT
+# Here (2 cores; a test of the script, not a proof; at most 15 min on a shared VM):
+#     bash experiments/scale/run.sh --quick --keep-raw --out experiments/results/scale-quick-2cpu-DATE
+#
+# Writes the study log, best_config.json (with the race), the study DB (placetune.db), each step's
+# command, log and status, and machine info; then summary.md, made from those files by
+# experiments/scale/summarize.py. Without --keep-raw, OUT holds just scale1-summary.md and
+# scale1.tar.gz (the raw folder). Every step is cut by the run's wall-clock guard (SIGTERM: placetune
+# stops its workers and keeps the best config so far); a failed or cut step does not stop the next.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=experiments/scale/lib.sh
+source "$here/lib.sh"
+
+usage() {
+  cat <<'EOF'
+usage: run.sh --out DIR [--quick] [--keep-raw] [--budget SECONDS]
+  --out DIR        where the results go (on the device: $OUT)
+  --quick          the 2-core test profile: loose bounds, small budgets, 80% verdicts, ShuffleNet for
+                   ResNet-50 (a ResNet-50 window of 408 requests lasts ~30 s on 2 cores)
+  --keep-raw       leave the raw folder unpacked in DIR (no tarball)
+  --budget S       wall-clock limit of the whole run (default 510; --quick: 900)
+EOF
+}
+
+out="" quick=0 keep_raw=0 budget=""
+while (( $# )); do
+  case $1 in
+    --out) [[ $# -ge 2 ]] || die "--out needs a folder"; out=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --keep-raw) keep_raw=1; shift ;;
+    --budget) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--budget needs whole seconds, e.g. --budget 510"
+              budget=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument '$1'" ;;
+  esac
+done
+[[ -n $out ]] || { usage >&2; die "--out DIR is required (on the device: --out \$OUT)"; }
+
+# One study per line: name, model, bound, step cap (s), trial phase (--timeout, s), what the study needs
+# after its trial phase besides the race (its last trial and the start, s), extra optimize flags.
+# Device: SqueezeNet's windows hold >= 408 requests in 1 s at 16-core rates; ResNet-50's are sized by
+# those 408 requests anyway (2.5-4.5 s at 90-180 req/s), so --window 1s only shortens each probe.
+if (( quick )); then
+  : "${budget:=900}"
+  studies=(
+    "squeezenet onnx:squeezenet 200ms 430 120 60 --n-trials 5 --window 0.5s --confidence 0.8"
+    "shufflenet onnx:shufflenet 200ms 430 90 60 --n-trials 3 --window 0.5s --confidence 0.8"
+  )
+else
+  : "${budget:=510}"
+  studies=(
+    "squeezenet onnx:squeezenet 50ms 215 80 30 --window 1s"
+    "resnet50 onnx:resnet50 300ms 480 90 60 --n-trials 5 --window 1s"
+  )
+fi
+# Every model and bound of BOTH profiles is resolved first, so a quick run proves the device's too.
+checked_models=(onnx:squeezenet=50ms onnx:resnet50=300ms onnx:squeezenet=200ms onnx:shufflenet=200ms)
+
+start_clock "$budget"
+find_cli
+results_folder scale1
+say "scale proof I: $( ((quick)) && echo quick || echo device) profile, budget ${budget} s, results in $raw"
+{ echo "profile: $( ((quick)) && echo quick || echo device); budget_s: $budget"
+  printf 'study: %s\n' "${studies[@]}"; } > "$raw/plan.txt"
+
+run_step preflight 120 "${PY[@]}" -c 'import sys
+from tuner.bench.model import inspect_model
+from tuner.units import parse_bound
+for spec in sys.argv[1:]:
+    model, bound = spec.split("=")
+    info = inspect_model(model)
+    print(f"{model}: {info.name} {info.sha256[:12]}, P99 bound {parse_bound(bound) * 1000:g} ms")' "${checked_models[@]}"
+machine_info
+
+for line in "${studies[@]}"; do
+  read -r name model bound want trial_s tail_s extra <<< "$line"
+  read -ra extra_flags <<< "$extra"
+  mkdir -p "$raw/$name"
+  left=$(( $(seconds_left) - STEP_RESERVE_S ))
+  cap=$(( want < left ? want : left ))
+  race_s=$(( cap - trial_s - tail_s ))
+  (( race_s < 10 )) && race_s=10  # the race still runs its 2 rounds; the step's guard cuts it
+  run_step "$name" "$cap" "${PT[@]}" optimize --model "$model" --p99 "$bound" --no-mlflow \
+    --storage "sqlite:///$raw/$name/placetune.db" --out "$raw/$name/best_config.json" \
+    --timeout "${trial_s}s" --revalidate 1 --race-timeout "${race_s}s" "${extra_flags[@]}"
+  cp "$steps/$name.log" "$raw/$name/study.log"
+done
+
+finish scale1 run1
