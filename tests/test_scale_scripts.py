@@ -222,3 +222,21 @@ def test_the_scripts_parse_and_refuse_bad_arguments_with_one_line(script, tmp_pa
         done = subprocess.run(["bash", str(path), *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr.splitlines()[-1], done.stderr
     assert not any(tmp_path.iterdir()), "nothing is written before the arguments are checked"
+
+
+@pytest.mark.parametrize("script,name", [("run.sh", "scale1"), ("run2.sh", "scale2")])
+def test_a_run_out_of_time_skips_its_measurements_and_still_packs_a_summary(script, name, tmp_path):
+    """The whole script for real, with a budget too small for any measurement: the preflight and the
+    machine info run, every measuring step is skipped with its reason, and OUT holds exactly the
+    summary and the tarball (what the device tool brings back)."""
+    done = subprocess.run(["bash", str(SCALE / script), "--budget", "40", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}-summary.md", f"{name}.tar.gz"]
+    summary = (tmp_path / f"{name}-summary.md").read_text()
+    assert "skipped: no time left" in summary and "Profile: device" in summary
+    import tarfile
+
+    with tarfile.open(tmp_path / f"{name}.tar.gz") as tar:
+        names = tar.getnames()
+    assert f"{name}/summary.md" in names and f"{name}/machine/topology.json" in names and f"{name}/plan.txt" in names
