@@ -229,7 +229,7 @@ def test_a_run_out_of_time_skips_its_measurements_and_still_packs_a_summary(scri
     """The whole script for real, with a budget too small for any measurement: the preflight and the
     machine info run, every measuring step is skipped with its reason, and OUT holds exactly the
     summary and the tarball (what the device tool brings back)."""
-    done = subprocess.run(["bash", str(SCALE / script), "--budget", "40", "--out", str(tmp_path)],
+    done = subprocess.run(["bash", str(SCALE / script), "--budget", "30", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}-summary.md", f"{name}.tar.gz"]
@@ -240,3 +240,23 @@ def test_a_run_out_of_time_skips_its_measurements_and_still_packs_a_summary(scri
     with tarfile.open(tmp_path / f"{name}.tar.gz") as tar:
         names = tar.getnames()
     assert f"{name}/summary.md" in names and f"{name}/machine/topology.json" in names and f"{name}/plan.txt" in names
+
+
+def test_nothing_the_scripts_run_imports_mlflow_or_plotly_which_the_device_lacks():
+    """The device has no mlflow and no plotly: every module the scripts run (the CLI's optimize paths
+    with --no-mlflow, the Python entry points, the summariser) must import without them."""
+    modules = ["tuner.cli.main", "tuner.app.optimize", "tuner.cli.optimize_view", "tuner.cli.mix", "tuner.mix.study",
+               "experiments.repeatability", "experiments.scale.screen_calibration", "experiments.scale.summarize",
+               "experiments.scale.summarize2"]
+    code = ("import importlib, importlib.abc, sys\n"
+            "class Absent(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('mlflow', 'plotly'):\n"
+            "            raise ImportError(name + ' is not on the device')\n"
+            "sys.meta_path.insert(0, Absent())\n"
+            f"for m in {modules!r}:\n    importlib.import_module(m)\n")
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=SCALE.parents[1])
+    assert done.returncode == 0, done.stderr

@@ -5,7 +5,7 @@
 # back only a few files from $OUT).
 
 scale_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STEP_RESERVE_S=${STEP_RESERVE_S:-20}  # kept back from every step for the summary and the packing
+STEP_RESERVE_S=${STEP_RESERVE_S:-10}  # kept back from every step for the summary and the packing (~5 s)
 STEP_MIN_S=${STEP_MIN_S:-20}          # a step with less time than this left is skipped, not started
 STEP_KILL_AFTER_S=20                  # SIGTERM first (placetune stops its workers), SIGKILL this long after
 export PYTHONUNBUFFERED=1             # step logs show progress as it happens (a cut step keeps its lines)

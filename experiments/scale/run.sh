@@ -50,7 +50,7 @@ done
 # race gets --race-timeout = cap - trial phase - that (at least 2 rounds run whatever it is).
 # Device (estimates in experiments/scale/README.md): SqueezeNet's windows hold >= 408 requests in 1 s
 # at 16-core rates; ResNet-50's are sized by those 408 requests anyway (2.5-4.5 s at 90-180 req/s), so
-# --window 1s only shortens its probes. SqueezeNet: ~70 s of trials (4 baselines, then screening),
+# --window 1s only shortens its probes. SqueezeNet: ~60 s of trials (4 baselines, then screening),
 # 2 race rounds of 5 entrants (~100 s). ResNet-50: its 4 baselines (--n-trials 4, ~120 s), 2 race
 # rounds of 4 entrants (~180 s): a fifth config would push its race past the run's 9 minutes.
 if (( quick )); then
@@ -62,7 +62,7 @@ if (( quick )); then
 else
   : "${budget:=520}"
   studies=(
-    "squeezenet onnx:squeezenet 50ms 200 70 30 --window 1s"
+    "squeezenet onnx:squeezenet 50ms 190 60 30 --window 1s"
     "resnet50 onnx:resnet50 300ms 480 150 40 --n-trials 4 --window 1s"
   )
 fi
