@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tuner.bench import stats
 from tuner.bench.interference import describe
-from tuner.bench.measure import MeasureSettings, measure
+from tuner.bench.measure import SCENARIOS, MeasureSettings, measure
 from tuner.bench.model import inspect_model
 from tuner.machine.placement import Params, plan
 from tuner.machine.sysfs import read_topology
@@ -75,6 +75,7 @@ def _document(args, config: Params, cpus: int, in_a_row: list[dict], interleaved
     b = [r["result"]["throughput"] for r in interleaved if r["tag"].startswith("ORT default")]
     pairs = min(len(a), len(b))
     doc = {"config": config.to_dict(), "model": args.model, "p99": args.p99, "window": args.window,
+           "scenario": args.scenario,
            "confidence": args.confidence, "min_requests": args.min_requests, "cpus": cpus, "complete": complete,
            "runs": in_a_row + interleaved}
     if len(rates) >= 2:
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--model", default="onnx:squeezenet")
     ap.add_argument("--p99", default="200ms")
     ap.add_argument("--window", default="1s")
+    ap.add_argument("--scenario", default="server", choices=SCENARIOS)
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (and back-to-back runs, by default)")
     ap.add_argument("--back-to-back", type=int, default=None, help="runs in a row first (default: --runs; 0: none)")
     ap.add_argument("--stop-after", default=None, help="start no run that would end after this long, e.g. 2m")
@@ -107,8 +109,9 @@ def main() -> None:
 
     topo = read_topology("/")
     model = inspect_model(args.model)
-    settings = MeasureSettings(p99_bound_s=parse_duration(args.p99, "--p99"), window_s=parse_duration(args.window),
-                               confidence=args.confidence, min_requests=args.min_requests)
+    settings = MeasureSettings(scenario=args.scenario, p99_bound_s=parse_duration(args.p99, "--p99"),
+                               window_s=parse_duration(args.window), confidence=args.confidence,
+                               min_requests=args.min_requests)
     config = Params(workers=args.workers, cores_per_worker=args.cores_per_worker, intra_op_threads=args.intra_op)
     default = Params(workers=1, pin=False, intra_op_threads=0)
     config_plan, default_plan = plan(topo, config), plan(topo, default)

@@ -31,6 +31,8 @@ find_cli() {
   else
     die "no placetune found: set PLACETUNE, run 'bash .devbundle/setup' on the device, or install the checkout into .venv"
   fi
+  local tool
+  for tool in timeout tar; do command -v "$tool" >/dev/null || die "$tool is missing (coreutils, tar)"; done
   "${PT[@]}" --version >/dev/null 2>&1 || die "${PT[*]} --version failed: is the CLI installed?"
   (cd "$scale_root" && "${PY[@]}" -c 'import optuna, tuner.bench.measure') 2>/dev/null \
     || die "${PY[*]} cannot import optuna and tuner: set PLACETUNE_PYTHON to the CLI's interpreter"
@@ -79,8 +81,8 @@ run_step() {
 machine_info() {
   local m="$raw/machine"
   mkdir -p "$m"
-  "${PT[@]}" topology --json > "$m/topology.json" 2> "$m/topology.err" || true
-  (cd "$scale_root" && "${PY[@]}" -c 'import json; from tuner.bench.measure import machine_metadata
+  timeout 60 "${PT[@]}" topology --json > "$m/topology.json" 2> "$m/topology.err" || true
+  (cd "$scale_root" && timeout 60 "${PY[@]}" -c 'import json; from tuner.bench.measure import machine_metadata
 print(json.dumps(machine_metadata().to_dict(), indent=1))') > "$m/machine.json" 2> "$m/machine.err" || true
   { echo "date: $(date -u +%FT%TZ)"; echo "nproc: $(nproc)"; echo "uname: $(uname -a)"
     echo "loadavg: $(cat /proc/loadavg)"; echo "commit: $(git -C "$scale_root" rev-parse HEAD 2>/dev/null || echo unknown)"
@@ -94,7 +96,7 @@ print(json.dumps(machine_metadata().to_dict(), indent=1))') > "$m/machine.json" 
 finish() {
   local name=$1 kind=$2
   : "${keep_raw:?}"
-  (cd "$scale_root" && "${PY[@]}" -m experiments.scale.summarize "$kind" "$raw") > "$steps/summary.log" 2>&1 \
+  (cd "$scale_root" && timeout 120 "${PY[@]}" -m experiments.scale.summarize "$kind" "$raw") > "$steps/summary.log" 2>&1 \
     || { echo "# $name: the summariser failed"; echo; echo '```'; tail -20 "$steps/summary.log"; echo '```'; } \
        > "$raw/summary.md"
   if (( keep_raw )); then

@@ -30,8 +30,8 @@ usage() {
   cat <<'EOF'
 usage: run2.sh --out DIR [--quick] [--keep-raw] [--budget SECONDS] [--parts repeat,calibrate,mix]
   --out DIR        where the results go (on the device: $OUT)
-  --quick          the 2-core test profile: loose bounds, fewer runs and configs, 80% verdicts,
-                   ShuffleNet for ResNet-50
+  --quick          the 2-core test profile: the offline scenario (the mix: 80% verdicts), loose
+                   bounds, fewer runs and configs, ShuffleNet for ResNet-50
   --keep-raw       leave the raw folder unpacked in DIR (no tarball)
   --budget S       wall-clock limit of the whole run (default 520; --quick: 900)
   --parts LIST     which parts, in this order (default: repeat,calibrate,mix); a part alone gets the budget
@@ -65,9 +65,9 @@ done
 if (( quick )); then
   : "${budget:=900}"
   small=onnx:squeezenet small_p99=200ms big=onnx:shufflenet big_p99=300ms
-  repeat_cap=240 repeat_args=(--runs 2 --window 0.5s --confidence 0.8)
-  calibrate_cap=240 calibrate_args=(--configs 3 --window 0.5s --confidence 0.8)
-  mix_cap=400 mix_args=(--n-trials 2 --revalidate 2 --window 0.5s --confidence 0.8)
+  repeat_cap=150 repeat_args=(--runs 2 --window 0.5s --scenario offline)
+  calibrate_cap=150 calibrate_args=(--configs 3 --window 0.5s --scenario offline)
+  mix_cap=600 mix_args=(--n-trials 2 --revalidate 2 --window 0.5s --confidence 0.8)  # server only
 else
   : "${budget:=520}"
   small=onnx:squeezenet small_p99=50ms big=onnx:resnet50 big_p99=300ms

@@ -1,7 +1,7 @@
 """Screening calibration: configs measured both as a screening trial and in full, interleaved.
 
     python -m experiments.scale.screen_calibration --model onnx:squeezenet --p99 50ms --configs 10 \\
-        --out calibration.jsonl [--window 2s] [--confidence 0.95] [--stop-after 150s] [--seed 1]
+        --out calibration.jsonl [--window 2s] [--scenario server] [--confidence 0.95] [--stop-after 150s] [--seed 1]
 
 The configs are the study's baselines, then configs drawn (seeded) from the default search space of
 this machine. Each is measured with the study's full settings (``tuner.bench.measure``) and with its
@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tuner.bench.measure import MeasureSettings, measure
+from tuner.bench.measure import SCENARIOS, MeasureSettings, measure
 from tuner.bench.model import inspect_model
 from tuner.machine.placement import Params, plan
 from tuner.machine.sysfs import read_topology
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p99", default="50ms")
     ap.add_argument("--configs", type=int, default=10, help="configs to measure at both fidelities")
     ap.add_argument("--window", default="2s", help="the full measurement's window (the study's --window)")
+    ap.add_argument("--scenario", default="server", choices=SCENARIOS)
     ap.add_argument("--confidence", type=float, default=0.95, help="the full measurement's (the study's --confidence)")
     ap.add_argument("--stop-after", default=None, help="start no config after this long, e.g. 150s")
     ap.add_argument("--seed", type=int, default=1)
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_after_s = parse_duration(args.stop_after, "--stop-after") if args.stop_after else None
     topology = read_topology("/")
     model = inspect_model(args.model)
-    full = MeasureSettings(p99_bound_s=parse_bound(args.p99), window_s=parse_duration(args.window, "--window"),
-                           confidence=args.confidence)
+    full = MeasureSettings(scenario=args.scenario, p99_bound_s=parse_bound(args.p99),
+                           window_s=parse_duration(args.window, "--window"), confidence=args.confidence)
     fidelities = {FULL: full, SCREEN: screen_settings(full)}
     configs = pick_configs(topology, args.configs, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
