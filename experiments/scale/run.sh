@@ -22,8 +22,8 @@ usage() {
   cat <<'EOF'
 usage: run.sh --out DIR [--quick] [--keep-raw] [--budget SECONDS]
   --out DIR        where the results go (on the device: $OUT)
-  --quick          the 2-core test profile: the offline scenario (one closed-loop window per
-                   measurement), loose bounds, small budgets, ShuffleNet for ResNet-50
+  --quick          the 2-core test profile: the offline scenario (one closed-loop 4 s window per
+                   measurement, 80% verdicts), loose bounds, small budgets, ShuffleNet for ResNet-50
   --keep-raw       leave the raw folder unpacked in DIR (no tarball)
   --budget S       wall-clock limit of the whole run (default 520; --quick: 900)
 EOF
@@ -56,8 +56,8 @@ done
 if (( quick )); then
   : "${budget:=900}"
   studies=(
-    "squeezenet onnx:squeezenet 200ms 430 120 60 --n-trials 5 --window 0.5s --scenario offline"
-    "shufflenet onnx:shufflenet 200ms 430 90 60 --n-trials 3 --window 0.5s --scenario offline"
+    "squeezenet onnx:squeezenet 200ms 430 120 60 --n-trials 5 --window 4s --scenario offline --confidence 0.8"
+    "shufflenet onnx:shufflenet 200ms 430 90 60 --n-trials 3 --window 4s --scenario offline --confidence 0.8"
   )
 else
   : "${budget:=520}"

@@ -65,8 +65,8 @@ done
 if (( quick )); then
   : "${budget:=900}"
   small=onnx:squeezenet small_p99=200ms big=onnx:shufflenet big_p99=300ms
-  repeat_cap=150 repeat_args=(--runs 2 --window 0.5s --scenario offline)
-  calibrate_cap=150 calibrate_args=(--configs 3 --window 0.5s --scenario offline)
+  repeat_cap=150 repeat_args=(--runs 2 --window 4s --scenario offline --confidence 0.8)
+  calibrate_cap=150 calibrate_args=(--configs 3 --window 12s --scenario offline --confidence 0.8)
   mix_cap=600 mix_args=(--n-trials 2 --revalidate 2 --window 0.5s --confidence 0.8)  # server only
 else
   : "${budget:=520}"
