@@ -77,6 +77,32 @@ run_step() {
   return 0
 }
 
+# preflight MODEL=BOUND...: a step that resolves each model and parses each bound, so that a typo in the
+# device profile fails in a quick run too, in seconds.
+preflight() {
+  run_step preflight 120 "${PY[@]}" -c 'import sys
+from tuner.bench.model import inspect_model
+from tuner.units import parse_bound
+for spec in sys.argv[1:]:
+    model, bound = spec.split("=")
+    info = inspect_model(model)
+    print(f"{model}: {info.name} {info.sha256[:12]}, P99 bound {parse_bound(bound) * 1000:g} ms")' "$@"
+}
+
+# quick_models DIR: the --quick profile's models, generated (experiments/models.py, fixed seeds) into
+# DIR: small.onnx (an MLP of batch 1, ~0.1 ms a request) and medium.onnx (batch 4, ~1 ms). Their
+# requests are so cheap that even a loaded 2-core VM serves thousands a second, so every window of the
+# server scenario holds its 408 requests in well under a second, as SqueezeNet's do on 16 cores.
+quick_models() {
+  mkdir -p "$1"
+  (cd "$scale_root" && "${PY[@]}" -c 'import sys
+from pathlib import Path
+from experiments.models import mlp
+mlp(Path(sys.argv[1]) / "small.onnx", batch=1, features=64, hidden=256, layers=3)
+mlp(Path(sys.argv[1]) / "medium.onnx", batch=4, features=256, hidden=512, layers=4)' "$1") \
+    || die "cannot generate the quick profile's models in $1"
+}
+
 # machine_info: what the machine was, in machine/ (topology JSON, CPU, kernel, load, versions).
 machine_info() {
   local m="$raw/machine"

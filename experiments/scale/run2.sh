@@ -8,7 +8,7 @@
 # One part alone, with the whole budget (the mix: with the other parts it gets only its baselines; alone,
 # 3 configs and a 3-round race against the even split and the ORT default):
 #     bash .devbundle/setup && bash experiments/scale/run2.sh --parts mix --out $OUT
-# Here (2 cores; a test of the script, not a proof; at most 15 min on a shared VM):
+# Here (2 cores; a test of the script, not a proof; at most 10 min on a shared VM):
 #     bash experiments/scale/run2.sh --quick --keep-raw --out experiments/results/scale2-quick-2cpu-DATE
 #
 # Parts (each a step with its own status and time cap; a failed or cut part does not stop the next):
@@ -30,10 +30,10 @@ usage() {
   cat <<'EOF'
 usage: run2.sh --out DIR [--quick] [--keep-raw] [--budget SECONDS] [--parts repeat,calibrate,mix]
   --out DIR        where the results go (on the device: $OUT)
-  --quick          the 2-core test profile: the offline scenario (the mix: 80% verdicts), loose
-                   bounds, fewer runs and configs, ShuffleNet for ResNet-50
+  --quick          the 2-core test profile: two generated MLPs (thousands of requests a second even
+                   on a loaded VM) for SqueezeNet and ResNet-50, loose bounds, fewer runs and configs
   --keep-raw       leave the raw folder unpacked in DIR (no tarball)
-  --budget S       wall-clock limit of the whole run (default 520; --quick: 900)
+  --budget S       wall-clock limit of the whole run (default 520; --quick: 600)
   --parts LIST     which parts, in this order (default: repeat,calibrate,mix); a part alone gets the budget
 EOF
 }
@@ -63,11 +63,13 @@ done
 # the cost ratio it measures is the default's. Estimates (experiments/scale/README.md): repeat ~120 s,
 # calibrate ~25 s per config (8 or 9 of the 10 fit), mix ~45 s per measurement, ~30 s per race run.
 if (( quick )); then
-  : "${budget:=900}"
-  small=onnx:squeezenet small_p99=200ms big=onnx:shufflenet big_p99=300ms
-  repeat_cap=150 repeat_args=(--runs 2 --window 4s --scenario offline --confidence 0.8)
-  calibrate_cap=150 calibrate_args=(--configs 3 --window 12s --scenario offline --confidence 0.8)
-  mix_cap=600 mix_args=(--n-trials 2 --revalidate 2 --window 0.5s --confidence 0.8)  # server only
+  : "${budget:=600}"
+  models=$(mktemp -d)
+  trap 'rm -rf "$models"' EXIT
+  small=$models/small.onnx small_p99=100ms big=$models/medium.onnx big_p99=200ms
+  repeat_cap=150 repeat_args=(--runs 2 --window 0.5s)
+  calibrate_cap=150 calibrate_args=(--configs 3 --window 0.5s)
+  mix_cap=300 mix_args=(--n-trials 2 --revalidate 2 --window 0.5s)
 else
   : "${budget:=520}"
   small=onnx:squeezenet small_p99=50ms big=onnx:resnet50 big_p99=300ms
@@ -85,12 +87,14 @@ fi
 
 start_clock "$budget"
 find_cli
+(( quick )) && quick_models "$models"
 results_folder scale2
 cores=$(cd "$scale_root" && "${PY[@]}" -c 'from tuner.machine.sysfs import read_topology
 print(len(read_topology("/").cores()))') || die "cannot read this machine's topology"
 say "scale proof II: $( ((quick)) && echo quick || echo device) profile, parts $parts, $cores cores, budget ${budget} s"
 { echo "profile: $( ((quick)) && echo quick || echo device); budget_s: $budget; parts: $parts; cores: $cores"
   echo "models: $small at $small_p99, $big at $big_p99"; } > "$raw/plan.txt"
+preflight onnx:squeezenet=50ms onnx:resnet50=300ms  # the device profile's, in a quick run too
 machine_info
 
 # part_cap CAP: the part's cap, or what is left of the run when that is less.
