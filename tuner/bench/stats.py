@@ -158,15 +158,60 @@ class Verdict:
     n: int
     ci_s: tuple[float, float]  # quantile bounds in seconds
     looks: int
+    dependence: float = 1.0  # variance inflation of over-bound counts (``dependence``); 1: independent
+
+
+DEPENDENCE_BATCHES = 20  # batch means over this many consecutive stretches of a window
+DEPENDENCE_QUANTILE = 0.9  # of the indicator whose clustering is measured (plenty of events)
+
+
+def dependence(latencies_s: np.ndarray) -> float:
+    """How clustered a window's slow requests are: the variance of the count of requests over the
+    window's own 90th percentile in consecutive batches, over what independent requests would give
+    (batch means; >= 1). A queue near saturation makes consecutive requests late together, and
+    then n correlated latencies carry the evidence of only about n / dependence independent ones."""
+    lat = np.asarray(latencies_s, dtype=float)
+    m = lat.size // DEPENDENCE_BATCHES
+    finite = lat[np.isfinite(lat)]
+    if m < 10 or finite.size == 0:
+        return 1.0
+    slow = ~(lat <= np.quantile(finite, DEPENDENCE_QUANTILE))
+    p = float(slow.mean())
+    if p <= 0.0 or p >= 1.0:
+        return 1.0
+    counts = slow[: m * DEPENDENCE_BATCHES].reshape(DEPENDENCE_BATCHES, m).sum(axis=1)
+    return max(1.0, float(counts.var(ddof=1)) / (m * p * (1 - p)))
 
 
 def judge(latencies_s: np.ndarray, bound_s: float, quantile: float = DEFAULT_QUANTILE,
           confidence: float = DEFAULT_CONFIDENCE, looks: int = 1) -> Verdict:
-    """The verdict of one window's latencies (inf for requests never served) against ``bound_s``."""
+    """The verdict of one window's latencies (inf for requests never served, in arrival order)
+    against ``bound_s``. ``pass`` is judged on the effective sample (n / ``dependence``, the
+    over-bound count scaled alike): correlated latencies passed windows whose long-run P99 was
+    over the bound (experiments/simulate.py). ``fail`` stays on the raw counts (the early stop's
+    rule)."""
     lat = np.asarray(latencies_s, dtype=float)
+    n = int(lat.size)
     over = int(np.count_nonzero(~(lat <= bound_s)))
-    return Verdict(verdict_from_counts(over, int(lat.size), quantile, confidence, looks), over, int(lat.size),
-                   quantile_ci(lat, quantile, confidence, looks), looks)
+    d = dependence(lat)
+    word = verdict_from_counts(over, n, quantile, confidence, looks)
+    if word == PASS and d > 1.0:
+        effective = verdict_from_counts(math.ceil(over / d), max(1, int(n / d)), quantile, confidence, looks)
+        word = PASS if effective == PASS else UNDECIDED
+    lower, upper = quantile_ci(lat, quantile, confidence, looks)
+    if d > 1.0:
+        upper = _dependent_upper(lat, d, quantile, confidence, looks)
+    return Verdict(word, over, n, (lower, upper), looks, d)
+
+
+def _dependent_upper(lat: np.ndarray, d: float, quantile: float, confidence: float, looks: int) -> float:
+    """The quantile's upper bound on the effective sample: the sorted sample at the most
+    over-bound requests a pass allows there, scaled back to the real count."""
+    n = lat.size
+    m_pass = over_count_limits(max(1, int(n / d)), quantile, _alpha(confidence, looks))[0]
+    if m_pass < 0:
+        return math.inf
+    return float(np.sort(lat)[max(0, n - int(m_pass * d) - 1)])
 
 
 def next_window_size(verdict: Verdict, max_n: int, quantile: float = DEFAULT_QUANTILE,
@@ -174,7 +219,7 @@ def next_window_size(verdict: Verdict, max_n: int, quantile: float = DEFAULT_QUA
     """Total requests an undecided window should grow to: what its observed over-bound fraction
     needs, at least double, at most ``max_n``."""
     need = samples_needed(verdict.over / max(1, verdict.n), quantile, confidence, verdict.looks, max_n)
-    return int(min(max_n, max(need, 2 * verdict.n)))
+    return int(min(max_n, max(need * verdict.dependence, 2 * verdict.n)))
 
 
 def decide(first_latencies_s: np.ndarray, more: Callable[[int], np.ndarray], bound_s: float,
