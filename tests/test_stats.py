@@ -171,3 +171,19 @@ def test_fieller_intervals_of_six_noisy_paired_rounds_cover_the_true_ratio_where
             covered[method] += lo <= true_ratio <= hi
     assert covered["fieller"] / reps >= 0.92
     assert covered["bootstrap"] / reps < covered["fieller"] / reps - 0.04
+
+
+def test_correlated_latencies_need_more_samples_to_pass_than_independent_ones():
+    """Slow requests in runs of 40 (a backlog) carry the evidence of few independent ones: the same
+    counts pass when shuffled and are undecided in order."""
+    rng = np.random.default_rng(8)
+    n = 2000
+    lat = np.full(n, 0.010)
+    lat[rng.choice(n // 40, 4, replace=False)[:, None] * 40 + np.arange(40)] = 0.030  # 8% slow, in runs
+    lat[rng.choice(n, 6, replace=False)] = 0.2  # 6 over a 100 ms bound
+    shuffled = rng.permutation(lat)
+    assert stats.dependence(shuffled) < 2.0 < stats.dependence(lat)
+    assert stats.judge(shuffled, 0.1, looks=3).verdict == stats.PASS
+    clustered = stats.judge(lat, 0.1, looks=3)
+    assert clustered.verdict == stats.UNDECIDED and clustered.over == 6
+    assert stats.next_window_size(clustered, 10**6) > stats.next_window_size(stats.judge(shuffled, 0.1, looks=1), 10**6)
