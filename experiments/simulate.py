@@ -57,6 +57,7 @@ class Setup:
     n_trials: int = 20
     window_s: float = 2.0
     race_k: int = 3
+    dependence: bool = False  # MeasureSettings.dependence: pass on the effective sample
 
 
 def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
@@ -80,7 +81,8 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
         # the simulated host's lock lives in this run's folder: seeds run side by side share no CPUs
         saved, tempfile.tempdir = tempfile.tempdir, tmp
         try:
-            settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed)
+            settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed,
+                                       dependence=setup.dependence)
             cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=load_space("default", topology),
                               settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
                               n_trials=setup.n_trials, lock_wait_s=0.0)
@@ -161,7 +163,7 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     regrets = [1 - r["recommended_truth"] / best for r in races] if best > 0 else []
     return {
         "machine": setup.machine, "noise": setup.noise, "seeds": len(facts), "n_trials": setup.n_trials,
-        "window_s": setup.window_s, "bound_ms": BOUND_S * 1000, "true_best": best,
+        "window_s": setup.window_s, "dependence": setup.dependence, "bound_ms": BOUND_S * 1000, "true_best": best,
         "ci_coverage": float(np.mean([r["covered"] for r in with_interval])) if with_interval else None,
         "interval_coverage": float(np.mean(every)) if (every := [c for r in races for c in r["intervals_covered"]])
         else None,
@@ -207,12 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="seeds simulated at once (processes)")
     parser.add_argument("--n-trials", type=int, default=Setup.n_trials)
     parser.add_argument("--window", type=float, default=Setup.window_s, help="minimum window, seconds")
+    parser.add_argument("--dependence", action="store_true",
+                        help="judge windows with MeasureSettings.dependence (the effective sample)")
     parser.add_argument("--json", action="store_true", help="print the whole JSON object (else a summary)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.n_trials < 1 or args.window <= 0:
         parser.error("--seeds, --jobs and --n-trials must be >= 1, --window > 0")
     try:
-        out = simulate(Setup(args.machine, args.noise, args.n_trials, args.window), args.seeds, args.jobs)
+        out = simulate(Setup(args.machine, args.noise, args.n_trials, args.window, dependence=args.dependence),
+                       args.seeds, args.jobs)
     except PlacetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -183,7 +183,8 @@ def test_correlated_latencies_need_more_samples_to_pass_than_independent_ones():
     lat[rng.choice(n, 6, replace=False)] = 0.2  # 6 over a 100 ms bound
     shuffled = rng.permutation(lat)
     assert stats.dependence(shuffled) < 2.0 < stats.dependence(lat)
-    assert stats.judge(shuffled, 0.1, looks=3).verdict == stats.PASS
-    clustered = stats.judge(lat, 0.1, looks=3)
+    assert stats.judge(shuffled, 0.1, looks=3, dependence_adjusted=True).verdict == stats.PASS
+    assert stats.judge(lat, 0.1, looks=3).verdict == stats.PASS, "not adjusted: the default"
+    clustered = stats.judge(lat, 0.1, looks=3, dependence_adjusted=True)
     assert clustered.verdict == stats.UNDECIDED and clustered.over == 6
     assert stats.next_window_size(clustered, 10**6) > stats.next_window_size(stats.judge(shuffled, 0.1, looks=1), 10**6)

@@ -42,6 +42,7 @@ class VerdictSettings:
     quantile: float = stats.DEFAULT_QUANTILE
     max_extensions: int = 2
     max_growth: float = 8.0  # an extended window holds at most this many times its first size
+    dependence: bool = False  # pass on the effective sample of correlated latencies (stats.judge)
 
     @property
     def looks(self) -> int:
@@ -164,7 +165,8 @@ def run_server_window(
                                             bound_s, backlog_limit_s, unloaded_service_s, rng))
             return latencies(segments[-1:])
 
-        stats.decide(latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence)
+        stats.decide(latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence,
+                     vs.dependence)
     return summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs, fleet)
 
 
@@ -208,7 +210,8 @@ def keep_up(segments: list[Segment], offered_rate: float, unloaded_service_s: fl
 def window_verdict(segments: list[Segment], scenario: str, offered_rate: float, achieved: float, kept_up: bool,
                    bound_s: float | None, vs: VerdictSettings, looks: int) -> tuple[stats.Verdict | None, str]:
     """The window's statistical verdict (None without a bound) and why it did not pass."""
-    verdict = stats.judge(latencies(segments), bound_s, vs.quantile, vs.confidence, looks) if bound_s else None
+    verdict = (stats.judge(latencies(segments), bound_s, vs.quantile, vs.confidence, looks, vs.dependence)
+               if bound_s else None)
     aborted = any(s.abort == Abort.OVER_BOUND for s in segments)
     if any(s.abort == Abort.BACKLOG for s in segments):
         return verdict, "did not keep up (backlog grew past the limit)"

@@ -184,16 +184,16 @@ def dependence(latencies_s: np.ndarray) -> float:
 
 
 def judge(latencies_s: np.ndarray, bound_s: float, quantile: float = DEFAULT_QUANTILE,
-          confidence: float = DEFAULT_CONFIDENCE, looks: int = 1) -> Verdict:
+          confidence: float = DEFAULT_CONFIDENCE, looks: int = 1, dependence_adjusted: bool = False) -> Verdict:
     """The verdict of one window's latencies (inf for requests never served, in arrival order)
-    against ``bound_s``. ``pass`` is judged on the effective sample (n / ``dependence``, the
-    over-bound count scaled alike): correlated latencies passed windows whose long-run P99 was
+    against ``bound_s``. With ``dependence_adjusted``, ``pass`` is judged on the effective sample
+    (n / ``dependence``, the over-bound count scaled alike): correlated latencies passed windows whose long-run P99 was
     over the bound (experiments/simulate.py). ``fail`` stays on the raw counts (the early stop's
     rule)."""
     lat = np.asarray(latencies_s, dtype=float)
     n = int(lat.size)
     over = int(np.count_nonzero(~(lat <= bound_s)))
-    d = dependence(lat)
+    d = dependence(lat) if dependence_adjusted else 1.0
     word = verdict_from_counts(over, n, quantile, confidence, looks)
     if word == PASS and d > 1.0:
         effective = verdict_from_counts(math.ceil(over / d), max(1, int(n / d)), quantile, confidence, looks)
@@ -224,20 +224,20 @@ def next_window_size(verdict: Verdict, max_n: int, quantile: float = DEFAULT_QUA
 
 def decide(first_latencies_s: np.ndarray, more: Callable[[int], np.ndarray], bound_s: float,
            max_extensions: int, max_n: int, quantile: float = DEFAULT_QUANTILE,
-           confidence: float = DEFAULT_CONFIDENCE) -> tuple[Verdict, np.ndarray]:
+           confidence: float = DEFAULT_CONFIDENCE, dependence_adjusted: bool = False) -> tuple[Verdict, np.ndarray]:
     """Sequential window verdict: judge the first samples; while undecided (and extensions and
     ``max_n`` allow), ask ``more(count)`` for ``count`` further latencies at the same rate and judge
     the pooled samples. Error spent over 1 + ``max_extensions`` looks. Returns the final verdict and
     all latencies."""
     looks = 1 + max_extensions
     pooled = np.asarray(first_latencies_s, dtype=float)
-    verdict = judge(pooled, bound_s, quantile, confidence, looks)
+    verdict = judge(pooled, bound_s, quantile, confidence, looks, dependence_adjusted)
     for _ in range(max_extensions):
         if verdict.verdict != UNDECIDED or pooled.size >= max_n:
             break
         extra = next_window_size(verdict, max_n, quantile, confidence) - int(pooled.size)
         pooled = np.concatenate([pooled, np.asarray(more(extra), dtype=float)])
-        verdict = judge(pooled, bound_s, quantile, confidence, looks)
+        verdict = judge(pooled, bound_s, quantile, confidence, looks, dependence_adjusted)
     return verdict, pooled
 
 
