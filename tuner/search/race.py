@@ -2,9 +2,10 @@
 
 The top-K configs and every baseline are measured again in rounds (A B C, then B C A, ...: the
 order rotates so no entrant always runs first or last). After ``min_rounds`` rounds, the race
-stops once the best config's advantage over the best baseline has a paired-bootstrap interval
-that excludes 1 and is narrow enough (``rel_width``), at ``max_rounds``, or, with a time limit, before a
-round that would end after it (judged by the longest round so far; ``MIN_TIMED_ROUNDS`` always run). Pairing by round
+stops once the best config's advantage over the best baseline has a paired interval (Fieller's,
+``tuner.bench.stats.ratio_ci``) that excludes 1 and is narrow enough (``rel_width``), at
+``max_rounds``, or, with a time limit, before a round that would end after it (judged by the
+longest round so far; ``MIN_TIMED_ROUNDS`` always run). Pairing by round
 cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
 entrant of a round alike. When the interval includes 1 there is no significant difference and
 the simpler config (the baseline) is recommended; when it lies below 1 the best baseline is
