@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +231,10 @@ def test_a_run_out_of_time_skips_its_measurements_and_still_packs_a_summary(scri
     """The whole script for real, with a budget too small for any measurement: the preflight and the
     machine info run, every measuring step is skipped with its reason, and OUT holds exactly the
     summary and the tarball (what the device tool brings back)."""
+    cli = Path(sys.executable).with_name("placetune")  # the CLI of the interpreter running the tests
+    env = {**os.environ, "PLACETUNE": str(cli), "PLACETUNE_PYTHON": sys.executable}
     done = subprocess.run(["bash", str(SCALE / script), "--budget", "30", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}-summary.md", f"{name}.tar.gz"]
     summary = (tmp_path / f"{name}-summary.md").read_text()
