@@ -121,7 +121,12 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     noise = PRESETS[setup.noise]
 
     def truth(params: Params) -> float:
-        return true_throughput(params, topology, noise, BOUND_S)
+        if _SHARED_TRUTH is not None and params in _SHARED_TRUTH:
+            return _SHARED_TRUTH[params]
+        value = true_throughput(params, topology, noise, BOUND_S)
+        if _SHARED_TRUTH is not None:
+            _SHARED_TRUTH[params] = value
+        return value
 
     windows = {"full": [0, 0], "screen": [0, 0]}  # [passed, passed with a true P99 over the bound]
     for confidence, result in log:
@@ -178,6 +183,16 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     }
 
 
+_SHARED_TRUTH = None  # params -> true throughput, shared by the processes of one run (a Manager dict)
+
+
+def _share_truth(shared) -> None:
+    """Pool initializer: every process reads and fills the same truth table (each config's truth,
+    30k-request bisections, was computed again in every process: a third of a seed's time)."""
+    global _SHARED_TRUTH
+    _SHARED_TRUTH = shared
+
+
 def _one(args: tuple[Setup, int]) -> dict:
     setup, seed = args
     return run_seed(setup, seed)
@@ -194,7 +209,8 @@ def simulate(setup: Setup, seeds: int, jobs: int = 1) -> dict:
     _, best = best_of(candidates, topology, PRESETS[setup.noise], BOUND_S)
     work = [(setup, seed) for seed in range(seeds)]
     if jobs > 1:
-        with mp.get_context("spawn").Pool(jobs) as pool:
+        context = mp.get_context("spawn")
+        with context.Manager() as manager, context.Pool(jobs, _share_truth, (manager.dict(),)) as pool:
             facts = pool.map(_one, work, chunksize=1)
     else:
         facts = [_one(w) for w in work]
