@@ -19,6 +19,8 @@ clock and interference run through the whole study). What is true is defined in
 - ``false_pass_rate``: passed full-fidelity server windows whose true P99 is over the bound, over
   all passed full-fidelity windows (screening windows, judged at 80%, are counted apart:
   ``screen_false_pass_rate``);
+- ``false_passes``: where they are (per config: [false passes, passed windows]; the quartiles
+  of their offered rate over the true throughput; how many were extended or disturbed windows);
 - ``seconds``: wall-clock seconds of the whole run (``jobs`` processes); and per-seed details.
 """
 
@@ -41,6 +43,7 @@ from experiments.sim.fleet import SimFleet
 from experiments.sim.machine import SimMachine
 from experiments.sim.presets import PRESETS
 from experiments.sim.truth import best_of, true_throughput
+from tuner.bench import stats
 from tuner.errors import PlacetuneError
 from tuner.machine.placement import Params
 from tuner.machine.topology import Topology
@@ -57,7 +60,7 @@ class Setup:
     n_trials: int = 20
     window_s: float = 2.0
     race_k: int = 3
-    dependence: bool = False  # MeasureSettings.dependence: pass on the effective sample
+    dependence: str = "clusters"  # MeasureSettings.dependence: how a pass accounts for correlated latencies
 
 
 def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
@@ -121,17 +124,30 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     noise = PRESETS[setup.noise]
 
     def truth(params: Params) -> float:
-        return true_throughput(params, topology, noise, BOUND_S)
+        if _SHARED_TRUTH is not None and params in _SHARED_TRUTH:
+            return _SHARED_TRUTH[params]
+        value = true_throughput(params, topology, noise, BOUND_S)
+        if _SHARED_TRUTH is not None:
+            _SHARED_TRUTH[params] = value
+        return value
 
     windows = {"full": [0, 0], "screen": [0, 0]}  # [passed, passed with a true P99 over the bound]
+    passes: dict[str, int] = {}  # passed full windows per config
+    false_passes = []  # (config, offered rate / true throughput, requests, extensions, disturbed) of each
     for confidence, result in log:
         kind = "full" if confidence >= 0.95 else "screen"
         for w in result.windows[1:]:
             if w.scenario == "server" and w.passed:
                 windows[kind][0] += 1
+                if kind == "full":
+                    passes[result.params.label()] = passes.get(result.params.label(), 0) + 1
                 windows[kind][1] += int(w.offered_rate > truth(result.params))
+                if kind == "full" and w.offered_rate > truth(result.params):
+                    false_passes.append((result.params.label(), w.offered_rate / truth(result.params), w.requests,
+                                         w.extensions, w.interference.disturbed))
     facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "windows": windows, "measurements": len(log),
-             "race": None}
+             "passes": passes,
+             "false_passes": false_passes, "race": None}
     if race is None:
         return facts
     params = {e.label: e.params for e in race.entrants}
@@ -174,8 +190,36 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
         "passed_windows": int(full[0]), "races": len(races), "races_with_interval": len(with_interval),
         "median_race_rounds": float(np.median([r["rounds"] for r in races])) if races else None,
         "median_simulated_s": float(np.median([f["simulated_s"] for f in facts])),
-        "seconds": seconds, "per_seed": facts,
+        "false_passes": _false_pass_breakdown(facts), "seconds": seconds, "per_seed": facts,
     }
+
+
+def _false_pass_breakdown(facts: list[dict]) -> dict:
+    """Where the false passes are: per config (the most first), and the quartiles of their offered
+    rate over the config's true throughput."""
+    every = [fp for f in facts for fp in f["false_passes"]]
+    by_config: dict[str, int] = {}
+    for label, *_ in every:
+        by_config[label] = by_config.get(label, 0) + 1
+    ratios = [fp[1] for fp in every]
+    passes: dict[str, int] = {}
+    for f in facts:
+        for label, count in f["passes"].items():
+            passes[label] = passes.get(label, 0) + count
+    return {"by_config": {label: [count, passes[label]] for label, count in sorted(by_config.items(),
+                                                                                   key=lambda kv: -kv[1])},
+            "rate_over_truth_quartiles": np.percentile(ratios, [25, 50, 75]).tolist() if ratios else None,
+            "extended": sum(fp[3] > 0 for fp in every), "disturbed": sum(bool(fp[4]) for fp in every)}
+
+
+_SHARED_TRUTH = None  # params -> true throughput, shared by the processes of one run (a Manager dict)
+
+
+def _share_truth(shared) -> None:
+    """Pool initializer: every process reads and fills the same truth table (each config's truth,
+    30k-request bisections, was computed again in every process: a third of a seed's time)."""
+    global _SHARED_TRUTH
+    _SHARED_TRUTH = shared
 
 
 def _one(args: tuple[Setup, int]) -> dict:
@@ -194,7 +238,8 @@ def simulate(setup: Setup, seeds: int, jobs: int = 1) -> dict:
     _, best = best_of(candidates, topology, PRESETS[setup.noise], BOUND_S)
     work = [(setup, seed) for seed in range(seeds)]
     if jobs > 1:
-        with mp.get_context("spawn").Pool(jobs) as pool:
+        context = mp.get_context("spawn")
+        with context.Manager() as manager, context.Pool(jobs, _share_truth, (manager.dict(),)) as pool:
             facts = pool.map(_one, work, chunksize=1)
     else:
         facts = [_one(w) for w in work]
@@ -209,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="seeds simulated at once (processes)")
     parser.add_argument("--n-trials", type=int, default=Setup.n_trials)
     parser.add_argument("--window", type=float, default=Setup.window_s, help="minimum window, seconds")
-    parser.add_argument("--dependence", action="store_true",
-                        help="judge windows with MeasureSettings.dependence (the effective sample)")
+    parser.add_argument("--dependence", choices=stats.DEPENDENCE_RULES, default=Setup.dependence,
+                        help="MeasureSettings.dependence: how a window's pass accounts for correlated latencies "
+                             "(default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the whole JSON object (else a summary)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.n_trials < 1 or args.window <= 0:

@@ -42,7 +42,7 @@ class VerdictSettings:
     quantile: float = stats.DEFAULT_QUANTILE
     max_extensions: int = 2
     max_growth: float = 8.0  # an extended window holds at most this many times its first size
-    dependence: bool = False  # pass on the effective sample of correlated latencies (stats.judge)
+    dependence: str = stats.CLUSTERS  # how a pass accounts for correlated latencies (stats.inflation)
 
     @property
     def looks(self) -> int:

@@ -158,7 +158,7 @@ class Verdict:
     n: int
     ci_s: tuple[float, float]  # quantile bounds in seconds
     looks: int
-    dependence: float = 1.0  # variance inflation of over-bound counts (``dependence``); 1: independent
+    dependence: float = 1.0  # requests per independent one (``inflation``); 1: independent
 
 
 DEPENDENCE_BATCHES = 20  # batch means over this many consecutive stretches of a window
@@ -183,17 +183,56 @@ def dependence(latencies_s: np.ndarray) -> float:
     return max(1.0, float(counts.var(ddof=1)) / (m * p * (1 - p)))
 
 
+CLUSTER_QUANTILE = 0.98  # slow requests, for their clustering: those over the window's own 98th percentile
+CLUSTER_MIN_SLOW = 5  # fewer slow requests than this: no clustering is measured (1.0)
+
+
+def cluster_size(latencies_s: np.ndarray) -> float:
+    """Mean size of the clusters of a window's slow requests (>= 1): the requests over the
+    window's own 98th percentile, a run of consecutive ones (in arrival order) counting as one
+    cluster; slow requests over clusters, the runs estimator of the extremal index (1 / theta).
+    A backlog makes the late requests come in runs, and n requests whose extremes come in
+    clusters of size C carry the evidence of about n / C independent ones. Milder than
+    ``dependence``: it looks at the tail only, so a window whose speed drifts (a neighbour, steal)
+    but whose slow requests come alone keeps its sample."""
+    lat = np.asarray(latencies_s, dtype=float)
+    finite = lat[np.isfinite(lat)]
+    if finite.size == 0:
+        return 1.0
+    slow = np.flatnonzero(~(lat <= np.quantile(finite, CLUSTER_QUANTILE)))
+    if slow.size < CLUSTER_MIN_SLOW:
+        return 1.0
+    clusters = 1 + int(np.count_nonzero(np.diff(slow) > 1))
+    return slow.size / clusters
+
+
+INDEPENDENT, CLUSTERS, BATCH_MEANS = "independent", "clusters", "batch-means"
+DEPENDENCE_RULES = (CLUSTERS, BATCH_MEANS, INDEPENDENT)  # how a pass accounts for correlated latencies
+
+
+def inflation(latencies_s: np.ndarray, rule: str = CLUSTERS) -> float:
+    """How many requests of a window count as one independent one, by ``rule``: ``clusters``
+    (``cluster_size``, the default), ``batch-means`` (``dependence``) or ``independent`` (1.0)."""
+    if rule == CLUSTERS:
+        return cluster_size(latencies_s)
+    if rule == BATCH_MEANS:
+        return dependence(latencies_s)
+    if rule == INDEPENDENT:
+        return 1.0
+    raise ValueError(f"dependence rule {rule!r} is not one of {', '.join(DEPENDENCE_RULES)}")
+
+
 def judge(latencies_s: np.ndarray, bound_s: float, quantile: float = DEFAULT_QUANTILE,
-          confidence: float = DEFAULT_CONFIDENCE, looks: int = 1, dependence_adjusted: bool = False) -> Verdict:
+          confidence: float = DEFAULT_CONFIDENCE, looks: int = 1, dependence_rule: str = INDEPENDENT) -> Verdict:
     """The verdict of one window's latencies (inf for requests never served, in arrival order)
-    against ``bound_s``. With ``dependence_adjusted``, ``pass`` is judged on the effective sample
-    (n / ``dependence``, the over-bound count scaled alike): correlated latencies passed windows whose long-run P99 was
-    over the bound (experiments/simulate.py). ``fail`` stays on the raw counts (the early stop's
-    rule)."""
+    against ``bound_s``. ``pass`` is judged on the effective sample (n / ``inflation`` by
+    ``dependence_rule``, the over-bound count scaled alike): counting correlated latencies as
+    independent passed windows whose long-run P99 was over the bound (experiments/simulate.py).
+    ``fail`` stays on the raw counts (the early stop's rule)."""
     lat = np.asarray(latencies_s, dtype=float)
     n = int(lat.size)
     over = int(np.count_nonzero(~(lat <= bound_s)))
-    d = dependence(lat) if dependence_adjusted else 1.0
+    d = inflation(lat, dependence_rule)
     word = verdict_from_counts(over, n, quantile, confidence, looks)
     if word == PASS and d > 1.0:
         effective = verdict_from_counts(math.ceil(over / d), max(1, int(n / d)), quantile, confidence, looks)
@@ -224,20 +263,20 @@ def next_window_size(verdict: Verdict, max_n: int, quantile: float = DEFAULT_QUA
 
 def decide(first_latencies_s: np.ndarray, more: Callable[[int], np.ndarray], bound_s: float,
            max_extensions: int, max_n: int, quantile: float = DEFAULT_QUANTILE,
-           confidence: float = DEFAULT_CONFIDENCE, dependence_adjusted: bool = False) -> tuple[Verdict, np.ndarray]:
+           confidence: float = DEFAULT_CONFIDENCE, dependence_rule: str = INDEPENDENT) -> tuple[Verdict, np.ndarray]:
     """Sequential window verdict: judge the first samples; while undecided (and extensions and
     ``max_n`` allow), ask ``more(count)`` for ``count`` further latencies at the same rate and judge
     the pooled samples. Error spent over 1 + ``max_extensions`` looks. Returns the final verdict and
     all latencies."""
     looks = 1 + max_extensions
     pooled = np.asarray(first_latencies_s, dtype=float)
-    verdict = judge(pooled, bound_s, quantile, confidence, looks, dependence_adjusted)
+    verdict = judge(pooled, bound_s, quantile, confidence, looks, dependence_rule)
     for _ in range(max_extensions):
         if verdict.verdict != UNDECIDED or pooled.size >= max_n:
             break
         extra = next_window_size(verdict, max_n, quantile, confidence) - int(pooled.size)
         pooled = np.concatenate([pooled, np.asarray(more(extra), dtype=float)])
-        verdict = judge(pooled, bound_s, quantile, confidence, looks, dependence_adjusted)
+        verdict = judge(pooled, bound_s, quantile, confidence, looks, dependence_rule)
     return verdict, pooled
 
 

@@ -168,7 +168,8 @@ def best_and_baselines(study: optuna.Study) -> tuple[Frozen | None, dict[str, Fr
 def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None
                ) -> dict:
     """The best config and both baselines re-measured in rotating interleaved rounds
-    (tuner.search.race); the best's load factor over each baseline's, with paired-bootstrap intervals."""
+    (tuner.search.race); the best's load factor over each baseline's, with Fieller's intervals for the
+    paired ratio of means (``tuner.bench.stats.ratio_ci``, Student's t on the rounds)."""
     from tuner.search.race import Entrant, race
 
     entrants = {best.user_attrs["label"]: Entrant(best.user_attrs["label"], Params(),
