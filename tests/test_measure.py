@@ -256,3 +256,13 @@ def test_cli_model_errors_are_one_line(tmp_path):
         assert proc.returncode == code, (args, err)
         assert text in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_windows_pass_on_their_clusters_by_default_and_the_other_rules_are_settings():
+    from tuner.bench import stats
+
+    assert MeasureSettings().verdicts.dependence == stats.CLUSTERS
+    for rule in (stats.INDEPENDENT, stats.BATCH_MEANS):
+        assert MeasureSettings(dependence=rule).verdicts.dependence == rule
+    with pytest.raises(UsageError, match="not one of clusters, batch-means, independent"):
+        MeasureSettings(dependence=True)

@@ -146,3 +146,88 @@ def test_a_clearly_good_server_passes_and_a_clearly_bad_one_fails():
         got = [stats.decide(FakeServer(seed=s, **kw).serve(1000), FakeServer(seed=s + 99, **kw).serve, bound,
                             2, 16_000)[0].verdict for s in range(20)]
         assert got.count(expected) >= 19, got
+
+
+def test_student_t_quantiles_match_the_tables():
+    assert stats.t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert stats.t_quantile(0.975, 5) == pytest.approx(2.571, abs=1e-3)
+    assert stats.t_quantile(0.95, 30) == pytest.approx(1.697, abs=1e-3)
+
+
+def test_fieller_intervals_of_six_noisy_paired_rounds_cover_the_true_ratio_where_the_bootstrap_did_not():
+    """Six rounds of two configs whose throughputs a shared noise (a round's neighbour) and their own
+    noise spread by 30%: the race's setting. Fieller's 95% interval covers about 95% of the time;
+    the percentile bootstrap, too narrow for six rounds, misses far more often."""
+    rng = np.random.default_rng(5)
+    covered = {"fieller": 0, "bootstrap": 0}
+    reps = 300
+    for _ in range(reps):
+        shared = rng.lognormal(0, 0.2, 6)
+        a = 1500 * shared * rng.lognormal(0, 0.3, 6)
+        b = 1000 * shared * rng.lognormal(0, 0.3, 6)
+        true_ratio = 1.5  # the lognormal factors have the same mean for both
+        for method in covered:
+            _, lo, hi = stats.ratio_ci(a, b, method=method)
+            covered[method] += lo <= true_ratio <= hi
+    assert covered["fieller"] / reps >= 0.92
+    assert covered["bootstrap"] / reps < covered["fieller"] / reps - 0.04
+
+
+def test_correlated_latencies_need_more_samples_to_pass_than_independent_ones():
+    """Slow requests in runs of 40 (a backlog) carry the evidence of few independent ones: the same
+    counts pass when shuffled and are undecided in order."""
+    rng = np.random.default_rng(8)
+    n = 2000
+    lat = np.full(n, 0.010)
+    lat[rng.choice(n // 40, 4, replace=False)[:, None] * 40 + np.arange(40)] = 0.030  # 8% slow, in runs
+    lat[rng.choice(n, 6, replace=False)] = 0.2  # 6 over a 100 ms bound
+    shuffled = rng.permutation(lat)
+    assert stats.dependence(shuffled) < 2.0 < stats.dependence(lat)
+    assert stats.judge(shuffled, 0.1, looks=3, dependence_rule=stats.BATCH_MEANS).verdict == stats.PASS
+    assert stats.judge(lat, 0.1, looks=3).verdict == stats.PASS, "independent: the function's default"
+    clustered = stats.judge(lat, 0.1, looks=3, dependence_rule=stats.BATCH_MEANS)
+    assert clustered.verdict == stats.UNDECIDED and clustered.over == 6
+    assert stats.next_window_size(clustered, 10**6) > stats.next_window_size(stats.judge(shuffled, 0.1, looks=1), 10**6)
+
+
+def _backlogged(rng: np.random.Generator, n: int, runs: int, run_length: int) -> np.ndarray:
+    """Latencies of 10 ms with ``runs`` backlogs of ``run_length`` consecutive requests at 30 ms."""
+    lat = 0.010 + rng.exponential(0.001, n)
+    starts = rng.choice(n // run_length, runs, replace=False) * run_length
+    lat[starts[:, None] + np.arange(run_length)] = 0.030
+    return lat
+
+
+def test_slow_requests_in_runs_make_clusters_of_that_size_and_alone_clusters_of_one():
+    rng = np.random.default_rng(3)
+    lat = _backlogged(rng, 2000, 2, 20)  # the 40 slowest (2%) come in 2 runs of 20
+    assert stats.cluster_size(lat) == pytest.approx(20, rel=0.1)
+    assert stats.cluster_size(rng.permutation(lat)) < 1.3
+    assert stats.cluster_size(np.full(100, 0.01)) == 1.0, "no slow requests to cluster"
+
+
+def test_a_backlogged_window_passes_only_on_its_clusters_and_a_quiet_one_as_before():
+    """600 requests, none over a 50 ms bound: independent, that passes (408 suffice at 95% over 3
+    looks); when the slow requests come in runs of 20, 600 requests are 30 clusters, too few."""
+    rng = np.random.default_rng(4)
+    backlogged = _backlogged(rng, 600, 1, 12)
+    assert stats.judge(backlogged, 0.05, looks=3).verdict == stats.PASS, "independent: passes"
+    clustered = stats.judge(backlogged, 0.05, looks=3, dependence_rule=stats.CLUSTERS)
+    assert clustered.verdict == stats.UNDECIDED and clustered.dependence > 5
+    assert stats.next_window_size(clustered, 10**6) >= 408 * 5, "extended to what its clusters need"
+    quiet = 0.010 + rng.exponential(0.002, 600)
+    assert stats.judge(quiet, 0.05, looks=3, dependence_rule=stats.CLUSTERS).verdict == stats.PASS
+
+
+def test_the_cluster_rule_is_milder_than_batch_means_when_only_the_speed_drifts():
+    """A window whose speed drifts (half of it on a slower CPU: a neighbour) but whose slow requests
+    come alone: batch means see the drift and withhold the pass, the clusters do not."""
+    rng = np.random.default_rng(6)
+    lat = np.concatenate([0.008 + rng.exponential(0.002, 1000), 0.016 + rng.exponential(0.004, 1000)])
+    assert stats.judge(lat, 0.05, looks=3, dependence_rule=stats.BATCH_MEANS).verdict == stats.UNDECIDED
+    assert stats.judge(lat, 0.05, looks=3, dependence_rule=stats.CLUSTERS).verdict == stats.PASS
+
+
+def test_an_unknown_dependence_rule_is_refused():
+    with pytest.raises(ValueError, match="batch-means"):
+        stats.inflation(np.ones(10), "runs")

@@ -25,11 +25,17 @@ def _special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def check_writable(path: Path, flag: str) -> None:
-    """Raise a UsageError naming ``flag`` unless ``path`` can be written (before any work is done)."""
+def check_writable(path: Path, flag: str, folder_ok: bool = False) -> None:
+    """Raise a UsageError naming ``flag`` unless ``path`` can be written (before any work is done).
+    With ``folder_ok`` (an output that may turn out to be a folder of files, as a deployment's
+    export is), an existing directory passes when files can be created in it; a path that does not
+    exist yet must, like a file, have an existing writable parent."""
     real = Path(os.path.realpath(path))
     if real.is_dir():
-        raise UsageError(f"{flag} {path} is a directory; give a file path")
+        if not folder_ok:
+            raise UsageError(f"{flag} {path} is a directory; give a file path")
+        _probe(real, flag, path)
+        return
     if _special(real):
         if not os.access(real, os.W_OK):
             raise UsageError(f"{flag} {path} is not writable")
@@ -37,11 +43,16 @@ def check_writable(path: Path, flag: str) -> None:
     parent = real.parent
     if not parent.is_dir():
         raise UsageError(f"{flag} {path}: directory {parent} does not exist; create it or choose another path")
+    _probe(parent, flag, path, f".{real.name}.")
+
+
+def _probe(directory: Path, flag: str, path: Path, prefix: str = ".placetune.") -> None:
+    """Raise a UsageError naming ``flag`` and ``path`` unless a file can be created in ``directory``."""
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{real.name}.", suffix=".tmp"):
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, suffix=".tmp"):
             pass
     except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc}); "
+        raise UsageError(f"{flag} {path}: cannot write in {directory} ({exc.strerror or exc}); "
                          "choose another path") from None
 
 

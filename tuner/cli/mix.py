@@ -147,7 +147,7 @@ def export_deployment(document: dict, source: str, fmt: str, out: Path | None, c
     """One artifact per model (and each model's JSON config) of a deployment document (from the
     file or the study ``source`` names) into the folder ``out``."""
     from tuner.mix.document import export_files
-    from tuner.outputs import write_atomic
+    from tuner.outputs import check_writable, write_atomic
     from tuner.results import export as exporter
 
     if fmt not in exporter.FORMATS:
@@ -157,7 +157,8 @@ def export_deployment(document: dict, source: str, fmt: str, out: Path | None, c
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: a deployment's export is a folder (one file per model); "
                          "give a folder path")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out", folder_ok=True)
+    out.mkdir(exist_ok=True)
     files = export_files(document, fmt, config_dir or str(out.resolve()))
     for name, text in files.items():
         write_atomic(out / name, text, mode=0o755 if name.endswith(".sh") else None)

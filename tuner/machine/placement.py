@@ -100,7 +100,8 @@ class Params:
         return "-".join(parts)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # every field is a scalar: no deep copy (dataclasses.asdict was a study's hot spot)
+        return {name: getattr(self, name) for name in PARAM_NAMES}
 
     @classmethod
     def from_dict(cls, data: dict) -> Params:

@@ -195,7 +195,8 @@ def race_document(result, best_label: str, baseline_labels: dict[str, str]) -> d
     ``recommended`` and ``summary``, ``searched`` (the best searched config vs the best baseline),
     ``comparisons`` (the winner vs each other baseline), ``best_label`` (the study's best when it
     raced), each entrant's ``load_factors`` per round and ``mean``, and ``vs_baselines`` (the best
-    config's load factor over each raced baseline's, with paired-bootstrap intervals)."""
+    config's load factor over each raced baseline's, with Fieller's intervals for the paired ratio of
+    means: ``tuner.bench.stats.ratio_ci``)."""
     out = {k: v for k, v in result.to_dict().items() if k not in ("throughputs", "entrants")}
     lf = result.throughputs
     ratios = {}
