@@ -40,7 +40,10 @@ def topology(
     topology_file: TopologyFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Show the CPU/NUMA topology: packages, NUMA nodes, L3 groups, cores, PUs, usable or not."""
+    """Show the CPU/NUMA topology: packages, NUMA nodes, L3 groups, cores, PUs, usable or not.
+
+    Example: $ placetune topology --json
+    """
     topo = get_topology(fsroot, topology_file)
     if as_json:
         sys.stdout.write(topo.to_json() + "\n")
@@ -58,7 +61,10 @@ def plan_command(
     topology_file: TopologyFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Show the placement a config gets on a topology, without running anything."""
+    """Show the placement a config gets on a topology, without running anything.
+
+    Example: $ placetune plan --workers 2 --cores-per-worker 1 --numa-policy bind
+    """
     topo = get_topology(fsroot, topology_file)
     params = Params(workers=workers, cores_per_worker=cores_per_worker, smt=smt,
                     numa_policy=numa_policy, io_cores=io_cores)
@@ -96,7 +102,14 @@ def measure(  # over 60 lines: typer reads its 24 options from the signature
     topology_file: TopologyFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
-    """Measure one config: start pinned workers, verify their placement, find the throughput at the bound."""
+    """Measure one config: start pinned workers, verify their placement, find the throughput at the bound.
+
+    Exit codes: 0 measured, 1 runtime error, 2 usage error, 3 measured but the bound was not met.
+
+    Example: $ placetune measure --model onnx:squeezenet --p99 100ms --workers 1 --cores-per-worker 1
+
+    Example: $ placetune measure --model onnx:squeezenet --p99 100ms --config best_config.json
+    """
     from tuner.bench.measure import measure as run_measure
     from tuner.bench.model import inspect_model, parse_shapes
     from tuner.cli.render import result_table

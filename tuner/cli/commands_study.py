@@ -88,7 +88,12 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
 ) -> None:
     """Run (or resume) an Optuna study over placements; write the best feasible config.
 
-    Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound.
+    Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound
+    (with --deployment: no config served a load factor within every model's bound).
+
+    Example: $ placetune optimize --model onnx:squeezenet --p99 100ms --n-trials 12 --race-timeout 2m
+
+    Example: $ placetune optimize --deployment mix.yaml --n-trials 8 --out best_deployment.json
     """
     # ---- several models sharing the server (issue 16): tuner/cli/mix.py
     from tuner.cli import mix as mix_cli
@@ -157,10 +162,19 @@ def export(
                                             "every window the study measured (no re-run).")] = None,
     config_path: Annotated[str, typer.Option("--config-path", help="Where deployed workers will find the JSON "
                                              "config (PLACETUNE_CONFIG).")] = "best_config.json",
-    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: stdout).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: stdout); a deployment: "
+                                                "this folder, one file per model.")] = None,
 ) -> None:
-    """Export a study's best config for deployment: JSON/YAML, a numactl launch script, an env file,
-    systemd units, docker run lines, or a Kubernetes pod spec fragment."""
+    """Export a study's best config for deployment: JSON/YAML, numactl, env, systemd, docker or k8s.
+
+    A numactl launch script, an env file, systemd units, docker run lines, or a Kubernetes pod spec
+    fragment. A deployment study (optimize --deployment) or file is exported as one file per model
+    into the folder --out names, from the config its final race recommends.
+
+    Example: $ placetune export --format numactl --out launch.sh
+
+    Example: $ placetune export --study mix --format systemd --out deploy/
+    """
     from tuner.deploy import load_config
     from tuner.mix.trials import is_deployment_study
     from tuner.outputs import check_writable, write_atomic
@@ -233,7 +247,13 @@ def report(
     html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
 ) -> None:
     """A study's Pareto table, best vs baselines, parameter importances and plots.
-    Exit code 3 when no trial met the bound."""
+
+    A deployment study: its Pareto view (load factor vs P99 headroom), the recommended config per
+    model, the load factor with its interval, and the final race. Exit code 3 when no trial met the
+    bound.
+
+    Example: $ placetune report --html report.html
+    """
     from tuner.cli import render_study
     from tuner.mix.trials import is_deployment_study
     from tuner.outputs import check_writable, write_atomic
@@ -279,7 +299,11 @@ def log_command(
     experiment: ExperimentOpt = "placetune",
 ) -> None:
     """Log a study to MLflow from its Optuna storage (after an outage, or a --no-mlflow run).
-    Idempotent: runs already there are not duplicated."""
+
+    Idempotent: runs already there are not duplicated. A deployment study too.
+
+    Example: $ placetune log --mlflow-uri sqlite:///mlflow.db
+    """
     from tuner.mix.trials import is_deployment_study
     from tuner.results.tracking import Tracker, default_uri
     from tuner.search.storage import ensure_study_uuid, load_study, storage_url

@@ -21,8 +21,12 @@ def fleet_status(
     study: StudyOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Hosts in a shared study: trials per host, running trials and their age, best so far
-    (a deployment study's best: its load factor and each model's figures)."""
+    """Hosts in a shared study: trials per host, running trials and their age, best so far.
+
+    A deployment study's best: its load factor and each model's figures.
+
+    Example: $ placetune fleet status --storage postgresql://tuner:secret@db-host/placetune --study m-20ms
+    """
     import time
 
     from tuner.app.fleet import read_fleet_status
