@@ -256,3 +256,12 @@ def test_fleet_status_says_why_heartbeats_could_not_be_read(tmp_path):
     _, study = _study_with_a_beating_trial(tmp_path)
     status = read_fleet_status(study, f"sqlite:///{tmp_path / 'empty.db'}", NOW_S)  # no Optuna tables there
     assert status.heartbeat_error == "OperationalError" and status.running[0].heartbeat_age_s is None
+
+
+def test_a_race_time_limit_reaches_the_race_and_is_recorded_in_the_best_config(tmp_path):
+    out = tmp_path / "best.json"
+    outcome = run_optimize(OptimizeRequest(_two_core_config(tmp_path), out, race_k=2, measure_fn=_oracle(),
+                                           race_time_limit_s=1e-9), Recorder())
+    assert outcome.race is not None and outcome.race.stopped == "time_limit"
+    race = json.loads(out.read_text())["race"]
+    assert race["rounds"] == 2 and race["stopped"] == "time_limit"

@@ -228,7 +228,7 @@ def test_bad_search_spaces(files, space, message):
 @pytest.mark.parametrize("args,message", [
     (["--n-trials", "0"], "--n-trials"), (["--timeout", "soon"], "--timeout"), (["--sampler", "cmaes"], "--sampler"),
     (["--window", "0s"], "--window"), (["--worker-memory-limit", "lots"], "--worker-memory-limit"),
-    (["--lock-wait", "forever"], "--lock-wait"),
+    (["--lock-wait", "forever"], "--lock-wait"), (["--race-timeout", "0s"], "--race-timeout"),
 ])
 def test_bad_optimize_flags(files, args, message):
     done = run(["optimize", "--model", str(files["conv"]), "--p99", "20ms", *args], files["dir"])

@@ -244,6 +244,8 @@ def _cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     (["optimize", "--model", "m.onnx", "--deployment", "mix.yaml"], "exclude each other"),
     (["optimize", "--deployment", "mix.yaml", "--sampler", "random", "--batch", "4"],
      "--sampler, --batch do(es) not apply to --deployment"),
+    (["optimize", "--deployment", "mix.yaml", "--race-timeout", "2m"],
+     "--race-timeout do(es) not apply to --deployment"),
 ])
 def test_model_or_deployment_usage_errors(two_models, args, message):
     done = _cli(args, two_models["dir"])

@@ -61,3 +61,39 @@ def test_a_baseline_faster_than_every_searched_config_wins_the_race_and_says_so(
     (other,) = result.comparisons  # the winner against the other baseline, never against itself
     assert other["baseline"] == "Intel heuristic" and other["ratio"] > 1.0
     assert result.to_dict()["searched"]["label"] == BEST.label
+
+
+class FakeClock:
+    """A clock that each measurement moves on by ``step_s`` seconds (no real time passes)."""
+
+    def __init__(self, step_s: float):
+        self.now, self.step_s = 0.0, step_s
+
+    def __call__(self) -> float:
+        return self.now
+
+    def measuring(self, measure):
+        def timed(e: Entrant) -> float:
+            self.now += self.step_s
+            return measure(e)
+        return timed
+
+
+def test_a_time_limit_starts_no_round_that_would_end_after_it_but_keeps_two_rounds():
+    measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 100.0}, seed=4)  # never settles
+    clock = FakeClock(step_s=10.0)  # a round of two entrants: 20 s
+    result = race([BEST, DEFAULT], clock.measuring(measure), min_rounds=3, max_rounds=6, time_limit_s=65.0,
+                  clock=clock)
+    assert len(result.throughputs[BEST.label]) == 3  # a 4th round would end at 80 s > 65 s
+    assert result.stopped == "time_limit" and result.to_dict()["stopped"] == "time_limit"
+    tight = FakeClock(step_s=10.0)
+    result = race([BEST, DEFAULT], tight.measuring(measure), min_rounds=3, max_rounds=6, time_limit_s=1.0,
+                  clock=tight)
+    assert len(result.throughputs[BEST.label]) == 2 and result.stopped == "time_limit"
+
+
+def test_a_race_says_why_it_stopped():
+    measure, _ = fake_machine({BEST.label: 300.0, DEFAULT.label: 100.0, HEURISTIC.label: 200.0})
+    assert race([BEST, DEFAULT, HEURISTIC], measure, min_rounds=3, max_rounds=8).stopped == "settled"
+    measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 100.0}, seed=4)
+    assert race([BEST, DEFAULT], measure, min_rounds=3, max_rounds=5).stopped == "max_rounds"

@@ -89,3 +89,14 @@ def test_windows_stored_before_verdicts_still_load():
         old.pop(key)
     w = WindowResult.from_dict(old, version=1)  # a window is read in its result's format
     assert w.verdict == "pass" and math.isnan(w.p99_ci_ms[0])
+
+
+def test_pooled_counts_do_not_pass_a_rate_that_no_window_passed_on_its_own():
+    """A window undecided on its effective sample (correlated latencies, tuner.bench.stats.judge)
+    keeps its raw counts; two of them pooled must not become a pass."""
+    from dataclasses import replace
+
+    undecided = replace(window(750, 0), verdict=stats.UNDECIDED, passed=False)
+    assert stats.verdict_from_counts(0, 2000, looks=6) == stats.PASS  # what the raw counts alone would say
+    assert pooled_verdict([undecided, undecided]) == stats.UNDECIDED
+    assert pooled_verdict([undecided, window(750, 0)]) == stats.PASS

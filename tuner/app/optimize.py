@@ -52,6 +52,7 @@ class OptimizeRequest:
     study: StudyConfig
     out: Path
     race_k: int = 3  # the best K configs and every baseline race at the end; 0: no race
+    race_time_limit_s: float | None = None  # no race round starts that would end after this (tuner.search.race)
     tracking: TrackingRequest | None = None
     measure_fn: MeasureFn = measure
 
@@ -157,7 +158,8 @@ def run_optimize(request: OptimizeRequest, listener: OptimizeListener | None = N
         if outcome.best is not None and request.race_k > 0:
             listener.race_started(request.race_k)
             race = race_study(study, cfg.topology, cfg.model, cfg.settings, request.race_k,
-                              say=listener.race_progress, measure_fn=request.measure_fn)
+                              say=listener.race_progress, measure_fn=request.measure_fn,
+                              time_limit_s=request.race_time_limit_s)
             save_best_config(study, request.out, race=race.to_dict())
             listener.race_done(race)
             outcome = replace(outcome, race=race)

@@ -8,10 +8,13 @@ PR_SET_PDEATHSIG=SIGKILL, so they die with the tuner even if it is killed with -
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import platform
 import signal
 import time
 from multiprocessing import connection, shared_memory
 
+from tuner.bench import interference
 from tuner.bench.model import ModelInfo
 from tuner.bench.protocol import Done, Failed, FromWorker, Ready, SharedBuffers, Stop, Window
 from tuner.bench.worker import WorkerConfig, worker_main
@@ -19,7 +22,7 @@ from tuner.errors import ModelError, PlacementMismatch, WorkerError
 from tuner.machine.cpulist import format_cpulist
 from tuner.machine.numa import expected_policy_token, memory_policy_seen, thread_affinities
 from tuner.machine.placement import Plan
-from tuner.results.records import PlacementSeen
+from tuner.results.records import MachineInfo, PlacementSeen
 
 DEFAULT_MAX_REQUESTS = 1_000_000
 
@@ -53,12 +56,30 @@ def _expect(message: FromWorker, kind: type, index: int):
     return message
 
 
+def machine_metadata() -> MachineInfo:
+    """This machine: host, CPU model, kernel, Python, ONNX Runtime, the CPUs we may use."""
+    cpu_model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith(("model name", "cpu model")):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime as ort
+
+    return MachineInfo(hostname=platform.node(), cpu_model=cpu_model, kernel=platform.release(),
+                       python=platform.python_version(), onnxruntime=ort.__version__,
+                       affinity=len(os.sched_getaffinity(0)))
+
+
 def _limit_text(limit: int) -> str:
     return f"--worker-memory-limit {limit / 2**20:.0f} MiB" if limit else "no placetune limit set"
 
 
 class Launcher:
-    """Workers of one plan, ready to serve windows. Use as ``with Launcher(...) as fleet:``."""
+    """Workers of one plan, ready to serve windows. Use as ``with Launcher(...) as fleet:``.
+    The real ``tuner.bench.fleet.Fleet``: processes, ``time.monotonic``, /proc."""
 
     def __init__(self, plan: Plan, model: ModelInfo, start_timeout_s: float = 120.0, memory_limit: int = 0,
                  hang_grace_s: float = 30.0,
@@ -278,6 +299,21 @@ class Launcher:
                 served[i] = _expect(message, Done, i).served
                 pending.discard(i)
         return served
+
+    def snapshot(self) -> interference.Snapshot:
+        """The interference counters now, from /proc and /sys (``interference.snapshot``)."""
+        return interference.snapshot(self.pids)
+
+    def clock(self) -> float:
+        """The clock of the shared block's times: ``time.monotonic``."""
+        return time.monotonic()
+
+    def own_cpu_seconds(self) -> float:
+        """CPU time of this process (the harness) so far."""
+        return time.process_time()
+
+    def machine_info(self) -> MachineInfo:
+        return machine_metadata()
 
     def cpu_seconds(self) -> list[float]:
         """CPU time (user+system) each worker has used so far."""

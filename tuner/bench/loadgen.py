@@ -20,14 +20,13 @@ backlog limit.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from tuner.bench import interference, stats
-from tuner.bench.launcher import Launcher
+from tuner.bench.fleet import Fleet
 from tuner.bench.protocol import Abort, Mode, Window
 from tuner.results.records import WindowInterference, WindowResult
 
@@ -43,6 +42,7 @@ class VerdictSettings:
     quantile: float = stats.DEFAULT_QUANTILE
     max_extensions: int = 2
     max_growth: float = 8.0  # an extended window holds at most this many times its first size
+    dependence: bool = False  # pass on the effective sample of correlated latencies (stats.judge)
 
     @property
     def looks(self) -> int:
@@ -79,13 +79,13 @@ class Segment:
     after: interference.Snapshot
 
 
-def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) -> Segment:
-    snap_before = interference.snapshot(fleet.pids)
-    cpu_before, own_before, wall_before = fleet.cpu_seconds(), _own_cpu(), time.monotonic()
+def _run_segment(fleet: Fleet, count: int | None, run: Callable[[], None]) -> Segment:
+    snap_before = fleet.snapshot()
+    cpu_before, own_before, wall_before = fleet.cpu_seconds(), fleet.own_cpu_seconds(), fleet.clock()
     run()
-    wall = time.monotonic() - wall_before
-    cpu_after, own_after = fleet.cpu_seconds(), _own_cpu()
-    snap_after = interference.snapshot(fleet.pids)
+    wall = fleet.clock() - wall_before
+    cpu_after, own_after = fleet.cpu_seconds(), fleet.own_cpu_seconds()
+    snap_after = fleet.snapshot()
     b = fleet.buffers
     claimed = min(b.claimed() if count is None else count, fleet.max_requests)
     return Segment(b.scheduled[:claimed].copy(), b.started[:claimed].copy(), b.completed[:claimed].copy(),
@@ -93,7 +93,7 @@ def _run_segment(fleet: Launcher, count: int | None, run: Callable[[], None]) ->
                    own_after - own_before, snap_before, snap_after)
 
 
-def _window_interference(fleet: Launcher, segments: list[Segment], own_cpu_s: float,
+def _window_interference(fleet: Fleet, segments: list[Segment], own_cpu_s: float,
                          wall_s: float) -> WindowInterference:
     """Interference on the trial's CPUs; ``own_cpu_s`` (workers and harness) is not foreign."""
     cpus = sorted({c for w in fleet.plan.workers for c in w.cpus}) or sorted(segments[0].before.cpu)
@@ -101,7 +101,7 @@ def _window_interference(fleet: Launcher, segments: list[Segment], own_cpu_s: fl
         interference.window_interference(segments[0].before, segments[-1].after, cpus, wall_s, own_cpu_s))
 
 
-def _server_segment(fleet: Launcher, offered_rate: float, count: int, over_allowed: int, start: float,
+def _server_segment(fleet: Fleet, offered_rate: float, count: int, over_allowed: int, start: float,
                     bound_s: float | None, backlog_limit_s: float | None, unloaded_service_s: float,
                     rng: np.random.Generator) -> Segment:
     offsets = poisson_schedule(offered_rate, count, rng)
@@ -110,7 +110,7 @@ def _server_segment(fleet: Launcher, offered_rate: float, count: int, over_allow
     schedule_span = float(offsets[-1])
     # generous: the schedule, then three times the whole segment's service work on one worker
     grace = min(5.0, fleet.hang_grace_s)
-    timeout = max(0.0, start - time.monotonic()) + schedule_span + grace + 3 * max(
+    timeout = max(0.0, start - fleet.clock()) + schedule_span + grace + 3 * max(
         unloaded_service_s, 0.001) * count / max(1, len(fleet.pids))
     window = Window(start + schedule_span + 3600, bound_s, backlog_limit_s)
     return _run_segment(fleet, count, lambda: fleet.run_window(window, timeout_s=timeout))
@@ -126,7 +126,7 @@ def window_requests(offered_rate: float, duration_s: float, min_requests: int, m
 
 
 def run_server_window(
-    fleet: Launcher,
+    fleet: Fleet,
     offered_rate: float,
     duration_s: float,
     min_requests: int,
@@ -138,7 +138,7 @@ def run_server_window(
     verdicts: VerdictSettings | None = None,
 ) -> WindowResult:
     """One open-loop window at ``offered_rate``, extended while its verdict is undecided.
-    ``start_time`` (monotonic clock) lets a caller start the schedule in the past: the lateness
+    ``start_time`` (the fleet's clock) lets a caller start the schedule in the past: the lateness
     shows in the latency."""
     vs = verdicts or VerdictSettings()
     count = window_requests(offered_rate, duration_s, min_requests, fleet.max_requests,
@@ -146,7 +146,7 @@ def run_server_window(
     max_n = int(min(fleet.max_requests, count * vs.max_growth))
     if bound_s is None and backlog_limit_s is None:
         backlog_limit_s = max(1.0, 50 * unloaded_service_s)
-    start = time.monotonic() + START_DELAY_S if start_time is None else start_time
+    start = fleet.clock() + START_DELAY_S if start_time is None else start_time
 
     def allowance(total: int, over_so_far: int) -> int:
         if bound_s is None:
@@ -160,32 +160,29 @@ def run_server_window(
             done = sum(s.scheduled.size for s in segments)
             over = int(np.count_nonzero(~(latencies(segments) <= bound_s)))
             gap = float(rng.exponential(1.0 / offered_rate))
-            begin = max(float(np.nanmax(segments[-1].scheduled)) + gap, time.monotonic() + START_DELAY_S)
+            begin = max(float(np.nanmax(segments[-1].scheduled)) + gap, fleet.clock() + START_DELAY_S)
             segments.append(_server_segment(fleet, offered_rate, extra, allowance(done + extra, over), begin,
                                             bound_s, backlog_limit_s, unloaded_service_s, rng))
             return latencies(segments[-1:])
 
-        stats.decide(latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence)
+        stats.decide(latencies(segments), more, bound_s, vs.max_extensions, max_n, vs.quantile, vs.confidence,
+                     vs.dependence)
     return summarise(segments, "server", offered_rate, bound_s, unloaded_service_s, vs, fleet)
 
 
-def run_offline_window(fleet: Launcher, duration_s: float, bound_s: float | None = None,
+def run_offline_window(fleet: Fleet, duration_s: float, bound_s: float | None = None,
                        verdicts: VerdictSettings | None = None) -> WindowResult:
     """Every worker closed-loop for ``duration_s``."""
     count = fleet.max_requests
     fleet.buffers.start_window(count, Mode.OFFLINE, count)
     fleet.buffers.scheduled[:count] = np.nan
-    end = time.monotonic() + duration_s
+    end = fleet.clock() + duration_s
     window = Window(end, None, None)
     segment = _run_segment(fleet, None, lambda: fleet.run_window(window, timeout_s=duration_s + fleet.hang_grace_s))
     done = ~np.isnan(segment.completed)  # offline: only what completed is part of the window
     segment.scheduled, segment.started, segment.completed = (
         segment.scheduled[done], segment.started[done], segment.completed[done])
     return summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings(), fleet)
-
-
-def _own_cpu() -> float:
-    return time.process_time()
 
 
 def latencies(segments: list[Segment]) -> np.ndarray:
@@ -213,7 +210,8 @@ def keep_up(segments: list[Segment], offered_rate: float, unloaded_service_s: fl
 def window_verdict(segments: list[Segment], scenario: str, offered_rate: float, achieved: float, kept_up: bool,
                    bound_s: float | None, vs: VerdictSettings, looks: int) -> tuple[stats.Verdict | None, str]:
     """The window's statistical verdict (None without a bound) and why it did not pass."""
-    verdict = stats.judge(latencies(segments), bound_s, vs.quantile, vs.confidence, looks) if bound_s else None
+    verdict = (stats.judge(latencies(segments), bound_s, vs.quantile, vs.confidence, looks, vs.dependence)
+               if bound_s else None)
     aborted = any(s.abort == Abort.OVER_BOUND for s in segments)
     if any(s.abort == Abort.BACKLOG for s in segments):
         return verdict, "did not keep up (backlog grew past the limit)"
@@ -235,7 +233,7 @@ def window_verdict(segments: list[Segment], scenario: str, offered_rate: float, 
 
 
 def summarise(segments: list[Segment], scenario: str, offered_rate: float, bound_s: float | None,
-              unloaded_service_s: float, vs: VerdictSettings, fleet: Launcher) -> WindowResult:
+              unloaded_service_s: float, vs: VerdictSettings, fleet: Fleet) -> WindowResult:
     """The window's result from its segments' raw arrays: percentiles, keep-up, verdict and its
     reason, CPU use; ``fleet`` (its plan's CPUs) says where interference was read."""
     latencies_s = latencies(segments)

@@ -39,12 +39,16 @@ class SearchOutcome:
 
 def pooled_verdict(windows: list[WindowResult], quantile: float = stats.DEFAULT_QUANTILE) -> str:
     """Verdict of several windows at one rate, from their summed over-bound counts; a window that
-    failed for another reason (did not keep up) makes the pool fail."""
+    failed for another reason (did not keep up) makes the pool fail, and the pool passes only when
+    one of its windows passed on its own (its effective sample: ``tuner.bench.stats.judge``)."""
     if any(not w.kept_up for w in windows):
         return stats.FAIL
     looks = sum(1 + w.extensions for w in windows)
-    return stats.verdict_from_counts(sum(w.over_bound for w in windows), sum(w.requests for w in windows),
-                                     quantile, windows[0].confidence, looks)
+    pooled = stats.verdict_from_counts(sum(w.over_bound for w in windows), sum(w.requests for w in windows),
+                                       quantile, windows[0].confidence, looks)
+    if pooled == stats.PASS and not any(w.verdict == stats.PASS for w in windows):
+        return stats.UNDECIDED  # the counts cannot pass what no window passed on its effective sample
+    return pooled
 
 
 def search_rate(run: RunWindow, capacity: float, steps: int, say: Callable[[str], None] = lambda _m: None,

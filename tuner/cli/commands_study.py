@@ -56,6 +56,9 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
     force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
     revalidate: Annotated[int, typer.Option("--revalidate", help="Final race: the best K configs and "
                                          "every baseline re-measured in interleaved rounds.")] = 3,
+    race_timeout: Annotated[str | None, typer.Option("--race-timeout", help="Start no race round that would "
+                                                     "end after this long, e.g. 2m (at least 2 rounds run; "
+                                                     "default: 3 to 6 rounds, until the ratio is settled).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
     mlflow_uri: MlflowUriOpt = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
@@ -89,7 +92,7 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
         mix_cli.refuse_single_model_options({
             "--sampler": sampler != "tpe", "--shape": bool(shape), "--batch": batch is not None,
             "--inputs": inputs is not None, "--force": force, "--allow-heterogeneous": allow_heterogeneous,
-            "--heartbeat": heartbeat != "10s"})
+            "--heartbeat": heartbeat != "10s", "--race-timeout": race_timeout is not None})
         code = mix_cli.optimize_deployment(
             deployment, console=console, warn=warn, p99=p99, n_trials=n_trials, timeout=timeout, space=space,
             seed=seed, scenario=scenario, window=window, storage=storage, study_name=study_name,
@@ -116,6 +119,7 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
     if n_trials is not None and n_trials < 1:
         raise UsageError("--n-trials must be at least 1")
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    race_time_limit_s = parse_duration(race_timeout, "--race-timeout") if race_timeout is not None else None
     bound = resolve_bound(p99)
     settings = measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0, confidence)
     wait_s = lock_wait_s(lock_wait)
@@ -130,7 +134,8 @@ def optimize(  # over 60 lines: typer reads its 30 options from the signature; t
                       heartbeat_s=parse_duration(heartbeat, "--heartbeat"))
     tracking = None if no_mlflow else TrackingRequest(mlflow_uri, experiment)
     with OptimizeView(console) as view:
-        outcome = run_optimize(OptimizeRequest(cfg, out, race_k=revalidate, tracking=tracking), view)
+        outcome = run_optimize(OptimizeRequest(cfg, out, race_k=revalidate, tracking=tracking,
+                                               race_time_limit_s=race_time_limit_s), view)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
     console.print(next_steps(out, outcome.mlflow_uri), highlight=False)

@@ -87,7 +87,8 @@ def ratios_table(outcome: OptimizeOutcome) -> Table:
 
 def race_table(race: RaceResult) -> Table:
     """Each entrant of the final race: mean, CV and every round's throughput."""
-    table = Table(title=f"final race ({len(race.throughputs[race.winner])} interleaved rounds)")
+    cut = ", stopped at --race-timeout" if race.stopped == "time_limit" else ""
+    table = Table(title=f"final race ({len(race.throughputs[race.winner])} interleaved rounds{cut})")
     for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):
         table.add_column(col)
     for e in race.entrants:

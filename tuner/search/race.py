@@ -2,8 +2,10 @@
 
 The top-K configs and every baseline are measured again in rounds (A B C, then B C A, ...: the
 order rotates so no entrant always runs first or last). After ``min_rounds`` rounds, the race
-stops once the best config's advantage over the best baseline has a paired-bootstrap interval
-that excludes 1 and is narrow enough (``rel_width``), or at ``max_rounds``. Pairing by round
+stops once the best config's advantage over the best baseline has a paired interval (Fieller's,
+``tuner.bench.stats.ratio_ci``) that excludes 1 and is narrow enough (``rel_width``), at
+``max_rounds``, or, with a time limit, before a round that would end after it (judged by the
+longest round so far; ``MIN_TIMED_ROUNDS`` always run). Pairing by round
 cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
 entrant of a round alike. When the interval includes 1 there is no significant difference and
 the simpler config (the baseline) is recommended; when it lies below 1 the best baseline is
@@ -13,6 +15,7 @@ faster than anything the search found, and it is the winner.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,12 +41,13 @@ class RaceResult:
     significant: bool = False  # the best searched config vs the best baseline: the interval excludes 1
     summary: str = ""
     searched: dict = field(default_factory=dict)  # the best searched config vs the best baseline
+    stopped: str = ""  # why the race ended: "settled", "max_rounds" or "time_limit"
 
     def to_dict(self) -> dict:
         return {"rounds": len(next(iter(self.throughputs.values()), [])), "confidence": self.confidence,
                 "throughputs": self.throughputs, "winner": self.winner, "recommended": self.recommended,
                 "significant": self.significant, "comparisons": self.comparisons, "summary": self.summary,
-                "searched": self.searched,
+                "searched": self.searched, "stopped": self.stopped,
                 "entrants": [{"label": e.label, "baseline": e.baseline, "params": e.params.to_dict()}
                              for e in self.entrants]}
 
@@ -114,21 +118,36 @@ def settled(result: RaceResult, rel_width: float) -> bool:
     return excludes_one and math.isfinite(hi) and (hi - lo) <= rel_width * c["ratio"]
 
 
+MIN_TIMED_ROUNDS = 2  # a time limit never cuts a race below this: one round pairs nothing
+
+
 def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float], min_rounds: int = 3,
          max_rounds: int = 6, confidence: float = stats.DEFAULT_CONFIDENCE, rel_width: float = 0.25,
-         say: Callable[[str], None] = lambda _m: None) -> RaceResult:
+         say: Callable[[str], None] = lambda _m: None, time_limit_s: float | None = None,
+         clock: Callable[[], float] = time.monotonic) -> RaceResult:
     """Race ``entrants`` in rotating interleaved rounds; ``measure_throughput`` measures one entrant
-    once (0 for an infeasible measurement)."""
+    once (0 for an infeasible measurement). With ``time_limit_s`` (seconds from the start, on
+    ``clock``), a round that would end after the limit is not started, once ``MIN_TIMED_ROUNDS``
+    rounds are done: a round is expected to take as long as the longest one so far."""
     if not entrants:
         raise ValueError("a race needs at least one entrant")
-    result = RaceResult(entrants, {e.label: [] for e in entrants}, confidence)
+    result = RaceResult(entrants, {e.label: [] for e in entrants}, confidence, stopped="max_rounds")
+    began = clock()
+    longest_round_s = 0.0
     for round_no in range(max_rounds):
+        if (time_limit_s is not None and round_no >= MIN_TIMED_ROUNDS
+                and clock() - began + longest_round_s > time_limit_s):
+            result.stopped = "time_limit"
+            break
+        round_began = clock()
         shift = round_no % len(entrants)
         for e in entrants[shift:] + entrants[:shift]:
             say(f"race round {round_no + 1}/{max_rounds}: {e.label}")
             result.throughputs[e.label].append(float(measure_throughput(e)))
+        longest_round_s = max(longest_round_s, clock() - round_began)
         compare(result)
         if round_no + 1 >= min_rounds and settled(result, rel_width):
+            result.stopped = "settled"
             break
     return result
 
@@ -150,9 +169,11 @@ def study_entrants(study, k: int) -> list[Entrant]:
 
 
 def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 6,
-               say: Callable[[str], None] = lambda _m: None, measure_fn: Callable | None = None) -> RaceResult:
+               say: Callable[[str], None] = lambda _m: None, measure_fn: Callable | None = None,
+               time_limit_s: float | None = None) -> RaceResult:
     """The final race of a finished study: its top ``k`` configs and its baselines, each measured
-    with the study's settings (a fresh seed per measurement) by ``measure_fn`` (default: ``measure``)."""
+    with the study's settings (a fresh seed per measurement) by ``measure_fn`` (default: ``measure``);
+    ``time_limit_s``: see ``race``."""
     from dataclasses import replace
 
     from tuner.bench.measure import measure
@@ -168,4 +189,5 @@ def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, ma
         result = measure_one(plan(topology, e.params), model, quick)
         return result.throughput if result.feasible else 0.0
 
-    return race(study_entrants(study, k), measure_throughput, min_rounds, max_rounds, settings.confidence, say=say)
+    return race(study_entrants(study, k), measure_throughput, min_rounds, max_rounds, settings.confidence, say=say,
+                time_limit_s=time_limit_s)

@@ -1,0 +1,1 @@
+/work/wt/scale/.venv/bin/placetune optimize --model /tmp/tmp.7OxfPQeKI4/medium.onnx --p99 200ms --no-mlflow --storage sqlite:////work/wt/scale/experiments/results/scale-quick-2cpu-2026-12-03/medium/placetune.db --out /work/wt/scale/experiments/results/scale-quick-2cpu-2026-12-03/medium/best_config.json --timeout 60s --revalidate 1 --race-timeout 160s --n-trials 3 --window 0.5s 

@@ -1,0 +1,1 @@
+/work/wt/scale/.venv/bin/placetune optimize --model /tmp/tmp.7OxfPQeKI4/small.onnx --p99 100ms --no-mlflow --storage sqlite:////work/wt/scale/experiments/results/scale-quick-2cpu-2026-12-03/small/placetune.db --out /work/wt/scale/experiments/results/scale-quick-2cpu-2026-12-03/small/best_config.json --timeout 90s --revalidate 1 --race-timeout 130s --n-trials 5 --window 0.5s 

@@ -1,0 +1,1 @@
+/work/wt/scale/.venv/bin/python -m experiments.scale.screen_calibration --model /tmp/tmp.kpkvbvMDGZ/small.onnx --p99 100ms --stop-after 135s --out /work/wt/scale/experiments/results/scale2-quick-2cpu-2026-12-03/calibrate/calibration.jsonl --configs 3 --window 0.5s 

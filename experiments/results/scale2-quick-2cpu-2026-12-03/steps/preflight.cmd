@@ -1,0 +1,1 @@
+/work/wt/scale/.venv/bin/python -c $'import sys\nfrom tuner.bench.model import inspect_model\nfrom tuner.units import parse_bound\nfor spec in sys.argv[1:]:\n    model, bound = spec.split("=")\n    info = inspect_model(model)\n    print(f"{model}: {info.name} {info.sha256[:12]}, P99 bound {parse_bound(bound) * 1000:g} ms")' onnx:squeezenet=50ms onnx:resnet50=300ms 

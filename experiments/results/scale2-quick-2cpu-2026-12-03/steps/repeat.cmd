@@ -1,0 +1,1 @@
+/work/wt/scale/.venv/bin/python -m experiments.repeatability --model /tmp/tmp.kpkvbvMDGZ/small.onnx --p99 100ms --workers 2 --cores-per-worker 1 --intra-op 1 --back-to-back 0 --min-requests 0 --stop-after 135s --out /work/wt/scale/experiments/results/scale2-quick-2cpu-2026-12-03/repeat/repeatability.json --runs 2 --window 0.5s 

@@ -1,0 +1,233 @@
+"""Seeded default studies on a simulated noisy machine, end to end, with the project's real code.
+
+    python -m experiments.simulate --machine FSROOT|T.json|16|64|128 --noise quiet|vm|heavy --seeds N --json
+
+Each seed is ``placetune optimize --p99 50ms --no-mlflow`` with its defaults (20 trials, 2 s windows,
+the default space, TPE seeded with the seed, a final race of the best 3 and every baseline), run
+by the study's own loop and race on an in-memory Optuna study (``optimize_in_memory``), every measurement by the real
+``tuner.bench.measure.measure`` on a ``experiments.sim`` fleet (one simulated machine per seed: its
+clock and interference run through the whole study). What is true is defined in
+``experiments/sim/truth.py``. The JSON object:
+
+- ``ci_coverage``: share of races whose 95% interval of the best searched config / the best
+  baseline (the comparison the race decides on; without a searched entrant, the winner / the next
+  baseline) contains the true ratio; ``interval_coverage``: the same over every interval a race reports;
+- ``wrong_faster_rate``: share of races claiming with significance that a truly slower config is
+  faster (the searched-vs-baseline call, or the winner vs any other baseline);
+- ``median_regret``: median of 1 - true throughput of the recommended config / the true best of
+  the space and the baselines;
+- ``false_pass_rate``: passed full-fidelity server windows whose true P99 is over the bound, over
+  all passed full-fidelity windows (screening windows, judged at 80%, are counted apart:
+  ``screen_false_pass_rate``);
+- ``seconds``: wall-clock seconds of the whole run (``jobs`` processes); and per-seed details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from experiments.sim import machines
+from experiments.sim.calibration import SIM_MODEL
+from experiments.sim.fleet import SimFleet
+from experiments.sim.machine import SimMachine
+from experiments.sim.presets import PRESETS
+from experiments.sim.truth import best_of, true_throughput
+from tuner.errors import PlacetuneError
+from tuner.machine.placement import Params
+from tuner.machine.topology import Topology
+
+BOUND_S = 0.05
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One simulation's machine, noise and study size."""
+
+    machine: str
+    noise: str
+    n_trials: int = 20
+    window_s: float = 2.0
+    race_k: int = 3
+    dependence: bool = False  # MeasureSettings.dependence: pass on the effective sample
+
+
+def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
+    """One default study and its race on a fresh simulated machine; the raw facts to score."""
+    from tuner.bench.measure import MeasureSettings, measure
+    from tuner.search.space import load_space
+    from tuner.search.study import StudyConfig
+
+    topology = topology or machines.load(setup.machine)
+    machine = SimMachine(topology, PRESETS[setup.noise], seed)
+    log: list = []
+
+    def measure_fn(the_plan, model, settings, progress=None):
+        result = measure(the_plan, model, settings, progress,
+                         fleet_factory=lambda p, _m, s: SimFleet(machine, p, s.hang_grace_s))
+        log.append((settings.confidence, result))
+        return result
+
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="placetune-sim-") as tmp:
+        # the simulated host's lock lives in this run's folder: seeds run side by side share no CPUs
+        saved, tempfile.tempdir = tempfile.tempdir, tmp
+        try:
+            settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed,
+                                       dependence=setup.dependence)
+            cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=load_space("default", topology),
+                              settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
+                              n_trials=setup.n_trials, lock_wait_s=0.0)
+            race = optimize_in_memory(cfg, measure_fn, setup.race_k, Path(tmp) / "best_config.json")
+        finally:
+            tempfile.tempdir = saved
+    return _facts(race, log, topology, setup, seed, time.monotonic() - began, machine.now)
+
+
+def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path):
+    """``tuner.app.optimize.run_optimize`` without MLflow and on an in-memory Optuna study (a SQLite
+    file made each trial 5x slower): the study's own loop (``run_study``: baselines, strategy,
+    screening, objective), then its final race (``race_study``) and the config it writes
+    (``save_best_config``). Returns the race (None when no config met the bound)."""
+    import optuna
+
+    from tuner.app.optimize import save_best_config
+    from tuner.results.trials import best_trial
+    from tuner.search.race import race_study
+    from tuner.search.storage import quiet_optuna
+    from tuner.search.study import make_sampler, run_study
+
+    with quiet_optuna():
+        study = optuna.create_study(study_name=cfg.study_name, directions=["maximize", "minimize"],
+                                    sampler=make_sampler(cfg.sampler, cfg.seed, cfg.space))
+    study = run_study(cfg, lambda _t, _s: None, lambda _m: None, measure_fn=measure_fn, study=study)
+    if best_trial(study) is None or race_k <= 0:
+        return None
+    race = race_study(study, cfg.topology, cfg.model, cfg.settings, race_k, measure_fn=measure_fn)
+    save_best_config(study, out, race=race.to_dict())
+    return race
+
+
+def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s: float, sim_s: float) -> dict:
+    """Truth next to what the study and its race concluded."""
+    noise = PRESETS[setup.noise]
+
+    def truth(params: Params) -> float:
+        return true_throughput(params, topology, noise, BOUND_S)
+
+    windows = {"full": [0, 0], "screen": [0, 0]}  # [passed, passed with a true P99 over the bound]
+    for confidence, result in log:
+        kind = "full" if confidence >= 0.95 else "screen"
+        for w in result.windows[1:]:
+            if w.scenario == "server" and w.passed:
+                windows[kind][0] += 1
+                windows[kind][1] += int(w.offered_rate > truth(result.params))
+    facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "windows": windows, "measurements": len(log),
+             "race": None}
+    if race is None:
+        return facts
+    params = {e.label: e.params for e in race.entrants}
+    claims = []  # (label, other label, significant, ratio, [low, high], true ratio)
+    if race.searched:
+        s = race.searched
+        claims.append((s["label"], s["baseline_label"], s["outcome"] != "no difference", s["ratio"], s["ci"]))
+    claims += [(race.winner, c["label"], c["significant"], c["ratio"], c["ci"]) for c in race.comparisons]
+    claims = [(*c, truth(params[c[0]]) / max(truth(params[c[1]]), 1e-9)) for c in claims]
+    decisive = claims[0] if claims else None  # searched vs best baseline, else winner vs the next baseline
+    facts["race"] = {
+        "rounds": len(next(iter(race.throughputs.values()))), "recommended": race.recommended,
+        "recommended_truth": truth(params[race.recommended]), "searched": race.searched,
+        "decisive": list(decisive) if decisive else None,
+        "covered": bool(decisive[4][0] <= decisive[5] <= decisive[4][1]) if decisive else None,
+        "intervals_covered": [bool(c[4][0] <= c[5] <= c[4][1]) for c in claims],
+        "wrong_significant": any(sig and (lo > 1.0 or hi < 1.0) and (lo > 1.0) != (true > 1.0)
+                                 for _a, _b, sig, _r, (lo, hi), true in claims),
+    }
+    return facts
+
+
+def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
+    """The figures over seeds (see the module docstring)."""
+    races = [f["race"] for f in facts if f["race"] is not None]
+    with_interval = [r for r in races if r["covered"] is not None]
+    full = np.sum([f["windows"]["full"] for f in facts], axis=0)
+    screen = np.sum([f["windows"]["screen"] for f in facts], axis=0)
+    regrets = [1 - r["recommended_truth"] / best for r in races] if best > 0 else []
+    return {
+        "machine": setup.machine, "noise": setup.noise, "seeds": len(facts), "n_trials": setup.n_trials,
+        "window_s": setup.window_s, "dependence": setup.dependence, "bound_ms": BOUND_S * 1000, "true_best": best,
+        "ci_coverage": float(np.mean([r["covered"] for r in with_interval])) if with_interval else None,
+        "interval_coverage": float(np.mean(every)) if (every := [c for r in races for c in r["intervals_covered"]])
+        else None,
+        "wrong_faster_rate": float(np.mean([r["wrong_significant"] for r in races])) if races else None,
+        "median_regret": float(np.median(regrets)) if regrets else None,
+        "false_pass_rate": float(full[1] / full[0]) if full[0] else None,
+        "screen_false_pass_rate": float(screen[1] / screen[0]) if screen[0] else None,
+        "passed_windows": int(full[0]), "races": len(races), "races_with_interval": len(with_interval),
+        "median_race_rounds": float(np.median([r["rounds"] for r in races])) if races else None,
+        "median_simulated_s": float(np.median([f["simulated_s"] for f in facts])),
+        "seconds": seconds, "per_seed": facts,
+    }
+
+
+def _one(args: tuple[Setup, int]) -> dict:
+    setup, seed = args
+    return run_seed(setup, seed)
+
+
+def simulate(setup: Setup, seeds: int, jobs: int = 1) -> dict:
+    """Every seed (``jobs`` processes at once), scored."""
+    from tuner.search.space import load_space
+    from tuner.search.study import baselines
+
+    began = time.monotonic()
+    topology = machines.load(setup.machine)
+    candidates = [p for _, p in load_space("default", topology).configurations()] + [p for _, p in baselines(topology)]
+    _, best = best_of(candidates, topology, PRESETS[setup.noise], BOUND_S)
+    work = [(setup, seed) for seed in range(seeds)]
+    if jobs > 1:
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            facts = pool.map(_one, work, chunksize=1)
+    else:
+        facts = [_one(w) for w in work]
+    return score(facts, best, setup, time.monotonic() - began)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.simulate", description=__doc__.splitlines()[0])
+    parser.add_argument("--machine", required=True, help="16, 64, 128, a sysfs root or a topology JSON file")
+    parser.add_argument("--noise", choices=sorted(PRESETS), default="vm")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds simulated at once (processes)")
+    parser.add_argument("--n-trials", type=int, default=Setup.n_trials)
+    parser.add_argument("--window", type=float, default=Setup.window_s, help="minimum window, seconds")
+    parser.add_argument("--dependence", action="store_true",
+                        help="judge windows with MeasureSettings.dependence (the effective sample)")
+    parser.add_argument("--json", action="store_true", help="print the whole JSON object (else a summary)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1 or args.n_trials < 1 or args.window <= 0:
+        parser.error("--seeds, --jobs and --n-trials must be >= 1, --window > 0")
+    try:
+        out = simulate(Setup(args.machine, args.noise, args.n_trials, args.window, dependence=args.dependence),
+                       args.seeds, args.jobs)
+    except PlacetuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        keys = ("ci_coverage", "wrong_faster_rate", "median_regret", "false_pass_rate", "seconds")
+        print(", ".join(f"{k} {out[k]:.3f}" if isinstance(out[k], float) else f"{k} {out[k]}" for k in keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
