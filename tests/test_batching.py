@@ -3,7 +3,9 @@ ones (ONNX Runtime), a real batched window, and the one-line refusal of a model 
 
 from __future__ import annotations
 
+import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +145,34 @@ def test_a_batched_window_serves_every_request_from_its_scheduled_arrival(tmp_pa
     assert np.all(completed >= started)
     # requests shared a session.run (same completion time) at least once: batches formed
     assert len(np.unique(completed)) < n
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml", "env", "systemd", "docker", "k8s", "numactl"])
+def test_every_export_format_carries_the_batch_settings(fmt):
+    from tests.test_export import config_document, two_workers
+    from tuner.results import export
+
+    document = config_document(replace(two_workers(), max_batch=8, batch_timeout_ms=0.5))
+    text = export.render(document, fmt)
+    if fmt in ("json", "yaml"):
+        assert "max_batch" in text and "batch_timeout_ms" in text
+    else:  # the launch formats hand them to the serving process
+        assert "PLACETUNE_MAX_BATCH=8" in text.replace('"', "").replace("'", "") or (
+            "PLACETUNE_MAX_BATCH" in text and "value: '8'" in text), text
+        assert "PLACETUNE_BATCH_TIMEOUT_MS" in text
+
+
+def test_apply_returns_the_batch_settings_with_the_session_options():
+    from tests.test_export import config_document, two_workers
+    from tuner import deploy
+
+    document = config_document(replace(two_workers(), max_batch=4, batch_timeout_ms=2.0))
+    before = os.sched_getaffinity(0)
+    try:
+        options, batching = deploy.apply(document, worker_index=0, with_batching=True)
+    finally:
+        deploy.pin_every_thread(tuple(before))  # every thread of this test process, as it was
+    assert batching == deploy.Batching(max_batch=4, batch_timeout_ms=2.0)
+    assert options.intra_op_num_threads == 1
+    assert deploy.batching({**document, "params": {k: v for k, v in document["params"].items()
+                                                   if k not in ("max_batch", "batch_timeout_ms")}}) == deploy.Batching()
