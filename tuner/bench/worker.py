@@ -111,6 +111,10 @@ def _place_and_load(cfg: WorkerConfig) -> tuple:
         session = ort.InferenceSession(cfg.model_path, _session_options(cfg), providers=["CPUExecutionProvider"])
         feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
         session.run(None, feeds)
+        if cfg.max_batch > 1:  # a full batch's first run (allocation, kernels) is not left to a measured request
+            from tuner.bench.batchable import stack
+
+            session.run(None, stack([feeds] * cfg.max_batch))
     if cfg.pin and cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
     return session, feeds
