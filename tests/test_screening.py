@@ -97,7 +97,9 @@ def test_a_screened_config_is_taken_and_the_rung_knows_what_was_promoted():
 def test_screening_runs_only_when_the_space_is_larger_than_a_big_enough_budget():
     small = load_space("default", _machine("2arm"))
     big = load_space("default", _machine("16amd64"))
-    assert isinstance(choose_strategy(small, "tpe", 0, 50), Exhaustive)  # 5 configs: measure them all
+    unbatched = small.without_batching("a model that cannot batch")
+    assert isinstance(choose_strategy(unbatched, "tpe", 0, 50), Exhaustive)  # 5 configs: measure them all
+    assert isinstance(choose_strategy(small, "tpe", 0, 50), Screening)  # x 26 batch settings: 130
     assert isinstance(choose_strategy(big, "grid", 0, 30), Exhaustive)
     assert isinstance(choose_strategy(big, "tpe", 0, 30), Screening)
     assert isinstance(choose_strategy(big, "tpe", 0, None), Screening)

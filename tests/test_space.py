@@ -59,10 +59,14 @@ def test_bounds_follow_the_earlier_choices(machine):
 def test_a_2_core_machine_has_the_few_configs_it_can_run():
     topo = fixture_topology(next(p for p in FIXTURES if p.name.startswith("2arm")))
     space = load_space("default", topo)
-    labels = sorted(p.label() for _, p in space.configurations())
+    unbatched = sorted(p.label() for _, p in space.without_batching("test").configurations())
     # 1x1, 2x1 (one thread, nothing spins) and 1x2 with intra 1 or 2, spinning on/off when 2
-    assert labels == sorted(["w1xc1-intra1", "w2xc1-intra1", "w1xc2-intra1", "w1xc2-intra2",
-                             "w1xc2-intra2-nospin"])
+    assert unbatched == sorted(["w1xc1-intra1", "w2xc1-intra1", "w1xc2-intra1", "w1xc2-intra2",
+                                "w1xc2-intra2-nospin"])
+    # each of them unbatched, or batching 2..32 requests with each of the 5 timeouts
+    labels = {p.label() for _, p in space.configurations()}
+    assert len(labels) == space.size() == 5 * (1 + 5 * 5)
+    assert "w2xc1-intra1-batch8-wait0.5ms" in labels and "w2xc1-intra1-batch8" not in labels
 
 
 @pytest.mark.parametrize("machine", FIXTURES, ids=lambda p: p.name)

@@ -99,7 +99,8 @@ def config(tmp_path, two_cores) -> Callable[..., StudyConfig]:
     """``config(n_trials=..., **StudyConfig fields)``: a study of the 2-core machine in ``tmp_path``."""
 
     def make(n_trials: int | None = 50, **kwargs) -> StudyConfig:
-        return StudyConfig(model=MODEL, topology=two_cores, space=load_space("default", two_cores),
+        space = load_space("default", two_cores).without_batching("the study's logic, on placements")
+        return StudyConfig(model=MODEL, topology=two_cores, space=space,
                            settings=MeasureSettings(p99_bound_s=BOUND_MS / 1000),
                            storage=f"sqlite:///{tmp_path}/s.db", study_name="logic", seed=0, n_trials=n_trials,
                            lock_wait_s=5, **kwargs)

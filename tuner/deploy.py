@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,11 +167,27 @@ def pin_every_thread(cpus: tuple[int, ...]) -> None:
     os.sched_setaffinity(0, cpus)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """A config's dynamic batching: run up to ``max_batch`` arrived requests in one ``session.run``,
+    a batch holding fewer waiting at most ``batch_timeout_ms`` for more (max_batch 1: no batching)."""
+
+    max_batch: int = 1
+    batch_timeout_ms: float = 0.0
+
+
+def batching(config: str | os.PathLike | dict | None = None, model: str | None = None) -> Batching:
+    """The batch settings of ``config`` (1 and 0 for a config measured before batching existed)."""
+    params = load_config(config, model)["params"]
+    return Batching(int(params.get("max_batch", 1)), float(params.get("batch_timeout_ms", 0.0)))
+
+
 def apply(config: str | os.PathLike | dict | None = None, worker_index: int | None = None,
-          model: str | None = None):
+          model: str | None = None, *, with_batching: bool = False):
     """Pin this process as worker ``worker_index`` of ``config`` (of ``model``'s config in a
     deployment's document), set its memory policy, and return the session options it was measured
-    with. Call it before creating the InferenceSession."""
+    with; with ``with_batching=True``, ``(options, Batching)``: the batch settings the serving
+    process must use as well. Call it before creating the InferenceSession."""
     from tuner.machine.numa import set_mempolicy
 
     document = load_config(config, model)
@@ -188,8 +205,9 @@ def apply(config: str | os.PathLike | dict | None = None, worker_index: int | No
     except OSError as exc:
         raise PlacetuneError(f"cannot set memory policy {spec['mem_policy']} on nodes {spec['mem_nodes']}: "
                              f"{exc}") from None
-    return session_options(
+    options = session_options(
         intra_op_threads=params["intra_op_threads"], inter_op_threads=params["inter_op_threads"],
         execution_mode=params["execution_mode"], spinning=params["spinning"],
         graph_optimization=params["graph_optimization"], pin=params.get("pin", True), cpus=cpus,
     )
+    return (options, batching(document)) if with_batching else options

@@ -85,6 +85,10 @@ class Launcher:
                  hang_grace_s: float = 30.0,
                  max_requests: int = DEFAULT_MAX_REQUESTS):
         self.plan = plan
+        if plan.params.max_batch > 1 and model.batch_model is None:
+            from tuner.bench.batchable import with_batching
+
+            model = with_batching(model, plan.params.max_batch)  # one-line UsageError when it cannot batch
         self.model = model
         self.start_timeout_s = start_timeout_s
         self.memory_limit = memory_limit
@@ -121,11 +125,12 @@ class Launcher:
         for spec in self.plan.workers:
             cfg = WorkerConfig(
                 index=spec.index, cpus=spec.cpus, mem_policy=spec.mem_policy, mem_nodes=spec.mem_nodes,
-                model_path=self.model.path, model_info=self.model.to_dict(),
+                model_path=self.model.path_for(params.max_batch), model_info=self.model.to_dict(),
                 intra_op_threads=params.intra_op_threads, inter_op_threads=params.inter_op_threads,
                 execution_mode=params.execution_mode, spinning=params.spinning,
                 graph_optimization=params.graph_optimization, pin=params.pin,
                 max_requests=self.max_requests, memory_limit=self.memory_limit,
+                max_batch=params.max_batch, batch_timeout_s=params.batch_timeout_s,
             )
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(target=worker_main, args=(cfg, child, self.shm.name, self.lock),

@@ -51,6 +51,9 @@ class ModelInfo:
     sha256: str
     inputs: tuple[InputSpec, ...]
     npz: str | None = None
+    # the file a worker with max_batch > 1 loads (tuner.bench.batchable): the model itself when its
+    # batch dimension is dynamic, a rewritten copy when it was fixed at 1; None: not checked
+    batch_model: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +62,7 @@ class ModelInfo:
             "sha256": self.sha256,
             "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in self.inputs],
             "npz": self.npz,
+            "batch_model": self.batch_model,
         }
 
     @classmethod
@@ -66,8 +70,12 @@ class ModelInfo:
         return cls(
             data["path"], data["name"], data["sha256"],
             tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in data["inputs"]),
-            data.get("npz"),
+            data.get("npz"), data.get("batch_model"),
         )
+
+    def path_for(self, max_batch: int) -> str:
+        """The file a worker running batches of up to ``max_batch`` loads."""
+        return self.batch_model or self.path if max_batch > 1 else self.path
 
 
 def resolve_model_path(model: str) -> Path:

@@ -86,7 +86,7 @@ class SharedBuffers:
     """Views on a shared block (``buf``: a SharedMemory's ``buf`` or any writable buffer).
 
     Harness side: ``start_window``, ``stop``, ``claimed``, ``abort_reason``. Worker side:
-    ``mode``, ``aborted``, ``claim``, ``note_backlog``, ``note_over_bound``.
+    ``mode``, ``aborted``, ``claim``, ``next_arrival``, ``claim_arrived``, ``note_backlog``, ``note_over_bound``.
     """
 
     def __init__(self, buf: Any, max_requests: int):
@@ -146,6 +146,27 @@ class SharedBuffers:
         with lock:
             i = int(c[NEXT])
             if i >= c[N_REQUESTS]:
+                return -1
+            c[NEXT] = i + 1
+        return i
+
+    def next_arrival(self) -> float | None:
+        """The scheduled arrival of the next unclaimed request, read without the lock (a peek: the
+        claim re-checks it); None when the schedule is used up. Offline requests arrive when claimed."""
+        c = self.control
+        i = int(c[NEXT])
+        if i >= c[N_REQUESTS] or i >= self.max_requests:
+            return None
+        return float("-inf") if self.mode() == Mode.OFFLINE else float(self.scheduled[i])
+
+    def claim_arrived(self, lock: Any, now: float) -> int:
+        """Like ``claim``, but only a request that has arrived by ``now`` (a batching worker never
+        takes one from the future); -1 when the next one has not arrived or none is left."""
+        c = self.control
+        offline = self.mode() == Mode.OFFLINE
+        with lock:
+            i = int(c[NEXT])
+            if i >= c[N_REQUESTS] or (not offline and self.scheduled[i] > now):
                 return -1
             c[NEXT] = i + 1
         return i

@@ -40,6 +40,8 @@ class WorkerConfig:
     pin: bool
     max_requests: int
     memory_limit: int = 0  # RLIMIT_AS in bytes; 0 = none
+    max_batch: int = 1  # requests per session.run (tuner.bench.batcher); 1: one at a time
+    batch_timeout_s: float = 0.0  # how long a batch that is not full waits for more arrivals
 
 
 def _session_options(cfg: WorkerConfig):
@@ -75,7 +77,7 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
     try:
         buffers = SharedBuffers(shm.buf, cfg.max_requests)
         conn.send(Ready(os.getpid(), tuple(sorted(os.sched_getaffinity(0)))))
-        _serve_windows(conn, session, feeds, buffers, lock, cfg.index)
+        _serve_windows(conn, session, feeds, buffers, lock, cfg)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
     finally:
@@ -109,6 +111,10 @@ def _place_and_load(cfg: WorkerConfig) -> tuple:
         session = ort.InferenceSession(cfg.model_path, _session_options(cfg), providers=["CPUExecutionProvider"])
         feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
         session.run(None, feeds)
+        if cfg.max_batch > 1:  # a full batch's first run (allocation, kernels) is not left to a measured request
+            from tuner.bench.batchable import stack
+
+            session.run(None, stack([feeds] * cfg.max_batch))
     if cfg.pin and cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
     return session, feeds
@@ -129,7 +135,7 @@ def _stderr_to_devnull() -> Iterator[None]:
         os.close(devnull)
 
 
-def _serve_windows(conn, session, feeds, buffers: SharedBuffers, lock, index: int) -> None:
+def _serve_windows(conn, session, feeds, buffers: SharedBuffers, lock, cfg: WorkerConfig) -> None:
     """Serve each ``Window`` the harness sends until ``Stop``; a failed window ends the worker."""
     while True:
         message = conn.recv()
@@ -137,7 +143,10 @@ def _serve_windows(conn, session, feeds, buffers: SharedBuffers, lock, index: in
             return
         if isinstance(message, Window):
             try:
-                served = _serve(session, feeds, buffers, lock, index, message)
+                if cfg.max_batch > 1:
+                    served = _serve_batched(session, feeds, buffers, lock, cfg, message)
+                else:
+                    served = _serve(session, feeds, buffers, lock, cfg.index, message)
             except Exception as exc:
                 conn.send(Failed.of(exc, traceback.format_exc()))
                 return
@@ -177,4 +186,46 @@ def _serve(session, feeds, b: SharedBuffers, lock, index: int, window: Window) -
         served += 1
         if bound_s is not None and done - scheduled[i] > bound_s:
             b.note_over_bound(lock)
+    return served
+
+
+def _serve_batched(session, feeds, b: SharedBuffers, lock, cfg: WorkerConfig, window: Window) -> int:
+    """Serve one window in batches of up to ``cfg.max_batch`` arrived requests (``batcher.gather``);
+    each request's inputs are stacked into one feed, run once, and every request of the batch gets
+    the batch's completion time. Returns how many requests this worker completed."""
+    from tuner.bench.batchable import stack
+    from tuner.bench.batcher import gather
+
+    scheduled, completed, started, worker = b.scheduled, b.completed, b.started, b.worker
+    clock, sleep = time.monotonic, time.sleep
+    offline = b.mode() == Mode.OFFLINE
+    served = 0
+    while not b.aborted():
+        first = b.claim(lock)
+        if first < 0:
+            break
+        now = clock()
+        if offline:
+            if now >= window.end_time:
+                break
+            scheduled[first] = now
+        elif scheduled[first] > now:
+            sleep(scheduled[first] - now)
+        elif window.backlog_limit_s is not None and now - scheduled[first] > window.backlog_limit_s:
+            b.note_backlog()
+        batch = gather(first, clock(), cfg.max_batch, cfg.batch_timeout_s, clock=clock, sleep=sleep,
+                       next_arrival=b.next_arrival, claim_arrived=lambda t: b.claim_arrived(lock, t))
+        begun = clock()
+        for i in batch:
+            if offline and i != first:
+                scheduled[i] = begun
+            started[i] = begun
+        session.run(None, stack([feeds] * len(batch)))
+        done = clock()
+        for i in batch:
+            completed[i] = done
+            worker[i] = cfg.index
+            if window.bound_s is not None and done - scheduled[i] > window.bound_s:
+                b.note_over_bound(lock)
+        served += len(batch)
     return served

@@ -75,7 +75,7 @@ def plan_command(
     console.print(plan_table(result))
 
 
-def measure(  # over 60 lines: typer reads its 24 options from the signature
+def measure(  # over 60 lines: typer reads its 26 options from the signature
     model: ModelOpt,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     cores_per_worker: Annotated[int, typer.Option(help="Physical cores per worker.")] = 1,
@@ -86,6 +86,12 @@ def measure(  # over 60 lines: typer reads its 24 options from the signature
     numa_policy: Annotated[str, typer.Option(help="none | bind | interleave | preferred")] = "none",
     spinning: Annotated[str, typer.Option(help="on | off: ORT thread-pool spinning.")] = "on",
     io_cores: Annotated[int, typer.Option(help="Cores kept for the load generator.")] = 0,
+    max_batch: Annotated[int, typer.Option(help="Arrived requests a worker runs in one session.run "
+                                           "(1 = no batching; a model fixed at batch 1 is made dynamic, "
+                                           "or refused).")] = 1,
+    batch_timeout: Annotated[float, typer.Option("--batch-timeout", help="Milliseconds a batch holding fewer "
+                                                 "than --max-batch requests waits for more (needs "
+                                                 "--max-batch > 1).")] = 0.0,
     config: Annotated[Path | None, typer.Option("--config", help="Read the config from a best_config.json "
                                                 "or YAML instead of the flags above.")] = None,
     scenario: ScenarioOpt = "server",
@@ -110,6 +116,7 @@ def measure(  # over 60 lines: typer reads its 24 options from the signature
 
     Example: $ placetune measure --model onnx:squeezenet --p99 100ms --config best_config.json
     """
+    from tuner.bench.batchable import with_batching
     from tuner.bench.measure import measure as run_measure
     from tuner.bench.model import inspect_model, parse_shapes
     from tuner.cli.render import result_table
@@ -124,11 +131,13 @@ def measure(  # over 60 lines: typer reads its 24 options from the signature
     else:
         params = Params(workers=workers, cores_per_worker=cores_per_worker, smt=_on_off(smt, "--smt"),
                         intra_op_threads=intra_op, inter_op_threads=inter_op, execution_mode=execution_mode,
-                        numa_policy=numa_policy, spinning=_on_off(spinning, "--spinning"), io_cores=io_cores)
+                        numa_policy=numa_policy, spinning=_on_off(spinning, "--spinning"), io_cores=io_cores,
+                        max_batch=max_batch, batch_timeout_ms=batch_timeout)
     topo = get_topology(fsroot, topology_file)
     _check_thread_counts(params, topo)
     the_plan = plan(topo, params)
     info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
+    info = with_batching(info, params.max_batch)  # a model fixed at batch 1 that cannot batch: one line, exit 2
     err = Console(stderr=True)
     with HostLock(topo, wait_s=wait_s, on_wait=warn), err.status("starting workers") as status:
         result = run_measure(the_plan, info, settings, progress=lambda msg: status.update(msg))

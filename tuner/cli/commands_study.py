@@ -120,6 +120,7 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     from tuner.cli.optimize_view import OptimizeView
     from tuner.cli.render_study import next_steps
     from tuner.outputs import check_writable
+    from tuner.search.batching import fit_to_model
     from tuner.search.space import load_space
     from tuner.search.storage import storage_url as study_storage_url
     from tuner.search.study import SAMPLERS, StudyConfig, default_study_name
@@ -138,6 +139,9 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     topo = get_topology(fsroot, topology_file)
     resolved = load_space(space, topo)
     info = inspect_model(model, parse_shapes(shape or []), batch, str(inputs) if inputs else None)
+    resolved, info = fit_to_model(resolved, info)
+    for note in resolved.notes:
+        warn(note)
     cfg = StudyConfig(model=info, topology=topo, space=resolved, settings=settings, storage=study_storage_url(storage),
                       study_name=study_name or default_study_name(info, bound * 1000 if bound else None, scenario),
                       sampler=sampler, seed=seed, n_trials=n_trials, timeout_s=timeout_s, force=force,

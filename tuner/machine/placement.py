@@ -58,6 +58,8 @@ class Params:
     spinning: bool = True
     graph_optimization: str = "all"
     pin: bool = True
+    max_batch: int = 1  # requests a worker runs in one session.run (1: one at a time, no batching)
+    batch_timeout_ms: float = 0.0  # how long a worker holding fewer than max_batch requests waits for more
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -81,11 +83,28 @@ class Params:
                 f"graph_optimization {self.graph_optimization!r} is not one of "
                 "disable, basic, extended, all"
             )
+        self._check_batching()
+
+    def _check_batching(self) -> None:
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise UsageError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
+        if (isinstance(self.batch_timeout_ms, bool) or not isinstance(self.batch_timeout_ms, int | float)
+                or not 0 <= self.batch_timeout_ms < float("inf")):
+            raise UsageError(f"batch_timeout_ms must be a number of milliseconds >= 0, got {self.batch_timeout_ms!r}")
+        if self.max_batch == 1 and self.batch_timeout_ms:
+            raise UsageError(f"batch_timeout_ms={self.batch_timeout_ms:g} needs max_batch > 1 (a worker that runs one "
+                             "request at a time never waits for more); set max_batch or batch_timeout_ms 0")
+
+    @property
+    def batch_timeout_s(self) -> float:
+        return self.batch_timeout_ms / 1000.0
 
     def label(self) -> str:
-        """A short readable name, e.g. ``w2xc1-intra1-bind``."""
+        """A short readable name, e.g. ``w2xc1-intra1-bind`` (``-batch8-wait1ms`` with batching; a config
+        without batching keeps the label it had before batching existed)."""
+        batching = f"-batch{self.max_batch}-wait{self.batch_timeout_ms:g}ms" if self.max_batch > 1 else ""
         if not self.pin:
-            return f"w{self.workers}-unpinned-intra{self.intra_op_threads or 'default'}"
+            return f"w{self.workers}-unpinned-intra{self.intra_op_threads or 'default'}{batching}"
         parts = [f"w{self.workers}xc{self.cores_per_worker}", f"intra{self.intra_op_threads}"]
         if self.execution_mode == "parallel":
             parts.append(f"inter{self.inter_op_threads}")
@@ -97,7 +116,7 @@ class Params:
             parts.append("nospin")
         if self.io_cores:
             parts.append(f"io{self.io_cores}")
-        return "-".join(parts)
+        return "-".join(parts) + batching
 
     def to_dict(self) -> dict:
         # every field is a scalar: no deep copy (dataclasses.asdict was a study's hot spot)

@@ -117,7 +117,8 @@ def suggest_config(trial, topology: Topology, deployment: Deployment, space_name
     machine_policies = load_space(space_name, topology).choices["numa_policy"]
     params = {}
     for name, cpus in zip(deployment.names, choices[label], strict=True):
-        space = load_space(space_name, model_topology(topology, cpus, name))
+        space = load_space(space_name, model_topology(topology, cpus, name)).without_batching(
+            "a deployment's models are searched unbatched (issue 24 covers single-model studies)")
         # a part inside one node of a multi-node machine still chooses its memory policy (bind keeps
         # its memory on its node): the restricted topology alone would collapse the choice to none
         space = replace(space, choices={**space.choices, "numa_policy": machine_policies})

@@ -5,7 +5,9 @@ what was measured). The launch formats start N copies of the user's serving comm
 on the CPUs and memory nodes the plan gave worker i, with these variables set:
 
 - ``PLACETUNE_WORKER_INDEX``, ``PLACETUNE_WORKERS``, ``PLACETUNE_CONFIG`` (read by ``tuner.deploy.apply``),
-- ``PLACETUNE_INTRA_OP_THREADS``, ``PLACETUNE_INTER_OP_THREADS``, ``OMP_NUM_THREADS``.
+- ``PLACETUNE_INTRA_OP_THREADS``, ``PLACETUNE_INTER_OP_THREADS``, ``OMP_NUM_THREADS``,
+- ``PLACETUNE_MAX_BATCH``, ``PLACETUNE_BATCH_TIMEOUT_MS`` (the serving process's dynamic batching:
+  up to that many arrived requests per ``session.run``, a batch waiting at most that long for more).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def worker_env(document: dict, index: int, config_path: str) -> dict[str, str]:
         "PLACETUNE_WORKERS": str(len(the_plan.workers)),
         "PLACETUNE_CONFIG": config_path,
         "PLACETUNE_INTER_OP_THREADS": str(params.inter_op_threads),
+        "PLACETUNE_MAX_BATCH": str(params.max_batch),
+        "PLACETUNE_BATCH_TIMEOUT_MS": f"{params.batch_timeout_ms:g}",
     }
     if params.intra_op_threads:
         env["PLACETUNE_INTRA_OP_THREADS"] = str(params.intra_op_threads)
@@ -177,6 +181,8 @@ def systemd_unit(document: dict, config_path: str) -> str:
         f"Environment=PLACETUNE_WORKERS={len(workers)}",
         f"Environment=PLACETUNE_CONFIG={config_path}",
         f"Environment=PLACETUNE_INTER_OP_THREADS={params.inter_op_threads}",
+        f"Environment=PLACETUNE_MAX_BATCH={params.max_batch}",
+        f"Environment=PLACETUNE_BATCH_TIMEOUT_MS={params.batch_timeout_ms:g}",
     ]
     if params.intra_op_threads:
         template += [f"Environment=PLACETUNE_INTRA_OP_THREADS={params.intra_op_threads}",

@@ -215,7 +215,7 @@ class MachineInfo:
 
 
 def _model_from_dict(data: Mapping) -> ModelInfo:
-    _strict(data, ModelInfo, "the model", optional=("npz",))
+    _strict(data, ModelInfo, "the model", optional=("npz", "batch_model"))
     return ModelInfo.from_dict(data)
 
 

@@ -11,7 +11,9 @@ decided in ``ORDER`` (each dimension's choices depend on the ones before it):
 - ``smt``: only on a machine with SMT;
 - ``intra_op_threads``: bounded by the worker's PUs (cores, times the threads per core with SMT);
 - ``execution_mode``; ``inter_op_threads`` only in parallel mode, bounded by the worker's PUs;
-- ``spinning`` only when something can spin (more than one intra-op thread, or parallel mode).
+- ``spinning`` only when something can spin (more than one intra-op thread, or parallel mode);
+- ``max_batch`` (requests per ``session.run``); ``batch_timeout_ms`` only when ``max_batch`` > 1. A model
+  that cannot batch has both collapsed (``SearchSpace.without_batching``, with a note saying why).
 
 So every proposal is plannable (``plan`` never raises ``Infeasible``). With Optuna, integer
 dimensions are ``suggest_int`` over the conditional range (rounded to the nearest allowed choice),
@@ -25,7 +27,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,10 +39,13 @@ from tuner.machine.topology import Topology
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DIMENSIONS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads",
-              "execution_mode", "numa_policy", "spinning", "io_cores")
+              "execution_mode", "numa_policy", "spinning", "io_cores", "max_batch", "batch_timeout_ms")
 ORDER = ("io_cores", "numa_policy", "workers", "cores_per_worker", "smt", "intra_op_threads",
-         "execution_mode", "inter_op_threads", "spinning")
-INT_DIMS = frozenset({"workers", "cores_per_worker", "intra_op_threads", "inter_op_threads", "io_cores"})
+         "execution_mode", "inter_op_threads", "spinning", "max_batch", "batch_timeout_ms")
+INT_DIMS = frozenset({"workers", "cores_per_worker", "intra_op_threads", "inter_op_threads", "io_cores",
+                      "max_batch"})
+BATCH_DIMS = ("max_batch", "batch_timeout_ms")
+MAX_BATCH_AUTO = 32  # ``max_batch: {max: auto}``
 _DENSE_INT_CHOICES = 16  # up to this many integers: every one; beyond: 1, 2, 3, 4, 6, 8, 12, 16, ...
 
 Chooser = Callable[[str, tuple], object]
@@ -83,6 +88,19 @@ class SearchSpace:
     choices: dict[str, tuple]  # dimension -> outer choices (length 1 = fixed)
     shape: Shape | None = None
     log_dims: frozenset = field(default_factory=frozenset)  # integer dimensions suggested on a log scale
+    notes: tuple[str, ...] = ()  # what was collapsed and why (e.g. batching, for a model that cannot batch)
+
+    @property
+    def batching(self) -> bool:
+        """Whether some config of the space runs batches of more than one request."""
+        return max(self.choices["max_batch"]) > 1
+
+    def without_batching(self, reason: str) -> SearchSpace:
+        """This space with ``max_batch`` 1 only (and no batch timeout), ``reason`` in its notes."""
+        if not self.batching:
+            return self
+        return replace(self, choices={**self.choices, "max_batch": (1,), "batch_timeout_ms": (0.0,)},
+                       notes=(*self.notes, f"batching disabled: {reason}"))
 
     @property
     def varying(self) -> dict[str, tuple]:
@@ -118,6 +136,8 @@ class SearchSpace:
             return tuple(t for t in c[dim] if t <= pus) or (min(c[dim]),)
         if dim == "spinning" and chosen["intra_op_threads"] <= 1 and chosen["execution_mode"] != "parallel":
             return (True,)  # one intra-op thread and no inter-op pool: nothing spins
+        if dim == "batch_timeout_ms" and chosen["max_batch"] == 1:
+            return (0.0,)  # one request at a time: a worker never waits for a second
         return c[dim]
 
     def walk(self, choose: Chooser) -> tuple[dict, dict]:
@@ -197,6 +217,8 @@ class SearchSpace:
             merged["inter_op_threads"] = 1  # the inter-op pool exists only in parallel mode
             if merged.get("intra_op_threads", 1) <= 1:
                 merged["spinning"] = True  # one intra-op thread and no inter-op pool: nothing spins
+        if merged.get("max_batch", 1) == 1:
+            merged["batch_timeout_ms"] = 0.0  # one request at a time: nothing to wait for
         return Params(**merged)
 
 
@@ -245,30 +267,32 @@ def resolve(name: str, dims: dict, topology: Topology, where: str = "search spac
     cores = len(topology.cores())
     pus = len(topology.usable_cpus)
     auto = {"workers": cores, "cores_per_worker": cores, "intra_op_threads": pus,
-            "inter_op_threads": pus, "io_cores": max(0, cores - 1)}
+            "inter_op_threads": pus, "io_cores": max(0, cores - 1), "max_batch": MAX_BATCH_AUTO}
     defaults = {"workers": [1], "cores_per_worker": [1], "smt": [False], "intra_op_threads": [1],
                 "inter_op_threads": [1], "execution_mode": ["sequential"], "numa_policy": ["none"],
-                "spinning": [True], "io_cores": [0]}
+                "spinning": [True], "io_cores": [0], "max_batch": [1], "batch_timeout_ms": [0]}
     choices: dict[str, tuple] = {}
     log_dims = set()
     for dim in DIMENSIONS:
         spec = dims.get(dim, defaults[dim])
-        if isinstance(spec, dict):
+        if isinstance(spec, dict) and dim in INT_DIMS:
             try:
                 lo = int(spec.get("min", 1))
                 hi_raw = spec.get("max", "auto")
                 hi = auto[dim] if hi_raw == "auto" else int(hi_raw)
             except (TypeError, ValueError, KeyError):
                 raise UsageError(f"{where}: {dim} bounds must be integers or 'auto', got {spec}") from None
-            hi = min(hi, auto[dim]) if dim != "intra_op_threads" else hi
+            hi = min(hi, auto[dim]) if dim not in ("intra_op_threads", "max_batch") else hi
             hi = max(hi, lo)
             values = _spread(lo, hi, _landmarks(topology))
         elif isinstance(spec, list) and spec:
             values = list(spec)
         else:
-            raise UsageError(f"{where}: {dim} must be a non-empty list or {{min, max}}, got {spec!r}")
+            form = "a non-empty list or {min, max}" if dim in INT_DIMS else "a non-empty list"
+            raise UsageError(f"{where}: {dim} must be {form}, got {spec!r}")
         _validate(dim, values, where)
-        choices[dim] = tuple(sorted(dict.fromkeys(values))) if dim in INT_DIMS else tuple(dict.fromkeys(values))
+        ordered = dim in INT_DIMS or dim == "batch_timeout_ms"
+        choices[dim] = tuple(sorted(dict.fromkeys(values))) if ordered else tuple(dict.fromkeys(values))
         if dim in INT_DIMS and min(values) >= 1 and max(values) > _DENSE_INT_CHOICES:
             log_dims.add(dim)
     # collapse what this machine cannot vary
@@ -278,6 +302,8 @@ def resolve(name: str, dims: dict, topology: Topology, where: str = "search spac
         choices["numa_policy"] = ("none",)
     if choices["execution_mode"] == ("sequential",):
         choices["inter_op_threads"] = (1,)
+    if choices["max_batch"] == (1,):
+        choices["batch_timeout_ms"] = (0.0,)  # nobody waits for a second request
     space = SearchSpace(name, choices, Shape.of(topology), frozenset(log_dims))
     if not space.options("io_cores", {}):
         raise UsageError(f"{where}: no combination of this space can be planned on this topology")
@@ -309,6 +335,11 @@ def _spread(lo: int, hi: int, landmarks: set[int] = frozenset()) -> list[int]:
 
 
 def _validate(dim: str, values: list, where: str) -> None:
+    if dim == "batch_timeout_ms":
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+                raise UsageError(f"{where}: batch_timeout_ms value {v!r} must be a number of milliseconds >= 0")
+        return
     allowed = {"smt": (True, False), "spinning": (True, False), "numa_policy": NUMA_POLICIES,
                "execution_mode": EXECUTION_MODES}.get(dim)
     for v in values:

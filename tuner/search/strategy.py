@@ -195,7 +195,8 @@ def diagonal(space: SearchSpace) -> list[Params]:
     """The configs that fill the machine: for each cores-per-worker choice, as many workers as fit,
     one intra-op thread per core (the most it can have up to that), no SMT, spinning, sequential."""
     base = {"io_cores": space.options("io_cores", {})[0], "smt": False, "execution_mode": "sequential",
-            "inter_op_threads": 1, "spinning": True}
+            "inter_op_threads": 1, "spinning": True, "max_batch": min(space.choices["max_batch"])}
+    base["batch_timeout_ms"] = min(space.options("batch_timeout_ms", base))
     policies = space.choices["numa_policy"]
     base["numa_policy"] = "bind" if "bind" in policies else policies[0]
     out = []
@@ -215,13 +216,15 @@ def diagonal(space: SearchSpace) -> list[Params]:
 
 def neighbours(space: SearchSpace, params: Params) -> list[Params]:
     """Configs one step away: another choice of one dimension (the next integer choice up or down;
-    intra-op threads follow a change of cores per worker)."""
+    intra-op threads follow a change of cores per worker; the batch timeout is the next choice up or
+    down, and a batch size that starts batching starts with the shortest timeout)."""
     d = params.to_dict()
     out = []
     for dim in ("smt", "intra_op_threads", "cores_per_worker", "workers", "numa_policy", "spinning",
-                "execution_mode", "inter_op_threads", "io_cores"):  # how the CPUs are used first
+                "execution_mode", "inter_op_threads", "io_cores", "max_batch", "batch_timeout_ms"):
+        # how the CPUs are used first, then how requests are batched
         choices = space.choices[dim]
-        if dim in INT_DIMS:
+        if dim in INT_DIMS or dim == "batch_timeout_ms":
             i = choices.index(d[dim]) if d[dim] in choices else None
             others = [] if i is None else [choices[j] for j in (i - 1, i + 1) if 0 <= j < len(choices)]
         else:
@@ -230,6 +233,9 @@ def neighbours(space: SearchSpace, params: Params) -> list[Params]:
             candidate = {**d, dim: value}
             if dim == "cores_per_worker":
                 candidate["intra_op_threads"] = max(1, round(d["intra_op_threads"] * value / d[dim]))
+            if dim == "max_batch":
+                candidate["batch_timeout_ms"] = (0.0 if value == 1 else d["batch_timeout_ms"] if d[dim] > 1
+                                                 else min(space.choices["batch_timeout_ms"]))
             variants = [candidate]
             if dim == "smt" and space.shape is not None:  # SMT on: a thread on each sibling too (first)
                 per_core = space.shape.pus_per_core
@@ -274,7 +280,7 @@ def dict_distance(da: dict, db: dict) -> float:
     total = 0.0
     for dim in ORDER:
         x, y = da[dim], db[dim]
-        if dim in INT_DIMS:
+        if dim in INT_DIMS or dim == "batch_timeout_ms":  # octaves of (1 + ms) for the timeout
             total += abs(math.log2(x + 1) - math.log2(y + 1))
         elif x != y:
             total += 1.0
