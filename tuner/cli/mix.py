@@ -4,6 +4,7 @@ models sharing one server (tuner.mix). cli/main.py's optimize and export command
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -118,8 +119,9 @@ def summary(document: dict) -> str:
     race = document.get("race") or {}
     for name, r in race.get("vs_baselines", {}).items():
         lo, hi = r["ci"]
+        interval = f"{lo:.2f}-{hi:.2f}" if hi is not None and math.isfinite(hi) else "unknown"
         lines.append(f"  race: {race['best_label']} {r['ratio']:.2f}x {name} ({round(race['confidence'] * 100)}% CI "
-                     f"{lo:.2f}-{hi:.2f}, {r['rounds']} rounds)")
+                     f"{interval}, {r['rounds']} rounds)")
     if race:
         lines.append(f"race: {race['summary']}")
     if document.get("baseline"):
