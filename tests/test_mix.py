@@ -243,9 +243,11 @@ def _cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     (["optimize"], "Missing option '--model'"),
     (["optimize", "--model", "m.onnx", "--deployment", "mix.yaml"], "exclude each other"),
     (["optimize", "--deployment", "mix.yaml", "--sampler", "random", "--batch", "4"],
-     "--sampler, --batch do(es) not apply to --deployment"),
+     "--sampler, --batch do not apply to --deployment"),
     (["optimize", "--deployment", "mix.yaml", "--race-timeout", "2m"],
-     "--race-timeout do(es) not apply to --deployment"),
+     "--race-timeout does not apply to --deployment (a deployment's race runs --revalidate rounds)"),
+    (["optimize", "--deployment", "mix.yaml", "--no-screening"],
+     "--no-screening does not apply to --deployment (a deployment study does not screen)"),
 ])
 def test_model_or_deployment_usage_errors(two_models, args, message):
     done = _cli(args, two_models["dir"])

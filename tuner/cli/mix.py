@@ -31,8 +31,14 @@ def refuse_single_model_options(given: dict[str, bool]) -> None:
     ``given`` maps each such flag to whether it was given (differs from its default)."""
     used = [flag for flag, is_given in given.items() if is_given]
     if used:
-        raise UsageError(f"{', '.join(used)} do(es) not apply to --deployment (each model of a deployment is "
-                         "tuned with its own random inputs and the deployment study's TPE sampler); drop "
+        why = {"--no-screening": "a deployment study does not screen",
+               "--race-timeout": "a deployment's race runs --revalidate rounds"}
+        reasons = [why[flag] for flag in used if flag in why]
+        if any(flag not in why for flag in used):
+            reasons.insert(0, "each model of a deployment is tuned with its own random inputs and the "
+                              "deployment study's TPE sampler")
+        verb = "does" if len(used) == 1 else "do"
+        raise UsageError(f"{', '.join(used)} {verb} not apply to --deployment ({'; '.join(reasons)}); drop "
                          f"{'it' if len(used) == 1 else 'them'}")
 
 
