@@ -81,9 +81,10 @@ def test_good_p99_spellings_are_accepted():
 
 
 def assert_usage_error(done: subprocess.CompletedProcess, *needles: str) -> None:
-    """click's usual usage error: exit 2, 'Usage:' and 'Error: ...', no 'internal error'."""
+    """click's usage error: exit 2, one line with 'Error: ...' and 'Usage:', no 'internal error'."""
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Usage:" in done.stderr and "Error:" in done.stderr, done.stderr
     for needle in needles:
         assert needle in done.stderr, (needle, done.stderr)

@@ -106,6 +106,18 @@ def _unexpected(exc: Exception) -> None:
            "for the traceback)", 1)
 
 
+def _usage_error(exc: BaseException) -> None:
+    """click's usage error as one line: 'Error: ...; usage: placetune CMD [OPTIONS] (see --help)'."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    usage = ""
+    if ctx is not None:
+        usage = (f"; Usage: {ctx.command_path} {' '.join(ctx.command.collect_usage_pieces(ctx))} "
+                 f"(see '{ctx.command_path} --help')")
+    print(f"Error: {' '.join(message.split()).rstrip('.')}{usage}", file=sys.stderr)
+    sys.exit(getattr(exc, "exit_code", 2))
+
+
 def main() -> None:
     """Console-script entry point with the one-line error policy: bad command lines exit 2 with
     click's usage message (no arguments at all: the help, exit 2), a PlacetuneError is one line."""
@@ -130,12 +142,8 @@ def main() -> None:
         _interrupted()
     except _exits() as exc:
         sys.exit(exc.exit_code)
-    except _parse_errors() as exc:  # click's usage errors: its usual message, its exit code (2)
-        if hasattr(exc, "show"):
-            exc.show()
-        else:
-            print(f"Error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except _parse_errors() as exc:  # click's usage errors: its message and exit code (2), on one line
+        _usage_error(exc)
     except Exception as exc:  # the unexpected
         if _state["debug"]:
             raise

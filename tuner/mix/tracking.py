@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from tuner.errors import PlacetuneError
 from tuner.mix.records import MixResult, finite
-from tuner.results.tracking import HTTP_SETTINGS, QUIET_SETTINGS, mlflow_settings
+from tuner.results.tracking import HTTP_SETTINGS, QUIET_SETTINGS, mlflow_settings, quiet_mlflow_logs
 
 MODEL_METRICS = ("throughput", "offered_rate", "p50_ms", "p99_ms", "capacity", "cpu_util")
 
@@ -46,6 +46,7 @@ class MixTracker:
     def _start(self, study_name: str, deployment: dict) -> None:
         from mlflow.tracking import MlflowClient
 
+        quiet_mlflow_logs()
         self._client = MlflowClient(tracking_uri=self.uri)
         found = self._client.get_experiment_by_name(self.experiment)
         self._experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)

@@ -36,6 +36,15 @@ HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TI
 QUIET_SETTINGS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
+def quiet_mlflow_logs() -> None:
+    """MLflow's own INFO lines (a new store creating its tables) are not placetune's output: only
+    its warnings and errors reach stderr. Call after importing mlflow (its import sets the level)."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def default_uri(storage_url: str) -> str:
     """A local MLflow store beside the Optuna storage: ``mlflow.db`` next to a SQLite study file,
     else in the working directory."""
@@ -120,6 +129,7 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            quiet_mlflow_logs()
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
