@@ -306,7 +306,7 @@ def summarize(strategy: str, budget: int, runs: list[dict], best: float, fidelit
 def replay(topology: Topology, oracle: Oracle, budget: int, seeds: int, strategies: tuple[str, ...],
            space_name: str = "default", fidelity: Fidelity = Fidelity()) -> list[dict]:
     """Every strategy over ``seeds`` seeds; one summary per strategy."""
-    space = load_space(space_name, topology)
+    space = load_space(space_name, topology).without_batching("the replay oracles do not model batching")
     best = true_best(space, topology, oracle)
     run = replayers(fidelity)
     return [summarize(name, budget, [run[name](space, topology, oracle, budget, seed) for seed in range(seeds)],

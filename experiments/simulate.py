@@ -63,10 +63,17 @@ class Setup:
     dependence: str = "clusters"  # MeasureSettings.dependence: how a pass accounts for correlated latencies
 
 
+def sim_space(topology: Topology):
+    """The default space without batching: the simulated fleet serves one request per service
+    time whatever ``max_batch`` says, so a batched config would be an unbatched one counted again."""
+    from tuner.search.space import load_space
+
+    return load_space("default", topology).without_batching("the simulator does not model batching")
+
+
 def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
     """One default study and its race on a fresh simulated machine; the raw facts to score."""
     from tuner.bench.measure import MeasureSettings, measure
-    from tuner.search.space import load_space
     from tuner.search.study import StudyConfig
 
     topology = topology or machines.load(setup.machine)
@@ -86,7 +93,7 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
         try:
             settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed,
                                        dependence=setup.dependence)
-            cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=load_space("default", topology),
+            cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=sim_space(topology),
                               settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
                               n_trials=setup.n_trials, lock_wait_s=0.0)
             race = optimize_in_memory(cfg, measure_fn, setup.race_k, Path(tmp) / "best_config.json")
@@ -229,12 +236,11 @@ def _one(args: tuple[Setup, int]) -> dict:
 
 def simulate(setup: Setup, seeds: int, jobs: int = 1) -> dict:
     """Every seed (``jobs`` processes at once), scored."""
-    from tuner.search.space import load_space
     from tuner.search.study import baselines
 
     began = time.monotonic()
     topology = machines.load(setup.machine)
-    candidates = [p for _, p in load_space("default", topology).configurations()] + [p for _, p in baselines(topology)]
+    candidates = [p for _, p in sim_space(topology).configurations()] + [p for _, p in baselines(topology)]
     _, best = best_of(candidates, topology, PRESETS[setup.noise], BOUND_S)
     work = [(setup, seed) for seed in range(seeds)]
     if jobs > 1:

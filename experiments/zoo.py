@@ -77,7 +77,7 @@ def calibrate(info, topo, window_s: float) -> dict:
 def run_one(name: str, info, topo, bound_name: str, bound_ms: float, trials: int, window_s: float, sampler: str,
             seed: int, storage: str, out: Path, calib: dict) -> dict:
     settings = MeasureSettings(scenario="server", p99_bound_s=bound_ms / 1000, window_s=window_s, seed=seed)
-    space = load_space("default", topo)
+    space = load_space("default", topo).without_batching("the zoo benchmark compares placements")
     cfg = StudyConfig(model=info, topology=topo, space=space, settings=settings, storage=storage,
                       study_name=f"{name}-{bound_name}", sampler=sampler, seed=seed, n_trials=trials)
     began = time.monotonic()
@@ -116,7 +116,7 @@ def run_one(name: str, info, topo, bound_name: str, bound_ms: float, trials: int
 # ---- sample efficiency ---------------------------------------------------------------------------
 def grid_table(info, topo, bound_ms: float, window_s: float, storage: str, name: str) -> dict:
     """Every plannable point of the default space (and the baselines), measured once."""
-    space = load_space("default", topo)
+    space = load_space("default", topo).without_batching("the zoo benchmark compares placements")
     settings = MeasureSettings(scenario="server", p99_bound_s=bound_ms / 1000, window_s=window_s, seed=0)
     cfg = StudyConfig(model=info, topology=topo, space=space, settings=settings, storage=storage,
                       study_name=f"{name}-grid", sampler="grid", seed=0, n_trials=space.size() + 8)

@@ -129,7 +129,8 @@ def _two_core_config(tmp_path, n_trials: int | None = 50) -> StudyConfig:
     from tuner.bench.measure import MeasureSettings
 
     topo = fixture_topology(next(p for p in fixture_dirs() if p.name.startswith("2arm")))
-    return StudyConfig(model=ORACLE_MODEL, topology=topo, space=load_space("default", topo),
+    space = load_space("default", topo).without_batching("the replay oracle does not model batching")
+    return StudyConfig(model=ORACLE_MODEL, topology=topo, space=space,
                        settings=MeasureSettings(p99_bound_s=0.05), storage=f"sqlite:///{tmp_path / 'study.db'}",
                        study_name="app", seed=0, n_trials=n_trials, lock_wait_s=60)
 

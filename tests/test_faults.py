@@ -94,7 +94,10 @@ def test_a_worker_over_its_memory_limit_fails_trials_then_the_study_resumes(tmp_
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err + out
     assert "3 trials in a row failed" in err and "out of memory" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    # the hog's output does not keep the batch: the study says once that it searches without batching
+    lines = err.strip().splitlines()
+    notes = [line for line in lines if line.startswith("placetune: warning: batching disabled: model hog")]
+    assert len(notes) == 1 and len([line for line in lines if line not in notes]) == 1, err
     failed = [t for t in study_of(tmp_path).trials if t.state.name == "FAIL"]
     assert len(failed) == 3 and all("memory" in t.user_attrs["fail_reason"] for t in failed)
     assert not mine()

@@ -161,7 +161,8 @@ def _oracle_config(tmp_path, machine: str, n_trials: int | None, sampler: str = 
     from tuner.search.study import StudyConfig
 
     topo = fixture_topology(next(p for p in FIXTURES if p.name.startswith(machine)))
-    return StudyConfig(model=ORACLE_MODEL, topology=topo, space=load_space("default", topo),
+    space = load_space("default", topo).without_batching("the replay oracle does not model batching")
+    return StudyConfig(model=ORACLE_MODEL, topology=topo, space=space,
                        settings=MeasureSettings(p99_bound_s=0.05), storage=f"sqlite:///{tmp_path / 'study.db'}",
                        study_name="oracle", sampler=sampler, seed=0, n_trials=n_trials, lock_wait_s=60)
 
