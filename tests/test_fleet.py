@@ -35,7 +35,7 @@ def tuner(cpu: int | None, workdir: Path, model: str, storage: str, *extra: str)
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return subprocess.Popen(
         [*prefix, *CLI, "optimize", "--model", model, "--p99", "2s", "--window", "0.3s", "--revalidate", "0",
-         "--storage", storage, "--study-name", "fleet", "--heartbeat", "2s", *extra],
+         "--space", "placement", "--storage", storage, "--study-name", "fleet", "--heartbeat", "2s", *extra],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
