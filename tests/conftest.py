@@ -49,6 +49,20 @@ def fixture_dirs() -> list[Path]:
     return roots
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the README's test command runs ``-n 2``) each worker gets a temporary
+    folder of its own as TMPDIR, for itself and every tuner it starts: the host lock
+    (``tuner.search.locks.HostLock``, in the temporary folder) then keeps one tuner per CPU set *per
+    worker*. The lock tests (test_faults) still meet their own tuners' locks; tests in the other
+    worker measure at the same time, which only makes their (never asserted) timings noisier."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        own = tempfile.TemporaryDirectory(prefix=f"placetune-tests-{worker}-")
+        _extracted_roots.append(own)  # removed when the worker's interpreter exits
+        os.environ["TMPDIR"] = own.name
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
 _cache: dict[Path, Topology] = {}
 
 

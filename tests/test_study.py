@@ -48,7 +48,7 @@ def _load(workdir: Path) -> optuna.Study:
 
 
 def test_a_short_real_study_runs_baselines_and_writes_a_config_that_remeasures(tmp_path, model_path):
-    proc = _optimize(tmp_path, model_path, 5)
+    proc = _optimize(tmp_path, model_path, 5, ["--race-timeout", "10s"])  # 2 rounds: a race, not its length
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
     study = _load(tmp_path)

@@ -45,7 +45,8 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
                                                  "a resumed study measures only the rest.")] = 20,
     timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long, "
                                                 "e.g. 10m.")] = None,
-    space: Annotated[str, typer.Option("--space", help="default | latency | throughput | a YAML path.")] = "default",
+    space: Annotated[str, typer.Option("--space", help="default | placement (no batching) | latency | throughput "
+                                                       "| a YAML path.")] = "default",
     sampler: Annotated[str, typer.Option("--sampler", help="tpe | nsga2 | random | grid")] = "tpe",
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed.")] = None,
     scenario: ScenarioOpt = "server",
