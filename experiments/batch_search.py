@@ -7,11 +7,13 @@ For each case (model and P99 bound) two studies run, with the same budget and se
 real CLI (``placetune optimize``, no race, no MLflow): the *unbatched* arm searches
 ``search_spaces/placement.yaml`` (batching off), the *batched* arm the default space with
 ``max_batch`` restricted to 2..32 (every batch timeout). Each arm's winner is its best feasible
-searched config (in the batched arm: with ``max_batch > 1``; the baselines, which every study
-measures, do not batch). The two winners then race in interleaved rotating rounds
-(``tuner.search.race.race``, the final race of ``optimize``: 3 to 6 rounds, until the 95% interval
-of the ratio is settled, or the time limit), measured with the studies' settings and a fresh seed
-each time; the result is batched/unbatched throughput with Fieller's 95% interval.
+searched config (in the batched arm: with ``max_batch > 1``; the baselines do not batch: the
+unbatched arm measures them and the batched study starts with copies of those trials, so its
+``--n-trials`` all go to batched configs; ``--arm-timeout`` bounds each arm's wall time). The two
+winners then race in interleaved rotating rounds (``tuner.search.race.race``, the final race of
+``optimize``: 3 to 6 rounds, until the 95% interval of the ratio is settled, or the time limit),
+measured with the studies' settings and a fresh seed each time; the result is batched/unbatched
+throughput with Fieller's 95% interval.
 
 Kept in OUT: ``studies.db`` (both arms' Optuna studies, every trial), ``CASE-ARM.log`` (each
 optimize run's output), ``race.jsonl`` (every race measurement's full result) and ``summary.json``
@@ -68,12 +70,30 @@ def batched_space(out: Path, batches: list[int]) -> Path:
     return path
 
 
-def run_arm(args, model: str, bound: str, arm: str, space: str, storage: str) -> tuple[int, float]:
+def copy_baselines(storage: str, source: str, target: str) -> int:
+    """Start study ``target`` with the baseline trials ``source`` measured (values, results,
+    attributes; no sampler params): the baselines do not batch, so the batched arm would measure them
+    again only to discard them. A ``target`` that already has trials (a re-run) is left as it is.
+    Returns how many copies ``target`` holds."""
+    src = optuna.load_study(study_name=source, storage=storage)
+    dst = optuna.create_study(study_name=target, storage=storage, directions=["maximize", "minimize"],
+                              load_if_exists=True)
+    if not dst.get_trials(deepcopy=False):
+        for t in src.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("baseline") and "result" in t.user_attrs:
+                dst.add_trial(optuna.trial.create_trial(values=t.values, system_attrs=t.system_attrs,
+                                                        user_attrs={**t.user_attrs, "copied_from": source}))
+    return sum(1 for t in dst.get_trials(deepcopy=False) if "copied_from" in t.user_attrs)
+
+
+def run_arm(args, model: str, bound: str, arm: str, space: str, storage: str,
+            n_trials: int) -> tuple[int, float]:
     name = f"{_slug(model, bound)}-{arm}"
     cmd = [*shlex.split(args.placetune), "optimize", "--model", model, "--p99", bound, "--space", space,
-           "--n-trials", str(args.n_trials), "--window", args.window, "--confidence", str(args.confidence),
+           "--n-trials", str(n_trials), "--window", args.window, "--confidence", str(args.confidence),
            "--seed", str(args.seed), "--storage", storage, "--study-name", name, "--no-mlflow",
-           "--revalidate", "0", "--out", str(args.out / f"{name}.json")]
+           "--revalidate", "0", "--out", str(args.out / f"{name}.json"),
+           *(["--timeout", args.arm_timeout] if args.arm_timeout else [])]
     began = time.monotonic()
     with (args.out / f"{name}.log").open("a") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
@@ -95,7 +115,9 @@ def arm_winner(storage: str, name: str, batched: bool) -> tuple[optuna.trial.Fro
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", required=True, help="MODEL:BOUND, e.g. onnx:squeezenet:200ms")
-    parser.add_argument("--n-trials", type=int, default=10, help="configs each arm's study measures")
+    parser.add_argument("--n-trials", type=int, default=10,
+                        help="configs each arm's study measures (the batched arm: besides the baselines)")
+    parser.add_argument("--arm-timeout", default="", help="stop starting an arm's trials after this, e.g. 10m")
     parser.add_argument("--window", default="2s")
     parser.add_argument("--confidence", type=float, default=0.95, help="of each window's P99 verdict")
     parser.add_argument("--seed", type=int, default=0)
@@ -119,7 +141,8 @@ def main() -> None:
     summary = {"command": shlex.join([sys.executable, "-m", "experiments.batch_search", *sys.argv[1:]]),
                "machine": {"hostname": platform.node(), "cpus": len(os.sched_getaffinity(0)),
                            "load_avg_at_start": os.getloadavg()},
-               "settings": {"n_trials": args.n_trials, "window": args.window, "confidence": args.confidence,
+               "settings": {"n_trials": args.n_trials, "arm_timeout": args.arm_timeout or None,
+                            "window": args.window, "confidence": args.confidence,
                             "batches": batches, "race": [args.race_min_rounds, args.race_max_rounds,
                                                          args.race_timeout]},
                "cases": []}
@@ -129,9 +152,13 @@ def main() -> None:
         winners: dict[str, Entrant] = {}
         for arm in ARMS:
             name = f"{_slug(model, bound)}-{arm}"
-            rc, wall = run_arm(args, model, bound, arm, spaces[arm], storage)
+            copied = 0
+            if arm == "batched":
+                copied = copy_baselines(storage, f"{_slug(model, bound)}-unbatched", name)
+            rc, wall = run_arm(args, model, bound, arm, spaces[arm], storage, args.n_trials + copied)
             best, measured = arm_winner(storage, name, batched=(arm == "batched"))
-            entry = {"study": name, "rc": rc, "wall_s": round(wall, 1), "measured": measured}
+            entry = {"study": name, "rc": rc, "wall_s": round(wall, 1), "measured": measured - copied,
+                     "baselines_copied": copied}
             if best is not None:
                 res = result_of(best)
                 entry.update(label=best.user_attrs.get("label"), throughput=res.throughput, p99_ms=res.p99_ms,

@@ -186,7 +186,7 @@ def test_mlflow_dying_mid_study_warns_once_and_the_study_completes(tmp_path, mod
     server, port = start_mlflow_server(tmp_path)
     try:
         proc = subprocess.Popen(
-            [*CLI, "optimize", "--model", model_path, "--p99", "2s", "--n-trials", "4", "--window", "0.3s",
+            [*CLI, "optimize", "--model", model_path, "--p99", "2s", "--n-trials", "3", "--window", "0.3s",
              "--revalidate", "0", "--mlflow-uri", f"http://127.0.0.1:{port}"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         for line in proc.stdout:
@@ -200,7 +200,7 @@ def test_mlflow_dying_mid_study_warns_once_and_the_study_completes(tmp_path, mod
         server.wait(timeout=30)
     assert proc.returncode == 0, err + out
     assert err.count("unreachable") == 1 and "placetune log" in err
-    assert len(counted(study_of(tmp_path))) == 4
+    assert len(counted(study_of(tmp_path))) == 3
 
 
 def _window(service_p50: float, service_p99: float) -> WindowResult:
