@@ -285,3 +285,17 @@ def test_export_of_a_config_that_is_not_one(files):
     assert_one_line(done, 2, "not a placetune config")
     done = run(["export", "--format", "helm", "--config", str(files["dir"] / "cfg.json")], files["dir"])
     assert_one_line(done, 2, "--format")
+
+
+def test_plan_takes_smt_on_or_off_like_measure(files):
+    from tests.conftest import fixture_dirs
+
+    root = next(r for r in fixture_dirs() if r.name == "16em64t-4s2c2t")  # 2 PUs per core
+    got = {}
+    for value in ("on", "off"):
+        done = run(["plan", "--workers", "2", "--cores-per-worker", "2", "--smt", value, "--fsroot", str(root),
+                    "--json"], files["dir"])
+        assert done.returncode == 0, done.stderr
+        got[value] = [len(w["cpus"]) for w in json.loads(done.stdout)["workers"]]
+    assert got == {"on": [4, 4], "off": [2, 2]}
+    assert_one_line(run(["plan", "--smt", "yes", "--fsroot", str(root)], files["dir"]), 2, "--smt", "on or off")

@@ -54,7 +54,7 @@ def topology(
 def plan_command(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     cores_per_worker: Annotated[int, typer.Option(help="Physical cores per worker.")] = 1,
-    smt: Annotated[bool, typer.Option("--smt/--no-smt", help="Use every SMT sibling of a core.")] = False,
+    smt: Annotated[str, typer.Option(help="on | off: use every SMT sibling of a core (as in measure).")] = "off",
     numa_policy: Annotated[str, typer.Option(help="none | bind | interleave | preferred")] = "none",
     io_cores: Annotated[int, typer.Option(help="Cores kept for the load generator.")] = 0,
     fsroot: FsRoot = None,
@@ -64,9 +64,11 @@ def plan_command(
     """Show the placement a config gets on a topology, without running anything.
 
     Example: $ placetune plan --workers 2 --cores-per-worker 1 --numa-policy bind
+
+    Example: $ placetune plan --workers 4 --cores-per-worker 2 --smt on --json
     """
     topo = get_topology(fsroot, topology_file)
-    params = Params(workers=workers, cores_per_worker=cores_per_worker, smt=smt,
+    params = Params(workers=workers, cores_per_worker=cores_per_worker, smt=_on_off(smt, "--smt"),
                     numa_policy=numa_policy, io_cores=io_cores)
     result = plan(topo, params)
     if as_json:
