@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -98,8 +99,25 @@ def run_arm(args, model: str, bound: str, arm: str, space: str, storage: str,
     with (args.out / f"{name}.log").open("a") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"}).returncode
+        rc = run_child(cmd, log, {**os.environ, "COLUMNS": "120"})
     return rc, time.monotonic() - began
+
+
+def run_child(cmd: list[str], log, env: dict[str, str], grace_s: float = 60.0) -> int:
+    """Run one optimize and wait for it. Stopped (Ctrl-C, or SIGTERM once ``main`` has turned it into
+    SystemExit), this script passes SIGTERM on and waits up to ``grace_s`` for the tuner to fail its
+    trial and stop its workers (then SIGKILL): no tuner or worker outlives the benchmark."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def arm_winner(storage: str, name: str, batched: bool) -> tuple[optuna.trial.FrozenTrial | None, int]:
@@ -129,6 +147,7 @@ def main() -> None:
                         help="how to run the CLI")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # run_child stops its tuner
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     cases = [_case(c) for c in args.case]

@@ -57,3 +57,36 @@ def test_the_batched_space_is_the_default_one_with_only_batches_above_1(tmp_path
     assert data["dimensions"]["max_batch"] == [2, 8]
     assert {k: v for k, v in data["dimensions"].items() if k != "max_batch"} == {
         k: v for k, v in default["dimensions"].items() if k != "max_batch"}
+
+
+def test_a_stopped_benchmark_stops_its_tuner_first(tmp_path):
+    """SIGTERM to the benchmark reaches the optimize it is waiting for, which exits before it does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    child = tmp_path / "child.py"
+    child.write_text("import pathlib, signal, sys, time\n"
+                     "signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path(sys.argv[1]).write_text('term'), "
+                     "sys.exit(0)))\n"
+                     "pathlib.Path(sys.argv[2]).write_text('up')\n"
+                     "time.sleep(60)\n")
+    wrapper = ("import signal, sys\n"
+               "from experiments.batch_search import run_child\n"
+               "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))\n"
+               f"run_child([sys.executable, {str(child)!r}, {str(tmp_path / 'got')!r}, {str(tmp_path / 'up')!r}],"
+               " None, dict(__import__('os').environ))\n")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper], cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "up").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kids = psutil.Process(proc.pid).children()
+    assert len(kids) == 1
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert (tmp_path / "got").read_text() == "term"
+    assert not psutil.pid_exists(kids[0].pid) or kids[0].status() == psutil.STATUS_ZOMBIE
