@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
     (``tuner.search.locks.HostLock``, in the temporary folder) then keeps one tuner per CPU set *per
     worker*. The lock tests (test_faults) still meet their own tuners' locks; tests in the other
     worker measure at the same time, which only makes their (never asserted) timings noisier."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started as a background job (``bash .ci/run &``, nohup), the suite inherits SIGINT ignored, and
+        # so would every tuner it starts: the Ctrl-C tests would then see their SIGINT ignored. A
+        # caught signal is reset to its default in an exec'd child, so the tuners get Python's own.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         own = tempfile.TemporaryDirectory(prefix=f"placetune-tests-{worker}-")
