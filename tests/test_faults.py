@@ -73,14 +73,14 @@ def test_a_worker_killed_mid_window_fails_its_trial_and_the_study_goes_on(tmp_pa
 
 
 def test_a_hung_worker_is_detected_and_its_trial_failed(tmp_path, model_path):
-    proc = optimize(tmp_path, model_path, 3, "--hang-timeout", "3s")
+    proc = optimize(tmp_path, model_path, 2, "--hang-timeout", "3s")
     victims = wait_for_server_window(proc)
     victims[0].send_signal(signal.SIGSTOP)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err + out
     failed = [t for t in study_of(tmp_path).trials if t.state.name == "FAIL"]
     assert len(failed) == 1 and "hung or stopped" in failed[0].user_attrs["fail_reason"]
-    assert len(counted(study_of(tmp_path))) == 3
+    assert len(counted(study_of(tmp_path))) == 2  # the study went on past the hung trial
     assert no_process_left([v.pid for v in victims]) and not mine()
 
 
