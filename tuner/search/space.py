@@ -37,7 +37,9 @@ from tuner.errors import Infeasible, UsageError
 from tuner.machine.placement import EXECUTION_MODES, NUMA_POLICIES, Params, plan
 from tuner.machine.topology import Topology
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The YAML spaces ship inside the package (package data), so an installed wheel finds them; the
+# top-level ``search_spaces/`` of a checkout is a link to this folder.
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 DIMENSIONS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads",
               "execution_mode", "numa_policy", "spinning", "io_cores", "max_batch", "batch_timeout_ms")
 ORDER = ("io_cores", "numa_policy", "workers", "cores_per_worker", "smt", "intra_op_threads",
