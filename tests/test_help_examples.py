@@ -1,7 +1,7 @@
-"""Every example shown in a command's --help and in README.md's shell blocks parses as written:
-the command exists, every option it uses exists and every value has the option's type (click's
-own parser, ``make_context``, without running anything), so the examples cannot drift from the
-options."""
+"""Every example shown in a command's --help and in the shell blocks of README.md, docs/*.md and
+experiments/README.md parses as written: the command exists, every option it uses exists and every
+value has the option's type (click's own parser, ``make_context``, without running anything), so the
+examples cannot drift from the options."""
 
 from __future__ import annotations
 
@@ -38,17 +38,34 @@ def help_examples() -> list[str]:
             for m in re.finditer(r"\$ (placetune [^\n]+)", cmd.help or "")]
 
 
-def readme_examples() -> list[str]:
-    """Every placetune command line in README.md's bash blocks (continuation lines joined)."""
-    text = (ROOT / "README.md").read_text()
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "experiments" / "README.md"]
+
+
+def shell_examples(path: Path) -> list[str]:
+    """Every placetune command line in a markdown file's shell blocks (bash, sh, shell, console;
+    continuation lines joined). Lines that run something else (pip, mlflow, sudo, python, bash
+    scripts) are left out."""
+    text = path.read_text()
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             for part in re.split(r"&&|;", line.split("#")[0] if line.lstrip().startswith("#") else line):
                 found = re.search(r"(?:^|\s|/)(placetune (?!\[)\S.*)", part)
                 if found and not part.strip().startswith(("pip", "mlflow", "sudo")):
                     lines.append(found.group(1).strip())
     return lines
+
+
+def readme_examples() -> list[str]:
+    """Every placetune command line in README.md's shell blocks."""
+    return shell_examples(ROOT / "README.md")
+
+
+def doc_examples() -> list[tuple[str, str]]:
+    """(file, example) for every placetune command line in README.md, docs/*.md and
+    experiments/README.md."""
+    return [(str(path.relative_to(ROOT)), example) for path in DOC_FILES if path.is_file()
+            for example in shell_examples(path)]
 
 
 def parse(example: str) -> None:
@@ -72,12 +89,21 @@ def test_every_command_shows_an_example():
             assert f"$ placetune {name}" in (cmd.help or ""), f"placetune {name} --help has no example"
 
 
-def test_the_readme_has_examples_to_check():
-    assert len(readme_examples()) >= 8, readme_examples()
+def test_the_docs_have_examples_to_check():
+    missing = [str(path.relative_to(ROOT)) for path in DOC_FILES if not path.is_file()]
+    assert not missing, f"documentation files missing: {missing}"
+    assert len(DOC_FILES) >= 8, "docs/ should hold the manual's pages"
+    assert len(readme_examples()) >= 4, readme_examples()
+    assert len(doc_examples()) >= 15, doc_examples()
 
 
-@pytest.mark.parametrize("example", help_examples() + readme_examples())
-def test_an_example_parses_as_written(example):
+@pytest.mark.parametrize("example", help_examples())
+def test_a_help_example_parses_as_written(example):
+    parse(example)
+
+
+@pytest.mark.parametrize(("where", "example"), doc_examples(), ids=[f"{w}: {e}" for w, e in doc_examples()])
+def test_a_doc_example_parses_as_written(where, example):
     parse(example)
 
 
