@@ -6,6 +6,8 @@ on the CPUs and memory nodes the plan gave worker i, with these variables set:
 
 - ``PLACETUNE_WORKER_INDEX``, ``PLACETUNE_WORKERS``, ``PLACETUNE_CONFIG`` (read by ``tuner.deploy.apply``),
 - ``PLACETUNE_INTRA_OP_THREADS``, ``PLACETUNE_INTER_OP_THREADS``, ``OMP_NUM_THREADS``,
+- ``ORT_INTRA_OP_NUM_THREADS`` / ``ORT_INTER_OP_NUM_THREADS`` only where the onnxruntime the config was
+  measured with reads them (``ort_reads_thread_env``; docs/export.md has the evidence),
 - ``PLACETUNE_MAX_BATCH``, ``PLACETUNE_BATCH_TIMEOUT_MS`` (the serving process's dynamic batching:
   up to that many arrived requests per ``session.run``, a batch waiting at most that long for more).
 """
@@ -13,6 +15,7 @@ on the CPUs and memory nodes the plan gave worker i, with these variables set:
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import yaml
@@ -71,7 +74,68 @@ def worker_env(document: dict, index: int, config_path: str) -> dict[str, str]:
     if params.intra_op_threads:
         env["PLACETUNE_INTRA_OP_THREADS"] = str(params.intra_op_threads)
         env["OMP_NUM_THREADS"] = str(params.intra_op_threads)
+    return {**env, **ort_thread_env(document)}
+
+
+# onnxruntime sizes a session's thread pools from ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS
+# when its SessionOptions leave the count unset (microsoft/onnxruntime PR #29688, merged 2026-07-13;
+# seen in 1.32.0: the names in libonnxruntime.so beside thread_utils' strings, and a session without
+# intra_op_num_threads started 4 pool threads under ORT_INTRA_OP_NUM_THREADS=5). Earlier releases
+# ignore both. 1.32 is the first version checked, so the variables are emitted from it on only.
+ORT_THREAD_ENV_SINCE = (1, 32)
+
+
+def measured_onnxruntime(document: dict) -> str:
+    """The onnxruntime version the config was measured with, else the installed one ("" if neither
+    is known). The installed one is read from package metadata: importing onnxruntime is not needed."""
+    version = (document.get("machine") or {}).get("onnxruntime") or ""
+    if not version:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("onnxruntime")
+        except PackageNotFoundError:
+            version = ""
+    return str(version)
+
+
+def ort_reads_thread_env(document: dict) -> bool:
+    """Does the onnxruntime of ``document`` (``measured_onnxruntime``) read ORT_*_NUM_THREADS?"""
+    found = re.match(r"(\d+)\.(\d+)", measured_onnxruntime(document))
+    return bool(found) and (int(found[1]), int(found[2])) >= ORT_THREAD_ENV_SINCE
+
+
+def ort_thread_env(document: dict) -> dict[str, str]:
+    """ORT_INTRA_OP_NUM_THREADS (a set intra-op count) and ORT_INTER_OP_NUM_THREADS (parallel execution
+    only: a sequential session has no inter-op pool), where that onnxruntime reads them; else none."""
+    params, _ = placement(document)
+    env = {}
+    if ort_reads_thread_env(document):
+        if params.intra_op_threads:
+            env["ORT_INTRA_OP_NUM_THREADS"] = str(params.intra_op_threads)
+        if params.execution_mode == "parallel" and params.inter_op_threads:
+            env["ORT_INTER_OP_NUM_THREADS"] = str(params.inter_op_threads)
     return env
+
+
+def ort_env_note(document: dict) -> list[str]:
+    """Comment lines (without the comment mark) saying which thread-count variables ONNX Runtime reads."""
+    version = measured_onnxruntime(document)
+    since = ".".join(map(str, ORT_THREAD_ENV_SINCE))
+    instead = ["the counts reach ONNX Runtime through tuner.deploy.apply() (from the config) or your server",
+               "reading PLACETUNE_INTRA_OP_THREADS / PLACETUNE_INTER_OP_THREADS."]
+    if ort_reads_thread_env(document):
+        head = [f"ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS (onnxruntime {version} reads them; releases",
+                f"before {since} may not) size a session's thread pools only where its SessionOptions leave the count",
+                "unset; tuner.deploy.apply() sets the counts itself, from the config."]
+    elif version:
+        head = [f"No ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS: onnxruntime {version} is older than {since},",
+                "the first version checked to read them;", *instead]
+    else:
+        head = ["No ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS: the config records no onnxruntime version",
+                f"and none is installed ({since} is the first version checked to read them);", *instead]
+    return head + ["ONNX Runtime does not read OMP_NUM_THREADS: it is set for OpenMP/BLAS libraries in the server."]
 
 
 def numactl_args(worker: WorkerSpec, pinned: bool) -> list[str]:
@@ -102,6 +166,7 @@ def numactl_script(document: dict, config_path: str) -> str:
         "# PLACETUNE_WORKER_INDEX, PLACETUNE_CONFIG and thread-count variables set; in Python,",
         "# tuner.deploy.apply() reads them and returns the measured ONNX Runtime session options.",
         "# Ctrl-C or SIGTERM stops every worker; the script exits when all workers have exited.",
+        *(f"# {line}" for line in ort_env_note(document)),
         "set -euo pipefail",
         'if [ "$#" -eq 0 ]; then echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; fi',
         f"export PLACETUNE_CONFIG=\"${{PLACETUNE_CONFIG:-{config_path}}}\"",
@@ -143,7 +208,7 @@ def env_file(document: dict, config_path: str) -> str:
     params, the_plan = placement(document)
     common = worker_env(document, 0, config_path)
     common.pop("PLACETUNE_WORKER_INDEX")
-    lines = [f"# {_summary(document)}"]
+    lines = [f"# {_summary(document)}", *(f"# {line}" for line in ort_env_note(document))]
     lines += [f"{k}={shlex.quote(v)}" for k, v in common.items()]
     for w in the_plan.workers:
         i = w.index
@@ -177,16 +242,12 @@ def systemd_unit(document: dict, config_path: str) -> str:
         "Type=simple",
         f"# worker %i listens on {BASE_PORT} + %i (systemd specifiers do no arithmetic: the shell does it)",
         f"ExecStart=/bin/sh -c 'exec /usr/local/bin/your-server --port $$(({BASE_PORT} + %i))'",
+        *(f"# {line}" for line in ort_env_note(document)),
         "Environment=PLACETUNE_WORKER_INDEX=%i",
-        f"Environment=PLACETUNE_WORKERS={len(workers)}",
-        f"Environment=PLACETUNE_CONFIG={config_path}",
-        f"Environment=PLACETUNE_INTER_OP_THREADS={params.inter_op_threads}",
-        f"Environment=PLACETUNE_MAX_BATCH={params.max_batch}",
-        f"Environment=PLACETUNE_BATCH_TIMEOUT_MS={params.batch_timeout_ms:g}",
     ]
-    if params.intra_op_threads:
-        template += [f"Environment=PLACETUNE_INTRA_OP_THREADS={params.intra_op_threads}",
-                     f"Environment=OMP_NUM_THREADS={params.intra_op_threads}"]
+    common = worker_env(document, 0, config_path)
+    common.pop("PLACETUNE_WORKER_INDEX")
+    template += [f"Environment={k}={v}" for k, v in common.items()]
     template += ["Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
     files.append(("placetune@.service", "\n".join(template)))
     for w in workers:
@@ -235,6 +296,7 @@ def docker_script(document: dict, config_path: str) -> str:
         f"# or mount it: DOCKER_OPTS='-v $PWD/best_config.json:{config_path}:ro')",
         "# Docker binds CPUs (--cpuset-cpus) and memory nodes (--cpuset-mems, i.e. bind); it cannot",
         "# interleave or prefer: those policies become a bind to the same nodes.",
+        *(f"# {line}" for line in ort_env_note(document)),
         "set -euo pipefail",
         'if [ "$#" -eq 0 ]; then echo "usage: $0 IMAGE [COMMAND...]" >&2; exit 2; fi',
         'IMAGE="$1"; shift',
@@ -276,6 +338,7 @@ def k8s_fragment(document: dict, config_path: str) -> str:
         "# SMT siblings (set the policy option full-pcpus-only for whole cores), and memory policy",
         "# (use the topology manager, --topology-manager-policy=single-numa-node, to keep each",
         "# container's CPUs and memory on one NUMA node; interleave cannot be expressed).",
+        *(f"# {line}" for line in ort_env_note(document)),
         "# Measured placement: " + "; ".join(
             f"worker {w.index} cpus {format_cpulist(w.cpus) or 'any'} mem {w.mem_policy} "
             f"{format_cpulist(w.mem_nodes)}".rstrip() for w in workers),
