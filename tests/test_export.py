@@ -114,6 +114,9 @@ def test_systemd_template_and_drop_ins_have_the_placement_keys(multi_node_docume
 def test_k8s_fragment_is_yaml_with_integer_cpus_requests_equal_limits(multi_node_document):
     text = export.render(multi_node_document, "k8s")
     assert "cannot express" in text
+    for needed in ("cpuManagerPolicy: static", "topologyManagerPolicy: single-numa-node", "memoryManagerPolicy: Static",
+                   "Guaranteed QoS", "shared CPUs"):  # the kubelet settings, and what a pod gets without them
+        assert needed in text, needed
     spec = yaml.safe_load(text)["spec"]
     workers = multi_node_document["plan"]["workers"]
     assert len(spec["containers"]) == len(workers)
@@ -123,6 +126,16 @@ def test_k8s_fragment_is_yaml_with_integer_cpus_requests_equal_limits(multi_node
         assert int(res["requests"]["cpu"]) == len(w["cpus"])
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["PLACETUNE_WORKER_INDEX"] == str(w["index"])
+
+
+def test_k8s_asks_for_restricted_where_a_worker_spans_nodes(machine_dir):
+    from tests.conftest import fixture_topology
+
+    topo = fixture_topology(machine_dir)
+    if len(topo.usable_nodes) < 2:
+        pytest.skip("single-node fixture")
+    text = export.render(config_document(Params(workers=1, cores_per_worker=len(topo.cores())), topo), "k8s")
+    assert "topologyManagerPolicy: restricted" in text
 
 
 def _ort_variables(text: str, fmt: str) -> dict[str, str]:

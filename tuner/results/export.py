@@ -38,7 +38,7 @@ def render(document: dict, fmt: str, config_path: str = "best_config.json") -> s
         "env": lambda: env_file(document, config_path),
         "systemd": lambda: systemd_unit(document, config_path),
         "docker": lambda: docker_script(document, config_path),
-        "k8s": lambda: k8s_fragment(document, config_path),
+        "k8s": lambda: _k8s(document, config_path),
     }[fmt]()
 
 
@@ -314,34 +314,7 @@ def docker_script(document: dict, config_path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def k8s_fragment(document: dict, config_path: str) -> str:
-    """A pod spec fragment: one Guaranteed-QoS container per worker, and what Kubernetes cannot express."""
-    params, the_plan = placement(document)
-    workers = the_plan.workers
-    containers = []
-    for w in workers:
-        cpus = len(w.cpus) if w.cpus else max(1, params.cores_per_worker)
-        env = [{"name": k, "value": v} for k, v in worker_env(document, w.index, config_path).items()]
-        containers.append({
-            "name": f"worker-{w.index}",
-            "image": "your-serving-image",
-            "env": env,
-            "resources": {"requests": {"cpu": str(cpus), "memory": "2Gi"},
-                          "limits": {"cpu": str(cpus), "memory": "2Gi"}},
-        })
-    header = [
-        f"# {_summary(document)}",
-        "# Pod spec fragment: one container per worker, integer CPU requests == limits (Guaranteed QoS),",
-        "# so the kubelet's static CPU manager (--cpu-manager-policy=static) gives each container",
-        "# exclusive cores. Set memory to your worker's real need (requests must equal limits).",
-        "# What Kubernetes cannot express: WHICH cores a container gets (the CPU manager picks them),",
-        "# SMT siblings (set the policy option full-pcpus-only for whole cores), and memory policy",
-        "# (use the topology manager, --topology-manager-policy=single-numa-node, to keep each",
-        "# container's CPUs and memory on one NUMA node; interleave cannot be expressed).",
-        *(f"# {line}" for line in ort_env_note(document)),
-        "# Measured placement: " + "; ".join(
-            f"worker {w.index} cpus {format_cpulist(w.cpus) or 'any'} mem {w.mem_policy} "
-            f"{format_cpulist(w.mem_nodes)}".rstrip() for w in workers),
-    ]
-    body = yaml.safe_dump({"spec": {"containers": containers}}, sort_keys=False)
-    return "\n".join(header) + "\n" + body
+def _k8s(document: dict, config_path: str) -> str:
+    from tuner.results.export_k8s import k8s_fragment
+
+    return k8s_fragment(document, config_path)
