@@ -417,3 +417,19 @@ def test_envelope_picks_the_best_config_for_each_bound():
     assert looser.point.throughput == 300 and "lower bound" in looser.note
     with pytest.raises(UsageError, match="below what was measured"):
         best_for_bound(study, 1.0)
+
+
+def test_a_deployment_gets_every_export_format():
+    from tuner.mix.document import export_files
+
+    models = {}
+    for name in ("ranker", "embedder"):
+        models[name] = config_document(Params(workers=1, cores_per_worker=1, intra_op_threads=1))
+        models[name]["model"]["name"] = name
+    deployment = {"format": "placetune-deployment/1", "models": models}
+    for fmt in export.FORMATS:
+        files = export_files(deployment, fmt, "/etc/placetune")
+        for name, document in models.items():
+            assert files[f"{name}.json"] == json.dumps(document, indent=1) + "\n"
+            assert files[f"{name}{export.format_of(fmt).suffix}"] == export.render(
+                document, fmt, f"/etc/placetune/{name}.json")

@@ -219,7 +219,7 @@ def export(
     if out is None:
         sys.stdout.write(text)
     else:
-        write_atomic(out, text, mode=0o755 if fmt in ("numactl", "docker") else None)
+        write_atomic(out, text, mode=0o755 if exporter.format_of(fmt).executable else None)
         Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
 
 

@@ -10,6 +10,10 @@ on the CPUs and memory nodes the plan gave worker i, with these variables set:
   measured with reads them (``ort_reads_thread_env``; docs/export.md has the evidence),
 - ``PLACETUNE_MAX_BATCH``, ``PLACETUNE_BATCH_TIMEOUT_MS`` (the serving process's dynamic batching:
   up to that many arrived requests per ``session.run``, a batch waiting at most that long for more).
+
+Each format is one entry of ``_FORMATS`` (its renderer and the file name a deployment's model gets), so
+a new format is exported for deployments (tuner/mix/document.py) as well. The Kubernetes fragment lives
+in ``export_k8s.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import yaml
 
@@ -24,22 +30,16 @@ from tuner.errors import UsageError
 from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Params, Plan, WorkerSpec
 
-FORMATS = ("json", "yaml", "numactl", "env", "systemd", "docker", "k8s")
-
 
 def render(document: dict, fmt: str, config_path: str = "best_config.json") -> str:
     """The text of one export format. ``config_path`` is where the deployment will find the JSON."""
-    if fmt not in FORMATS:
+    return format_of(fmt).render(document, config_path)
+
+
+def format_of(fmt: str) -> Format:
+    if fmt not in _FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    return {
-        "json": lambda: json.dumps(document, indent=1) + "\n",
-        "yaml": lambda: yaml.safe_dump(document, sort_keys=False),
-        "numactl": lambda: numactl_script(document, config_path),
-        "env": lambda: env_file(document, config_path),
-        "systemd": lambda: systemd_unit(document, config_path),
-        "docker": lambda: docker_script(document, config_path),
-        "k8s": lambda: _k8s(document, config_path),
-    }[fmt]()
+    return _FORMATS[fmt]
 
 
 def _summary(document: dict) -> str:
@@ -318,3 +318,25 @@ def _k8s(document: dict, config_path: str) -> str:
     from tuner.results.export_k8s import k8s_fragment
 
     return k8s_fragment(document, config_path)
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: its renderer, the file a deployment's model NAME gets (NAME + ``suffix``, see
+    tuner/mix/document.py) and whether that file is a script to run."""
+
+    render: Callable[[dict, str], str]
+    suffix: str
+    executable: bool = False
+
+
+_FORMATS: dict[str, Format] = {
+    "json": Format(lambda document, _: json.dumps(document, indent=1) + "\n", ".json"),
+    "yaml": Format(lambda document, _: yaml.safe_dump(document, sort_keys=False), ".yaml"),
+    "numactl": Format(numactl_script, "-launch.sh", executable=True),
+    "env": Format(env_file, ".env"),
+    "systemd": Format(systemd_unit, ".systemd"),
+    "docker": Format(docker_script, "-docker-run.sh", executable=True),
+    "k8s": Format(_k8s, "-k8s.yaml"),
+}
+FORMATS = tuple(_FORMATS)
