@@ -13,7 +13,7 @@ on the CPUs and memory nodes the plan gave worker i, with these variables set:
 
 Each format is one entry of ``_FORMATS`` (its renderer and the file name a deployment's model gets), so
 a new format is exported for deployments (tuner/mix/document.py) as well. The Kubernetes fragment lives
-in ``export_k8s.py``.
+in ``export_k8s.py``, the Triton model configuration in ``export_triton.py``.
 """
 
 from __future__ import annotations
@@ -320,6 +320,12 @@ def _k8s(document: dict, config_path: str) -> str:
     return k8s_fragment(document, config_path)
 
 
+def _triton(document: dict, config_path: str) -> str:
+    from tuner.results.export_triton import triton_config
+
+    return triton_config(document, config_path)
+
+
 @dataclass(frozen=True)
 class Format:
     """One export format: its renderer, the file a deployment's model NAME gets (NAME + ``suffix``, see
@@ -338,5 +344,6 @@ _FORMATS: dict[str, Format] = {
     "systemd": Format(systemd_unit, ".systemd"),
     "docker": Format(docker_script, "-docker-run.sh", executable=True),
     "k8s": Format(_k8s, "-k8s.yaml"),
+    "triton": Format(_triton, "-config.pbtxt"),
 }
 FORMATS = tuple(_FORMATS)
