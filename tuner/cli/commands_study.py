@@ -163,7 +163,7 @@ def export(
     config: Annotated[Path | None, typer.Option("--config", help="Export this best_config.json instead of a "
                                                 "study's best.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="json | yaml | numactl | env | systemd | docker | k8s | "
-                                     "triton")] = "json",
+                                     "triton (docs/export.md)")] = "json",
     p99: Annotated[str | None, typer.Option("--p99", help="Pick the best config for another P99 bound from "
                                             "every window the study measured (no re-run).")] = None,
     config_path: Annotated[str, typer.Option("--config-path", help="Where deployed workers will find the JSON "
@@ -177,7 +177,7 @@ def export(
     fragment (with the kubelet settings it needs), or a Triton config.pbtxt for the onnxruntime
     backend (with the tritonserver --host-policy flags in its opening comment). A deployment study
     (optimize --deployment) or file is exported as one file per model into the folder --out names,
-    from the config its final race recommends.
+    from the config its final race recommends. Each format: docs/export.md.
 
     Example: $ placetune export --format numactl --out launch.sh
 
