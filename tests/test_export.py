@@ -7,6 +7,7 @@ import configparser
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -113,6 +114,9 @@ def test_systemd_template_and_drop_ins_have_the_placement_keys(multi_node_docume
 def test_k8s_fragment_is_yaml_with_integer_cpus_requests_equal_limits(multi_node_document):
     text = export.render(multi_node_document, "k8s")
     assert "cannot express" in text
+    for needed in ("cpuManagerPolicy: static", "topologyManagerPolicy: single-numa-node", "memoryManagerPolicy: Static",
+                   "Guaranteed QoS", "shared CPUs"):  # the kubelet settings, and what a pod gets without them
+        assert needed in text, needed
     spec = yaml.safe_load(text)["spec"]
     workers = multi_node_document["plan"]["workers"]
     assert len(spec["containers"]) == len(workers)
@@ -122,6 +126,69 @@ def test_k8s_fragment_is_yaml_with_integer_cpus_requests_equal_limits(multi_node
         assert int(res["requests"]["cpu"]) == len(w["cpus"])
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["PLACETUNE_WORKER_INDEX"] == str(w["index"])
+
+
+def test_k8s_asks_for_restricted_where_a_worker_spans_nodes(machine_dir):
+    from tests.conftest import fixture_topology
+
+    topo = fixture_topology(machine_dir)
+    if len(topo.usable_nodes) < 2:
+        pytest.skip("single-node fixture")
+    text = export.render(config_document(Params(workers=1, cores_per_worker=len(topo.cores())), topo), "k8s")
+    assert "topologyManagerPolicy: restricted" in text
+
+
+def _ort_variables(text: str, fmt: str) -> dict[str, str]:
+    """The ORT_*_NUM_THREADS an export sets (comments aside), with their values."""
+    if fmt == "k8s":
+        return {e["name"]: e["value"] for c in yaml.safe_load(text)["spec"]["containers"] for e in c["env"]
+                if e["name"].startswith("ORT_")}
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    return dict(re.findall(r"\b(ORT_\w+_NUM_THREADS)=(\w+)", code))
+
+
+@pytest.mark.parametrize("version, reads", [("1.32.0", True), ("1.33.1", True), ("1.31.2", False), ("1.20.0", False)])
+def test_ort_thread_variables_are_set_only_for_an_onnxruntime_that_reads_them(version, reads):
+    parallel = Params(workers=1, cores_per_worker=1, intra_op_threads=2, inter_op_threads=3, execution_mode="parallel")
+    for params, expected in ((parallel, {"ORT_INTRA_OP_NUM_THREADS": "2", "ORT_INTER_OP_NUM_THREADS": "3"}),
+                             (dataclasses.replace(parallel, execution_mode="sequential"),  # no inter-op pool
+                              {"ORT_INTRA_OP_NUM_THREADS": "2"}),
+                             (Params(workers=1, intra_op_threads=0, pin=False), {})):  # ORT's default count
+        doc = config_document(params)
+        doc["machine"] = {"onnxruntime": version}
+        for fmt in ("env", "systemd", "docker", "k8s", "numactl"):
+            text = export.render(doc, fmt)
+            assert _ort_variables(text, fmt) == (expected if reads else {}), fmt
+            assert ("No ORT_INTRA_OP_NUM_THREADS" in text) != reads and "does not read OMP_NUM_THREADS" in text
+
+
+def test_no_known_onnxruntime_version_means_no_ort_variables(monkeypatch):
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    doc = config_document(two_workers())
+    assert doc["machine"] == {} and not export.ort_reads_thread_env(doc)
+    text = export.render(doc, "env")
+    assert _ort_variables(text, "env") == {} and "records no onnxruntime version" in text
+
+
+def test_the_installed_onnxruntime_reads_the_thread_variables_as_the_export_assumes(tmp_path):
+    """A session whose options leave intra_op_num_threads unset: does ORT_INTRA_OP_NUM_THREADS size its pool?"""
+    model = conv_net(tmp_path / "conv.onnx")
+    code = ("import os, onnxruntime as ort\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            f"kept = ort.InferenceSession({str(model)!r}, ort.SessionOptions(), providers=['CPUExecutionProvider'])\n"
+            "print(len(os.listdir('/proc/self/task')) - before)\n")  # kept: a freed session's pool is gone
+    started = {}
+    for n in (3, 6):
+        env = {**os.environ, "ORT_INTRA_OP_NUM_THREADS": str(n)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        started[n] = int(done.stdout.split()[-1])
+    assert (started[6] - started[3] == 3) == export.ort_reads_thread_env({"machine": {}}), started
 
 
 def test_env_file_lines_are_key_value(multi_node_document):
@@ -350,3 +417,19 @@ def test_envelope_picks_the_best_config_for_each_bound():
     assert looser.point.throughput == 300 and "lower bound" in looser.note
     with pytest.raises(UsageError, match="below what was measured"):
         best_for_bound(study, 1.0)
+
+
+def test_a_deployment_gets_every_export_format():
+    from tuner.mix.document import export_files
+
+    models = {}
+    for name in ("ranker", "embedder"):
+        models[name] = config_document(Params(workers=1, cores_per_worker=1, intra_op_threads=1))
+        models[name]["model"]["name"] = name
+    deployment = {"format": "placetune-deployment/1", "models": models}
+    for fmt in export.FORMATS:
+        files = export_files(deployment, fmt, "/etc/placetune")
+        for name, document in models.items():
+            assert files[f"{name}.json"] == json.dumps(document, indent=1) + "\n"
+            assert files[f"{name}{export.format_of(fmt).suffix}"] == export.render(
+                document, fmt, f"/etc/placetune/{name}.json")

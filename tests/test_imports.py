@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("tuner.bench.launcher", "tuner.bench.worker", "onnxruntime")
-RESULTS_MODULES = ("records", "trials", "envelope", "report", "tracking", "export", "run_content")
+RESULTS_MODULES = ("records", "trials", "envelope", "report", "tracking", "export", "export_k8s", "export_triton",
+                   "run_content")
 
 
 @pytest.mark.parametrize("name", RESULTS_MODULES)

@@ -162,7 +162,8 @@ def export(
     storage: StorageOpt = None,
     config: Annotated[Path | None, typer.Option("--config", help="Export this best_config.json instead of a "
                                                 "study's best.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="json | yaml | numactl | env | systemd | docker | k8s")] = "json",
+    fmt: Annotated[str, typer.Option("--format", help="json | yaml | numactl | env | systemd | docker | k8s | "
+                                     "triton (docs/export.md)")] = "json",
     p99: Annotated[str | None, typer.Option("--p99", help="Pick the best config for another P99 bound from "
                                             "every window the study measured (no re-run).")] = None,
     config_path: Annotated[str, typer.Option("--config-path", help="Where deployed workers will find the JSON "
@@ -170,13 +171,17 @@ def export(
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: stdout); a deployment: "
                                                 "this folder, one file per model.")] = None,
 ) -> None:
-    """Export a study's best config for deployment: JSON/YAML, numactl, env, systemd, docker or k8s.
+    """Export a study's best config for deployment: JSON/YAML, numactl, env, systemd, docker, k8s or triton.
 
-    A numactl launch script, an env file, systemd units, docker run lines, or a Kubernetes pod spec
-    fragment. A deployment study (optimize --deployment) or file is exported as one file per model
-    into the folder --out names, from the config its final race recommends.
+    A numactl launch script, an env file, systemd units, docker run lines, a Kubernetes pod spec
+    fragment (with the kubelet settings it needs), or a Triton config.pbtxt for the onnxruntime
+    backend (with the tritonserver --host-policy flags in its opening comment). A deployment study
+    (optimize --deployment) or file is exported as one file per model into the folder --out names,
+    from the config its final race recommends. Each format: docs/export.md.
 
     Example: $ placetune export --format numactl --out launch.sh
+
+    Example: $ placetune export --format triton --out config.pbtxt
 
     Example: $ placetune export --study mix --format systemd --out deploy/
     """
@@ -219,7 +224,7 @@ def export(
     if out is None:
         sys.stdout.write(text)
     else:
-        write_atomic(out, text, mode=0o755 if fmt in ("numactl", "docker") else None)
+        write_atomic(out, text, mode=0o755 if exporter.format_of(fmt).executable else None)
         Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
 
 

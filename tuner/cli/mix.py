@@ -169,5 +169,6 @@ def export_deployment(document: dict, source: str, fmt: str, out: Path | None, c
     out.mkdir(exist_ok=True)
     files = export_files(document, fmt, config_dir or str(out.resolve()))
     for name, text in files.items():
-        write_atomic(out / name, text, mode=0o755 if name.endswith(".sh") else None)
+        executable = exporter.format_of(fmt).executable and name.endswith(exporter.format_of(fmt).suffix)
+        write_atomic(out / name, text, mode=0o755 if executable else None)
     sys.stderr.write(f"{fmt} export: {', '.join(sorted(files))} written to {out}\n")

@@ -106,7 +106,7 @@ def race_summary(race: RaceResult) -> str:
 def next_steps(out: Path, mlflow_uri: str | None) -> str:
     """The final message: where the config is and what to do with it."""
     steps = [f"best config written to {out}; next:",
-             f"  deploy it:     placetune export --config {out} --format numactl|systemd|docker|k8s --out FILE",
+             f"  deploy it:     placetune export --config {out} --format numactl|systemd|docker|k8s|triton --out FILE",
              "  compare all:   placetune report (--html report.html for plots)"]
     if mlflow_uri and not mlflow_uri.startswith("http"):
         steps.append(f"  browse runs:   mlflow ui --backend-store-uri {mlflow_uri}")

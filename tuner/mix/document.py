@@ -65,11 +65,10 @@ def export_files(document: dict, fmt: str, config_dir: str = ".") -> dict[str, s
     (``NAME.json``), which its launch script / unit / container points PLACETUNE_CONFIG at."""
     from tuner.results import export as exporter
 
-    suffix = {"json": ".json", "yaml": ".yaml", "numactl": "-launch.sh", "env": ".env", "systemd": ".systemd",
-              "docker": "-docker-run.sh", "k8s": "-k8s.yaml"}
+    suffix = exporter.format_of(fmt).suffix  # every format of tuner.results.export, nothing to list here
     files = {}
     for name, sub in document["models"].items():
         config_path = f"{config_dir.rstrip('/')}/{name}.json"
         files[f"{name}.json"] = json.dumps(sub, indent=1) + "\n"
-        files[f"{name}{suffix[fmt]}"] = exporter.render(sub, fmt, config_path)
+        files[f"{name}{suffix}"] = exporter.render(sub, fmt, config_path)
     return files

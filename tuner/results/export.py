@@ -6,14 +6,23 @@ on the CPUs and memory nodes the plan gave worker i, with these variables set:
 
 - ``PLACETUNE_WORKER_INDEX``, ``PLACETUNE_WORKERS``, ``PLACETUNE_CONFIG`` (read by ``tuner.deploy.apply``),
 - ``PLACETUNE_INTRA_OP_THREADS``, ``PLACETUNE_INTER_OP_THREADS``, ``OMP_NUM_THREADS``,
+- ``ORT_INTRA_OP_NUM_THREADS`` / ``ORT_INTER_OP_NUM_THREADS`` only where the onnxruntime the config was
+  measured with reads them (``ort_reads_thread_env``; docs/export.md has the evidence),
 - ``PLACETUNE_MAX_BATCH``, ``PLACETUNE_BATCH_TIMEOUT_MS`` (the serving process's dynamic batching:
   up to that many arrived requests per ``session.run``, a batch waiting at most that long for more).
+
+Each format is one entry of ``_FORMATS`` (its renderer and the file name a deployment's model gets), so
+a new format is exported for deployments (tuner/mix/document.py) as well. The Kubernetes fragment lives
+in ``export_k8s.py``, the Triton model configuration in ``export_triton.py``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import yaml
 
@@ -21,22 +30,16 @@ from tuner.errors import UsageError
 from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Params, Plan, WorkerSpec
 
-FORMATS = ("json", "yaml", "numactl", "env", "systemd", "docker", "k8s")
-
 
 def render(document: dict, fmt: str, config_path: str = "best_config.json") -> str:
     """The text of one export format. ``config_path`` is where the deployment will find the JSON."""
-    if fmt not in FORMATS:
+    return format_of(fmt).render(document, config_path)
+
+
+def format_of(fmt: str) -> Format:
+    if fmt not in _FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    return {
-        "json": lambda: json.dumps(document, indent=1) + "\n",
-        "yaml": lambda: yaml.safe_dump(document, sort_keys=False),
-        "numactl": lambda: numactl_script(document, config_path),
-        "env": lambda: env_file(document, config_path),
-        "systemd": lambda: systemd_unit(document, config_path),
-        "docker": lambda: docker_script(document, config_path),
-        "k8s": lambda: k8s_fragment(document, config_path),
-    }[fmt]()
+    return _FORMATS[fmt]
 
 
 def _summary(document: dict) -> str:
@@ -71,7 +74,68 @@ def worker_env(document: dict, index: int, config_path: str) -> dict[str, str]:
     if params.intra_op_threads:
         env["PLACETUNE_INTRA_OP_THREADS"] = str(params.intra_op_threads)
         env["OMP_NUM_THREADS"] = str(params.intra_op_threads)
+    return {**env, **ort_thread_env(document)}
+
+
+# onnxruntime sizes a session's thread pools from ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS
+# when its SessionOptions leave the count unset (microsoft/onnxruntime PR #29688, merged 2026-07-13;
+# seen in 1.32.0: the names in libonnxruntime.so beside thread_utils' strings, and a session without
+# intra_op_num_threads started 4 pool threads under ORT_INTRA_OP_NUM_THREADS=5). Earlier releases
+# ignore both. 1.32 is the first version checked, so the variables are emitted from it on only.
+ORT_THREAD_ENV_SINCE = (1, 32)
+
+
+def measured_onnxruntime(document: dict) -> str:
+    """The onnxruntime version the config was measured with, else the installed one ("" if neither
+    is known). The installed one is read from package metadata: importing onnxruntime is not needed."""
+    version = (document.get("machine") or {}).get("onnxruntime") or ""
+    if not version:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("onnxruntime")
+        except PackageNotFoundError:
+            version = ""
+    return str(version)
+
+
+def ort_reads_thread_env(document: dict) -> bool:
+    """Does the onnxruntime of ``document`` (``measured_onnxruntime``) read ORT_*_NUM_THREADS?"""
+    found = re.match(r"(\d+)\.(\d+)", measured_onnxruntime(document))
+    return bool(found) and (int(found[1]), int(found[2])) >= ORT_THREAD_ENV_SINCE
+
+
+def ort_thread_env(document: dict) -> dict[str, str]:
+    """ORT_INTRA_OP_NUM_THREADS (a set intra-op count) and ORT_INTER_OP_NUM_THREADS (parallel execution
+    only: a sequential session has no inter-op pool), where that onnxruntime reads them; else none."""
+    params, _ = placement(document)
+    env = {}
+    if ort_reads_thread_env(document):
+        if params.intra_op_threads:
+            env["ORT_INTRA_OP_NUM_THREADS"] = str(params.intra_op_threads)
+        if params.execution_mode == "parallel" and params.inter_op_threads:
+            env["ORT_INTER_OP_NUM_THREADS"] = str(params.inter_op_threads)
     return env
+
+
+def ort_env_note(document: dict) -> list[str]:
+    """Comment lines (without the comment mark) saying which thread-count variables ONNX Runtime reads."""
+    version = measured_onnxruntime(document)
+    since = ".".join(map(str, ORT_THREAD_ENV_SINCE))
+    instead = ["the counts reach ONNX Runtime through tuner.deploy.apply() (from the config) or your server",
+               "reading PLACETUNE_INTRA_OP_THREADS / PLACETUNE_INTER_OP_THREADS."]
+    if ort_reads_thread_env(document):
+        head = [f"ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS (onnxruntime {version} reads them; releases",
+                f"before {since} may not) size a session's thread pools only where its SessionOptions leave the count",
+                "unset; tuner.deploy.apply() sets the counts itself, from the config."]
+    elif version:
+        head = [f"No ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS: onnxruntime {version} is older than {since},",
+                "the first version checked to read them;", *instead]
+    else:
+        head = ["No ORT_INTRA_OP_NUM_THREADS / ORT_INTER_OP_NUM_THREADS: the config records no onnxruntime version",
+                f"and none is installed ({since} is the first version checked to read them);", *instead]
+    return head + ["ONNX Runtime does not read OMP_NUM_THREADS: it is set for OpenMP/BLAS libraries in the server."]
 
 
 def numactl_args(worker: WorkerSpec, pinned: bool) -> list[str]:
@@ -102,6 +166,7 @@ def numactl_script(document: dict, config_path: str) -> str:
         "# PLACETUNE_WORKER_INDEX, PLACETUNE_CONFIG and thread-count variables set; in Python,",
         "# tuner.deploy.apply() reads them and returns the measured ONNX Runtime session options.",
         "# Ctrl-C or SIGTERM stops every worker; the script exits when all workers have exited.",
+        *(f"# {line}" for line in ort_env_note(document)),
         "set -euo pipefail",
         'if [ "$#" -eq 0 ]; then echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; fi',
         f"export PLACETUNE_CONFIG=\"${{PLACETUNE_CONFIG:-{config_path}}}\"",
@@ -143,7 +208,7 @@ def env_file(document: dict, config_path: str) -> str:
     params, the_plan = placement(document)
     common = worker_env(document, 0, config_path)
     common.pop("PLACETUNE_WORKER_INDEX")
-    lines = [f"# {_summary(document)}"]
+    lines = [f"# {_summary(document)}", *(f"# {line}" for line in ort_env_note(document))]
     lines += [f"{k}={shlex.quote(v)}" for k, v in common.items()]
     for w in the_plan.workers:
         i = w.index
@@ -177,16 +242,12 @@ def systemd_unit(document: dict, config_path: str) -> str:
         "Type=simple",
         f"# worker %i listens on {BASE_PORT} + %i (systemd specifiers do no arithmetic: the shell does it)",
         f"ExecStart=/bin/sh -c 'exec /usr/local/bin/your-server --port $$(({BASE_PORT} + %i))'",
+        *(f"# {line}" for line in ort_env_note(document)),
         "Environment=PLACETUNE_WORKER_INDEX=%i",
-        f"Environment=PLACETUNE_WORKERS={len(workers)}",
-        f"Environment=PLACETUNE_CONFIG={config_path}",
-        f"Environment=PLACETUNE_INTER_OP_THREADS={params.inter_op_threads}",
-        f"Environment=PLACETUNE_MAX_BATCH={params.max_batch}",
-        f"Environment=PLACETUNE_BATCH_TIMEOUT_MS={params.batch_timeout_ms:g}",
     ]
-    if params.intra_op_threads:
-        template += [f"Environment=PLACETUNE_INTRA_OP_THREADS={params.intra_op_threads}",
-                     f"Environment=OMP_NUM_THREADS={params.intra_op_threads}"]
+    common = worker_env(document, 0, config_path)
+    common.pop("PLACETUNE_WORKER_INDEX")
+    template += [f"Environment={k}={v}" for k, v in common.items()]
     template += ["Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
     files.append(("placetune@.service", "\n".join(template)))
     for w in workers:
@@ -235,6 +296,7 @@ def docker_script(document: dict, config_path: str) -> str:
         f"# or mount it: DOCKER_OPTS='-v $PWD/best_config.json:{config_path}:ro')",
         "# Docker binds CPUs (--cpuset-cpus) and memory nodes (--cpuset-mems, i.e. bind); it cannot",
         "# interleave or prefer: those policies become a bind to the same nodes.",
+        *(f"# {line}" for line in ort_env_note(document)),
         "set -euo pipefail",
         'if [ "$#" -eq 0 ]; then echo "usage: $0 IMAGE [COMMAND...]" >&2; exit 2; fi',
         'IMAGE="$1"; shift',
@@ -252,33 +314,36 @@ def docker_script(document: dict, config_path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def k8s_fragment(document: dict, config_path: str) -> str:
-    """A pod spec fragment: one Guaranteed-QoS container per worker, and what Kubernetes cannot express."""
-    params, the_plan = placement(document)
-    workers = the_plan.workers
-    containers = []
-    for w in workers:
-        cpus = len(w.cpus) if w.cpus else max(1, params.cores_per_worker)
-        env = [{"name": k, "value": v} for k, v in worker_env(document, w.index, config_path).items()]
-        containers.append({
-            "name": f"worker-{w.index}",
-            "image": "your-serving-image",
-            "env": env,
-            "resources": {"requests": {"cpu": str(cpus), "memory": "2Gi"},
-                          "limits": {"cpu": str(cpus), "memory": "2Gi"}},
-        })
-    header = [
-        f"# {_summary(document)}",
-        "# Pod spec fragment: one container per worker, integer CPU requests == limits (Guaranteed QoS),",
-        "# so the kubelet's static CPU manager (--cpu-manager-policy=static) gives each container",
-        "# exclusive cores. Set memory to your worker's real need (requests must equal limits).",
-        "# What Kubernetes cannot express: WHICH cores a container gets (the CPU manager picks them),",
-        "# SMT siblings (set the policy option full-pcpus-only for whole cores), and memory policy",
-        "# (use the topology manager, --topology-manager-policy=single-numa-node, to keep each",
-        "# container's CPUs and memory on one NUMA node; interleave cannot be expressed).",
-        "# Measured placement: " + "; ".join(
-            f"worker {w.index} cpus {format_cpulist(w.cpus) or 'any'} mem {w.mem_policy} "
-            f"{format_cpulist(w.mem_nodes)}".rstrip() for w in workers),
-    ]
-    body = yaml.safe_dump({"spec": {"containers": containers}}, sort_keys=False)
-    return "\n".join(header) + "\n" + body
+def _k8s(document: dict, config_path: str) -> str:
+    from tuner.results.export_k8s import k8s_fragment
+
+    return k8s_fragment(document, config_path)
+
+
+def _triton(document: dict, config_path: str) -> str:
+    from tuner.results.export_triton import triton_config
+
+    return triton_config(document, config_path)
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: its renderer, the file a deployment's model NAME gets (NAME + ``suffix``, see
+    tuner/mix/document.py) and whether that file is a script to run."""
+
+    render: Callable[[dict, str], str]
+    suffix: str
+    executable: bool = False
+
+
+_FORMATS: dict[str, Format] = {
+    "json": Format(lambda document, _: json.dumps(document, indent=1) + "\n", ".json"),
+    "yaml": Format(lambda document, _: yaml.safe_dump(document, sort_keys=False), ".yaml"),
+    "numactl": Format(numactl_script, "-launch.sh", executable=True),
+    "env": Format(env_file, ".env"),
+    "systemd": Format(systemd_unit, ".systemd"),
+    "docker": Format(docker_script, "-docker-run.sh", executable=True),
+    "k8s": Format(_k8s, "-k8s.yaml"),
+    "triton": Format(_triton, "-config.pbtxt"),
+}
+FORMATS = tuple(_FORMATS)
