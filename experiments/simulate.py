@@ -1,6 +1,7 @@
 """Seeded default studies on a simulated noisy machine, end to end, with the project's real code.
 
     python -m experiments.simulate --machine FSROOT|T.json|16|64|128 --noise quiet|vm|heavy --seeds N --json
+        [--estimator estimate|bound|both]
 
 Each seed is ``placetune optimize --p99 50ms --no-mlflow`` with its defaults (20 trials, 2 s windows,
 the default space, TPE seeded with the seed, a final race of the best 3 and every baseline), run
@@ -21,7 +22,16 @@ clock and interference run through the whole study). What is true is defined in
   ``screen_false_pass_rate``);
 - ``false_passes``: where they are (per config: [false passes, passed windows]; the quartiles
   of their offered rate over the true throughput; how many were extended or disturbed windows);
+- ``reported_over_true``: per class of config (the study's baselines: ORT default, one worker
+  with all cores (or one per NUMA node), one worker per core, Intel's 4-core instances: the
+  middle), the median over seeds of the throughput the study reported for it (its full-fidelity
+  trial) over its true throughput; ``race_over_true`` the same for its mean over the race's rounds;
+- ``median_simulated_s``: median over seeds of a study's simulated measuring time (study and race);
 - ``seconds``: wall-clock seconds of the whole run (``jobs`` processes); and per-seed details.
+
+``--estimator`` picks ``MeasureSettings.estimator`` (``estimate``, the default, or ``bound``, the
+rule before 2026-12-05); ``both`` runs the same seeds with each and prints both objects side by
+side (``{"estimate": ..., "bound": ...}``).
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ class Setup:
     window_s: float = 2.0
     race_k: int = 3
     dependence: str = "clusters"  # MeasureSettings.dependence: how a pass accounts for correlated latencies
+    estimator: str = "estimate"  # MeasureSettings.estimator: what a measurement reports
 
 
 def sim_space(topology: Topology):
@@ -79,11 +90,12 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
     topology = topology or machines.load(setup.machine)
     machine = SimMachine(topology, PRESETS[setup.noise], seed)
     log: list = []
+    phase = ["study"]
 
     def measure_fn(the_plan, model, settings, progress=None):
         result = measure(the_plan, model, settings, progress,
                          fleet_factory=lambda p, _m, s: SimFleet(machine, p, s.hang_grace_s))
-        log.append((settings.confidence, result))
+        log.append((settings.confidence, result, phase[0]))
         return result
 
     began = time.monotonic()
@@ -92,17 +104,18 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
         saved, tempfile.tempdir = tempfile.tempdir, tmp
         try:
             settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed,
-                                       dependence=setup.dependence)
+                                       dependence=setup.dependence, estimator=setup.estimator)
             cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=sim_space(topology),
                               settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
                               n_trials=setup.n_trials, lock_wait_s=0.0)
-            race = optimize_in_memory(cfg, measure_fn, setup.race_k, Path(tmp) / "best_config.json")
+            race = optimize_in_memory(cfg, measure_fn, setup.race_k, Path(tmp) / "best_config.json",
+                                      on_race=lambda: phase.__setitem__(0, "race"))
         finally:
             tempfile.tempdir = saved
     return _facts(race, log, topology, setup, seed, time.monotonic() - began, machine.now)
 
 
-def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path):
+def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path, on_race=lambda: None):
     """``tuner.app.optimize.run_optimize`` without MLflow and on an in-memory Optuna study (a SQLite
     file made each trial 5x slower): the study's own loop (``run_study``: baselines, strategy,
     screening, objective), then its final race (``race_study``) and the config it writes
@@ -121,6 +134,7 @@ def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path):
     study = run_study(cfg, lambda _t, _s: None, lambda _m: None, measure_fn=measure_fn, study=study)
     if best_trial(study) is None or race_k <= 0:
         return None
+    on_race()
     race = race_study(study, cfg.topology, cfg.model, cfg.settings, race_k, measure_fn=measure_fn)
     save_best_config(study, out, race=race.to_dict())
     return race
@@ -141,7 +155,17 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     windows = {"full": [0, 0], "screen": [0, 0]}  # [passed, passed with a true P99 over the bound]
     passes: dict[str, int] = {}  # passed full windows per config
     false_passes = []  # (config, offered rate / true throughput, requests, extensions, disturbed) of each
-    for confidence, result in log:
+    classes = _baseline_classes(topology)
+    reported: dict[str, float] = {}  # class -> the study's full-fidelity figure over the truth
+    raced: dict[str, list[float]] = {}  # class -> race measurements over the truth
+    for confidence, result, phase in log:
+        cls = classes.get(result.params)
+        if cls is not None and truth(result.params) > 0 and confidence >= 0.95:
+            if phase == "study":
+                reported.setdefault(cls, result.throughput / truth(result.params))
+            else:
+                raced.setdefault(cls, []).append(result.throughput / truth(result.params))
+    for confidence, result, _phase in log:
         kind = "full" if confidence >= 0.95 else "screen"
         for w in result.windows[1:]:
             if w.scenario == "server" and w.passed:
@@ -153,7 +177,8 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
                     false_passes.append((result.params.label(), w.offered_rate / truth(result.params), w.requests,
                                          w.extensions, w.interference.disturbed))
     facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "windows": windows, "measurements": len(log),
-             "passes": passes,
+             "passes": passes, "reported_over_true": reported,
+             "race_over_true": {c: float(np.mean(v)) for c, v in raced.items()},
              "false_passes": false_passes, "race": None}
     if race is None:
         return facts
@@ -177,6 +202,34 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     return facts
 
 
+CLASSES = {"ort_default": "ORT default", "intel_latency": "one worker, all cores",
+           "one_per_core": "one worker per core", "intel_throughput": "4-core workers (middle)"}
+
+
+def _baseline_classes(topology: Topology) -> dict[Params, str]:
+    """Each baseline's params -> its class name (merged baselines: the first name's class); on a
+    machine of several NUMA nodes the latency baseline is one worker per node."""
+    from tuner.search.study import baselines
+
+    multi = len(topology.usable_nodes) > 1
+    out = {}
+    for names, params in baselines(topology):
+        name = names.split("+")[0]
+        label = CLASSES[name]
+        if name == "intel_latency" and multi:
+            label = "one worker per NUMA node"
+        out[params] = label
+    return out
+
+
+def _median_by_class(facts: list[dict], key: str) -> dict[str, float]:
+    by: dict[str, list[float]] = {}
+    for f in facts:
+        for cls, value in f[key].items():
+            by.setdefault(cls, []).append(value)
+    return {cls: float(np.median(v)) for cls, v in sorted(by.items())}
+
+
 def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     """The figures over seeds (see the module docstring)."""
     races = [f["race"] for f in facts if f["race"] is not None]
@@ -186,7 +239,10 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     regrets = [1 - r["recommended_truth"] / best for r in races] if best > 0 else []
     return {
         "machine": setup.machine, "noise": setup.noise, "seeds": len(facts), "n_trials": setup.n_trials,
-        "window_s": setup.window_s, "dependence": setup.dependence, "bound_ms": BOUND_S * 1000, "true_best": best,
+        "window_s": setup.window_s, "dependence": setup.dependence, "estimator": setup.estimator,
+        "bound_ms": BOUND_S * 1000, "true_best": best,
+        "reported_over_true": _median_by_class(facts, "reported_over_true"),
+        "race_over_true": _median_by_class(facts, "race_over_true"),
         "ci_coverage": float(np.mean([r["covered"] for r in with_interval])) if with_interval else None,
         "interval_coverage": float(np.mean(every)) if (every := [c for r in races for c in r["intervals_covered"]])
         else None,
@@ -263,21 +319,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dependence", choices=stats.DEPENDENCE_RULES, default=Setup.dependence,
                         help="MeasureSettings.dependence: how a window's pass accounts for correlated latencies "
                              "(default %(default)s)")
+    parser.add_argument("--estimator", choices=("estimate", "bound", "both"), default="estimate",
+                        help="MeasureSettings.estimator; both: the same seeds with each, side by side")
     parser.add_argument("--json", action="store_true", help="print the whole JSON object (else a summary)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.n_trials < 1 or args.window <= 0:
         parser.error("--seeds, --jobs and --n-trials must be >= 1, --window > 0")
+    estimators = ("estimate", "bound") if args.estimator == "both" else (args.estimator,)
     try:
-        out = simulate(Setup(args.machine, args.noise, args.n_trials, args.window, dependence=args.dependence),
-                       args.seeds, args.jobs)
+        outs = {e: simulate(Setup(args.machine, args.noise, args.n_trials, args.window, dependence=args.dependence,
+                                  estimator=e), args.seeds, args.jobs) for e in estimators}
     except PlacetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps(outs if len(outs) > 1 else outs[estimators[0]], indent=1))
     else:
-        keys = ("ci_coverage", "wrong_faster_rate", "median_regret", "false_pass_rate", "seconds")
-        print(", ".join(f"{k} {out[k]:.3f}" if isinstance(out[k], float) else f"{k} {out[k]}" for k in keys))
+        keys = ("ci_coverage", "interval_coverage", "wrong_faster_rate", "median_regret", "false_pass_rate",
+                "median_simulated_s", "seconds")
+        for e, out in outs.items():
+            print(f"{e}: " + ", ".join(f"{k} {out[k]:.3f}" if isinstance(out[k], float) else f"{k} {out[k]}"
+                                       for k in keys))
+            print("  reported/true: " + ", ".join(f"{c} {v:.2f}" for c, v in out["reported_over_true"].items()))
+            print("  race/true: " + ", ".join(f"{c} {v:.2f}" for c, v in out["race_over_true"].items()))
     return 0
 
 

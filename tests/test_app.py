@@ -265,4 +265,4 @@ def test_a_race_time_limit_reaches_the_race_and_is_recorded_in_the_best_config(t
                                            race_time_limit_s=1e-9), Recorder())
     assert outcome.race is not None and outcome.race.stopped == "time_limit"
     race = json.loads(out.read_text())["race"]
-    assert race["rounds"] == 2 and race["stopped"] == "time_limit"
+    assert race["rounds"] == 1 and race["stopped"] == "time_limit"  # one round always, no interval

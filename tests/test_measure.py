@@ -140,7 +140,10 @@ def test_measure_gives_a_full_result(model, topo):
     result = measure(the_plan, model, MeasureSettings(p99_bound_s=1.0, window_s=0.3, min_requests=100,
                                                       warmup_s=0.1, search_steps=5))
     assert result.feasible and result.throughput > 0, (result.reason, result.windows)
-    assert result.verdict == "pass" and result.confidence == 0.95
+    # an estimate: "pass" when some window proved its P99 under the bound (a clustered tail on a busy
+    # machine may prove none: then "undecided", and the estimate stands)
+    assert result.estimator == "estimate" and result.confidence == 0.95
+    assert result.verdict == ("pass" if any(w.verdict == "pass" for w in result.windows[1:]) else "undecided")
     lo, hi = result.throughput_ci
     assert lo <= result.throughput <= hi
     assert result.p99_ci_ms[0] <= result.p99_ms <= result.p99_ci_ms[1] <= 1000

@@ -79,18 +79,20 @@ class FakeClock:
         return timed
 
 
-def test_a_time_limit_starts_no_round_that_would_end_after_it_but_keeps_two_rounds():
+def test_a_time_limit_starts_no_measurement_that_would_end_after_it_and_drops_a_cut_round():
     measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 100.0}, seed=4)  # never settles
-    clock = FakeClock(step_s=10.0)  # a round of two entrants: 20 s
-    result = race([BEST, DEFAULT], clock.measuring(measure), min_rounds=3, max_rounds=6, time_limit_s=65.0,
+    clock = FakeClock(step_s=10.0)  # a measurement: 10 s, a round of two entrants: 20 s
+    result = race([BEST, DEFAULT], clock.measuring(measure), min_rounds=3, max_rounds=6, time_limit_s=75.0,
                   clock=clock)
-    assert len(result.throughputs[BEST.label]) == 3  # a 4th round would end at 80 s > 65 s
+    # round 4's first measurement ends at 70 s; its second would end at 80 s > 75 s: round 4 is dropped
+    assert len(result.throughputs[BEST.label]) == len(result.throughputs[DEFAULT.label]) == 3
     assert result.stopped == "time_limit" and result.to_dict()["stopped"] == "time_limit"
+    assert clock.now <= 75.0  # the race ended within its limit
     tight = FakeClock(step_s=10.0)
     result = race([BEST, DEFAULT], tight.measuring(measure), min_rounds=3, max_rounds=6, time_limit_s=1.0,
                   clock=tight)
-    assert len(result.throughputs[BEST.label]) == 2 and result.stopped == "time_limit"
-
+    assert len(result.throughputs[BEST.label]) == 1 and result.stopped == "time_limit"  # one round always
+    assert result.winner and result.summary
 
 def test_a_race_says_why_it_stopped():
     measure, _ = fake_machine({BEST.label: 300.0, DEFAULT.label: 100.0, HEURISTIC.label: 200.0})

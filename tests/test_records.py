@@ -54,12 +54,13 @@ def test_a_result_survives_its_json_and_says_its_format():
 def test_the_stored_keys_are_those_of_the_previous_format_plus_format():
     sample = stored("format2")
     out = TrialResult.from_dict(sample).to_dict()
-    assert set(out) == set(sample) | {"format"}
+    assert set(out) == set(sample) | {"format", "estimator"}  # estimator: format 4
     assert set(out["interference"]) == set(sample["interference"])
     assert {"steal_pct", "foreign_cpu", "involuntary_ctx_switches", "migrations", "service_cv",
             "disturbed_windows"} <= set(out["interference"])
     for mine, theirs in zip(out["windows"], sample["windows"], strict=True):
-        assert set(mine) == set(theirs) and set(mine["interference"]) == set(theirs["interference"])
+        assert set(mine) == set(theirs) | {"inflation", "stopped_early"}
+        assert set(mine["interference"]) == set(theirs["interference"])
     assert out["placement"] == sample["placement"]
     # the plan's params gained the batch settings (issue 24); a result written before them ran unbatched
     unbatched = {"max_batch": 1, "batch_timeout_ms": 0.0}
@@ -209,3 +210,16 @@ def test_the_trials_table_shows_every_parameter_of_each_trial_config():
         shown = {c[len("param_"):]: v for c, v in frame.loc[label].items() if c.startswith("param_")}
         assert shown == result.params.to_dict()
     assert frame.loc["b", "verdict"] == other.verdict and frame.loc["a", "steal_pct"] == measured.interference.steal_pct
+
+
+def test_format_3_results_read_as_proven_bounds_with_unextended_window_defaults():
+    sample = stored("format3")
+    assert format_version(sample) == 3
+    result = TrialResult.from_dict(sample)
+    assert result.estimator == "bound"  # format 3's throughput is the highest rate proven to pass
+    assert all(w.inflation == 1.0 and not w.stopped_early for w in result.windows)
+    assert TrialResult.from_dict(result.to_dict()).estimator == "bound"
+    data = result.to_dict()
+    del data["estimator"]  # a format-4 result must carry it
+    with pytest.raises(ResultFormatError, match="lacks key.*estimator"):
+        TrialResult.from_dict(data)

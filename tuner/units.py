@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from tuner.errors import UsageError
@@ -47,3 +48,24 @@ def parse_size(text: str, what: str = "size") -> int:
         raise UsageError(f"{what} {text!r} is below 64 MiB: no ONNX Runtime worker starts in that")
     return value
 
+
+
+def format_rate(rate: float, interval: tuple[float, float], estimator: str) -> str:
+    """A throughput as tables show it: '412.0 [380-440]' for an estimate with its interval
+    ('412.0 [380-?]' when the interval is open above), '>= 412.0' for a proven lower bound (a
+    result of the bound rule, or one stored before estimates)."""
+    lo, hi = interval
+    if estimator != "estimate":
+        return f">= {rate:.1f}" if rate > 0 else f"{rate:.1f}"
+    if not math.isfinite(lo):
+        return f"{rate:.1f}"
+    return f"{rate:.1f} [{lo:.0f}-{hi:.0f}]" if math.isfinite(hi) else f"{rate:.1f} [{lo:.0f}-?]"
+
+
+def format_ratio(ratio: float, low: float, high: float) -> str:
+    """'2.31x (1.90-2.80)'; '2.31x (CI unknown)' without a bounded interval."""
+    if not math.isfinite(ratio):
+        return "-"
+    if low > 0 and math.isfinite(high):
+        return f"{ratio:.2f}x ({low:.2f}-{high:.2f})"
+    return f"{ratio:.2f}x (CI unknown)"

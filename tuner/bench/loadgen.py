@@ -272,4 +272,6 @@ def summarise(segments: list[Segment], scenario: str, offered_rate: float, bound
         confidence=vs.confidence, over_bound=verdict.over if verdict else 0, extensions=len(segments) - 1,
         service_cv=float(service.std() / service.mean()) if service.size > 1 and service.mean() > 0 else math.nan,
         interference=_window_interference(fleet, segments, sum(cpu) + sum(s.harness_cpu_s for s in segments), wall),
+        inflation=float(verdict.dependence) if verdict else 1.0,
+        stopped_early=any(s.abort == Abort.OVER_BOUND for s in segments),
     )

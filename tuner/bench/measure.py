@@ -1,4 +1,4 @@
-"""One config in, one honest result out: warm-up, capacity probe, rate search.
+"""One config in, one honest result out: warm-up, capacity probe, rate estimate.
 
 Server scenario:
 1. start the plan's workers (pinned, memory policy set, model loaded) and verify their
@@ -6,13 +6,15 @@ Server scenario:
 2. warm-up (closed loop, excluded);
 3. capacity probe (closed loop): capacity C and the unloaded latency; the config is infeasible
    only when the unloaded P99's LOWER confidence bound is over the bound (proven);
-4. rate search: open-loop Poisson windows, each with a verdict (pass / fail / undecided, see
-   ``tuner.bench.stats``); the first at 0.9 C, then bisection between the highest passing and the
-   lowest non-passing rate (monotone: never above a proven fail, never below a proven pass);
-5. the boundary is re-tested: the best passing rate is measured again and judged on the pooled
-   evidence of both windows; if that no longer passes, the next lower passing rate is taken;
-6. the result is the best passing window, with ``throughput_ci`` = [its achieved rate, the
-   lowest offered rate not proven to pass] and ``verdict`` pass, fail (proven) or undecided.
+4. rate estimate (``estimator="estimate"``, the default; ``tuner.bench.estimate``): open-loop
+   Poisson windows (not extended), the over-bound share of each fitted against the rate; the
+   result's ``throughput`` is the fitted highest rate at the bound, ``throughput_ci`` its
+   interval, ``verdict`` pass when some window proved its P99 under the bound, fail when the
+   unloaded P99 is proven over it, else undecided;
+   or rate search (``estimator="bound"``, the rule before 2026-12-05; ``tuner.bench.ratesearch``):
+   bisection on window verdicts, then a boundary re-test; ``throughput`` is the highest rate
+   proven to pass (a lower bound), ``throughput_ci`` = [its achieved rate, the lowest offered
+   rate not proven to pass].
 
 Offline scenario: one closed-loop window after the warm-up; feasible when its P99 meets the bound.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuner.bench import interference, stats
+from tuner.bench.estimate import EstimateOutcome, estimate_rate
 from tuner.bench.fleet import Fleet, FleetFactory
 from tuner.bench.launcher import Launcher
 from tuner.bench.launcher import machine_metadata as machine_metadata
@@ -38,6 +41,8 @@ from tuner.machine.placement import Plan
 from tuner.results.records import Interference, TrialResult, WindowResult
 
 SCENARIOS = ("server", "offline")
+ESTIMATE, BOUND = "estimate", "bound"
+ESTIMATORS = (ESTIMATE, BOUND)
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,25 @@ class MeasureSettings:
     # measuring time and half the throughput found) or "independent" (the verdict before issue 22: 9% of
     # passed windows in simulation were at rates whose long-run P99 was over the bound)
     dependence: str = stats.CLUSTERS
+    # what ``throughput`` is: "estimate" (the fitted highest rate at the bound, with its interval;
+    # windows are not extended) or "bound" (the highest rate proven to pass: bisection on verdicts)
+    estimator: str = ESTIMATE
+    rel_tol: float = 0.1  # the estimate stops once its interval is within this share of it
+    start_rate: float | None = None  # where the estimate's first window goes (a race: the known answer)
+    incumbent_rate: float | None = None  # the study's best so far: a config failing there stops at once
 
     @property
     def verdicts(self) -> VerdictSettings:
-        return VerdictSettings(confidence=self.confidence, max_extensions=self.max_extensions,
-                               dependence=self.dependence)
+        extensions = 0 if self.estimator == ESTIMATE else self.max_extensions
+        return VerdictSettings(confidence=self.confidence, max_extensions=extensions, dependence=self.dependence)
 
     def __post_init__(self) -> None:
         if not 0.5 < self.confidence < 1.0:
             raise UsageError(f"--confidence {self.confidence:g} must be between 0.5 and 1 (e.g. 0.95)")
         if self.dependence not in stats.DEPENDENCE_RULES:
             raise UsageError(f"dependence rule {self.dependence!r} is not one of {', '.join(stats.DEPENDENCE_RULES)}")
+        if self.estimator not in ESTIMATORS:
+            raise UsageError(f"estimator {self.estimator!r} is not one of {', '.join(ESTIMATORS)}")
         if self.scenario not in SCENARIOS:
             raise UsageError(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
         if self.window_s <= 0:
@@ -108,7 +121,10 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         say("warm-up")
         run_offline_window(fleet, settings.warmup_s)
         say("capacity probe")
-        probe = run_offline_window(fleet, settings.window_s, bound, settings.verdicts)
+        # a race's measurement knows where its answer is (start_rate): its probe only checks the
+        # unloaded latency and bounds the steps, and a short one does that
+        probe_s = settings.window_s if settings.start_rate is None else min(settings.window_s, 0.5)
+        probe = run_offline_window(fleet, probe_s, bound, settings.verdicts)
         windows.append(probe)
         capacity = probe.achieved_rate
         run_log: list[WindowResult] = []
@@ -122,7 +138,13 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     notes += noise_notes(result_window)
     if probe.requests < 1000:
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
-    throughput = result_window.achieved_rate if feasible else 0.0
+    if isinstance(outcome, EstimateOutcome):
+        throughput = outcome.estimate.rate if feasible else 0.0
+        if outcome.stopped == "below incumbent":
+            notes.append(f"failed at the incumbent's rate {outcome.windows[0].offered_rate:.1f} req/s: "
+                         "stopped there (its estimate rests on that window)")
+    else:
+        throughput = result_window.achieved_rate if feasible else 0.0
     return TrialResult(
         params=plan.params, plan=plan, scenario=settings.scenario,
         p99_bound_ms=bound * 1000 if bound is not None else None, feasible=feasible, reason=reason,
@@ -136,11 +158,12 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         duration_s=time.monotonic() - began - inside[0] + inside[1], notes=tuple(notes), verdict=verdict,
         throughput_ci=(float(throughput_ci[0]), float(throughput_ci[1])), p99_ci_ms=result_window.p99_ci_ms,
         confidence=settings.confidence, interference=Interference.of_windows(windows, result_window),
+        estimator=settings.estimator if settings.scenario == "server" else BOUND,
     )
 
 
 def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult, rng: np.random.Generator,
-                   say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | None:
+                   say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | EstimateOutcome | None:
     """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
     run, disturbed ones included, is appended to ``run_log``; a disturbed window (steal or foreign
     load over the thresholds of tuner.bench.interference) is re-run, ``disturbed_reruns`` times at most
@@ -161,10 +184,14 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
             seen = interference.describe(window.interference.to_dict())
             say(f"window at {rate:.1f} req/s disturbed ({seen}): re-run")
 
+    if settings.estimator == ESTIMATE:
+        return estimate_rate(run, probe.achieved_rate, settings.search_steps + 1,
+                             start_rate=settings.start_rate, incumbent=settings.incumbent_rate,
+                             rel_tol=settings.rel_tol, say=say)
     return search_rate(run, probe.achieved_rate, settings.search_steps, say)
 
 
-def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOutcome | None
+def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOutcome | EstimateOutcome | None
               ) -> tuple[WindowResult, bool, str, str, tuple[float, float]]:
     """(result window, feasible, verdict, reason, throughput interval) of a measurement."""
     bound = settings.p99_bound_s
@@ -175,11 +202,28 @@ def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOut
         reason = (f"unloaded P99 {probe.p99_ms:.2f} ms is over the {bound * 1000:g} ms bound "
                   f"(its {round(settings.confidence * 100)}% lower bound is {probe.p99_ci_ms[0]:.2f} ms)")
         return probe, False, stats.FAIL, reason, (0.0, 0.0)
+    if isinstance(outcome, EstimateOutcome):
+        return _conclude_estimate(outcome, probe)
     if outcome.best is not None:
         return outcome.best, True, stats.PASS, "", outcome.throughput_ci
     lowest = min(outcome.windows, key=lambda w: w.offered_rate) if outcome.windows else probe
     prefix = "no offered rate was proven to pass"
     return lowest, False, outcome.verdict, f"{prefix} (lowest tried: {lowest.reason})", outcome.throughput_ci
+
+
+def _conclude_estimate(outcome: EstimateOutcome, probe: WindowResult
+                       ) -> tuple[WindowResult, bool, str, str, tuple[float, float]]:
+    """The estimate's result: the window nearest its rate (the highest at or under it, else the
+    lowest above) shows the latencies; feasible when the estimate is above 0."""
+    est = outcome.estimate
+    under = [w for w in outcome.windows if w.offered_rate <= est.rate * 1.001]
+    shown = (max(under, key=lambda w: w.offered_rate) if under
+             else min(outcome.windows, key=lambda w: w.offered_rate) if outcome.windows else probe)
+    verdict = stats.PASS if any(w.verdict == stats.PASS for w in outcome.windows) else stats.UNDECIDED
+    if est.rate <= 0:
+        reason = f"no rate was estimated to hold the bound (lowest tried: {shown.reason})"
+        return shown, False, stats.UNDECIDED, reason, (0.0, est.high if math.isfinite(est.high) else 0.0)
+    return shown, True, verdict, "", (est.low, est.high)
 
 
 NOISE_RATIO = 3.0  # service-time P99 / P50 above this in one window: interference

@@ -364,3 +364,19 @@ def cv(values: Sequence[float]) -> float:
     if v.size < 2 or v.mean() == 0:
         return math.nan
     return float(v.std(ddof=1) / v.mean())
+
+
+def estimate_ratio(a: float, a_interval: Sequence[float], b: float, b_interval: Sequence[float]
+                   ) -> tuple[float, float, float]:
+    """a / b of two independent estimates with intervals, and an interval for it: each interval
+    read as a symmetric one on the log scale, the two half widths added in quadrature (the ratio's
+    interval is at the intervals' own confidence). (ratio, low, high); (ratio, 0, inf) when either
+    interval is open or missing. A study's
+    provisional ratio before its race (the race's own interval is ``ratio_ci``)."""
+    ratio = a / b if b > 0 else math.inf
+    ends = [float(v) for v in (*a_interval, *b_interval)]
+    if not (a > 0 and b > 0 and all(math.isfinite(v) and v > 0 for v in ends)):
+        return ratio, 0.0, math.inf
+    # each interval's half width on the log scale is z standard errors: the ratio's is their hypot
+    half = math.hypot(math.log(ends[1] / ends[0]), math.log(ends[3] / ends[2])) / 2
+    return ratio, ratio * math.exp(-half), ratio * math.exp(half)

@@ -10,12 +10,10 @@ clock read per request (see experiments/overhead).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tuner.bench.protocol import Done, Failed, Mode, Ready, SharedBuffers, Stop, Window
@@ -59,6 +57,13 @@ def worker_main(cfg: WorkerConfig, conn, shm_name: str, lock) -> None:
     ``tuner.bench.protocol``: ``Ready`` or ``Failed`` once, then ``Done`` or ``Failed`` per ``Window``
     until ``Stop`` (or the harness closes the pipe)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and tears us down
+    # fd 2 goes nowhere for the worker's whole life: its failures come back through the pipe, and
+    # what the C libraries print (under a memory limit glibc's "cannot allocate memory for
+    # thread-local data: ABORT" as the process dies, after loading) would break the tuner's
+    # one-line errors
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     from tuner.machine.numa import PR_SET_PDEATHSIG, prctl
 
     try:
@@ -101,38 +106,22 @@ def _place_and_load(cfg: WorkerConfig) -> tuple:
 
         resource.setrlimit(resource.RLIMIT_AS, (cfg.memory_limit, cfg.memory_limit))
     # Under a memory limit, ORT's import prints "Schema error: std::bad_alloc" and glibc, creating the
-    # session's thread pool, "cannot allocate memory for thread-local data": silence fd 2 while loading.
-    with _stderr_to_devnull():
-        import onnxruntime as ort
+    # session's thread pool, "cannot allocate memory for thread-local data" (fd 2 is silenced above)
+    import onnxruntime as ort
 
-        ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
-        from tuner.bench.model import ModelInfo, make_inputs
+    ort.set_default_logger_severity(4)  # errors come back to the tuner through the pipe, not stderr
+    from tuner.bench.model import ModelInfo, make_inputs
 
-        session = ort.InferenceSession(cfg.model_path, _session_options(cfg), providers=["CPUExecutionProvider"])
-        feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
-        session.run(None, feeds)
-        if cfg.max_batch > 1:  # a full batch's first run (allocation, kernels) is not left to a measured request
-            from tuner.bench.batchable import stack
+    session = ort.InferenceSession(cfg.model_path, _session_options(cfg), providers=["CPUExecutionProvider"])
+    feeds = make_inputs(ModelInfo.from_dict(cfg.model_info), seed=cfg.index)
+    session.run(None, feeds)
+    if cfg.max_batch > 1:  # a full batch's first run (allocation, kernels) is not left to a measured request
+        from tuner.bench.batchable import stack
 
-            session.run(None, stack([feeds] * cfg.max_batch))
+        session.run(None, stack([feeds] * cfg.max_batch))
     if cfg.pin and cfg.cpus:
         os.sched_setaffinity(0, cfg.cpus[:1])  # the calling thread keeps cpus[0]
     return session, feeds
-
-
-@contextlib.contextmanager
-def _stderr_to_devnull() -> Iterator[None]:
-    """File descriptor 2 goes nowhere within the block: a failure there comes back through the pipe
-    (``Failed``) and the tuner's stderr keeps its one-line errors."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _serve_windows(conn, session, feeds, buffers: SharedBuffers, lock, cfg: WorkerConfig) -> None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from tuner.cli.common import (
     BatchOpt,
     ConfidenceOpt,
+    EstimatorOpt,
     FsRoot,
     HangOpt,
     InputsOpt,
@@ -102,6 +103,7 @@ def measure(  # over 60 lines: typer reads its 26 options from the signature
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
     confidence: ConfidenceOpt = 0.95,
+    estimator: EstimatorOpt = "estimate",
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -126,7 +128,7 @@ def measure(  # over 60 lines: typer reads its 26 options from the signature
     from tuner.search.locks import HostLock
 
     settings = measure_settings(scenario, resolve_bound(p99), window, worker_memory_limit, hang_timeout,
-                                confidence=confidence)
+                                confidence=confidence, estimator=estimator)
     wait_s = lock_wait_s(lock_wait)
     if config is not None:
         params = config_params(load_config(config), f"--config {config}")

@@ -13,6 +13,7 @@ from rich.console import Console
 from tuner.cli.common import (
     BatchOpt,
     ConfidenceOpt,
+    EstimatorOpt,
     ExperimentOpt,
     FsRoot,
     HangOpt,
@@ -34,6 +35,7 @@ from tuner.cli.common import (
     warn,
 )
 from tuner.errors import UsageError
+from tuner.units import format_rate
 
 
 def optimize(  # over 60 lines: typer reads its 31 options from the signature; the body is short
@@ -58,9 +60,10 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     force: Annotated[bool, typer.Option("--force", help="Resume even if model/topology/bound differ.")] = False,
     revalidate: Annotated[int, typer.Option("--revalidate", help="Final race: the best K configs and "
                                          "every baseline re-measured in interleaved rounds.")] = 3,
-    race_timeout: Annotated[str | None, typer.Option("--race-timeout", help="Start no race round that would "
-                                                     "end after this long, e.g. 2m (at least 2 rounds run; "
-                                                     "default: 3 to 6 rounds, until the ratio is settled).")] = None,
+    race_timeout: Annotated[str | None, typer.Option("--race-timeout", help="A limit on the final race, e.g. 2m: no "
+                                                     "measurement starts that would end after it (the first round "
+                                                     "always runs; default: 3 to 6 rounds, until the ratio is "
+                                                     "settled).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
     mlflow_uri: MlflowUriOpt = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
@@ -74,6 +77,7 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
     confidence: ConfidenceOpt = 0.95,
+    estimator: EstimatorOpt = "estimate",
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -134,7 +138,8 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
     race_time_limit_s = parse_duration(race_timeout, "--race-timeout") if race_timeout is not None else None
     bound = resolve_bound(p99)
-    settings = measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0, confidence)
+    settings = measure_settings(scenario, bound, window, worker_memory_limit, hang_timeout, seed or 0, confidence,
+                                estimator)
     wait_s = lock_wait_s(lock_wait)
     check_writable(out, "--out")
     topo = get_topology(fsroot, topology_file)
@@ -284,7 +289,8 @@ def report(
     console.print(reporting.summary_text(the_study), highlight=False)
     front = frame[frame.pareto].sort_values("throughput", ascending=False)
     console.print(render_study.pareto_table(
-        (row.trial, row.label, row.throughput, row.p50_ms, row.p99_ms, row.baseline) for _, row in front.iterrows()))
+        (row.trial, row.label, format_rate(row.throughput, tuple(row.throughput_ci), row.estimator), row.p50_ms,
+         row.p99_ms, row.baseline) for _, row in front.iterrows()))
     groups = reporting.by_fingerprint(frame)
     if groups is not None:
         console.print(render_study.fingerprint_table(groups))

@@ -63,6 +63,9 @@ HangOpt = Annotated[str, typer.Option("--hang-timeout", help="A worker that has 
 ConfidenceOpt = Annotated[float, typer.Option("--confidence", help="Confidence of each window's P99 verdict "
                                               "(pass / fail / undecided), between 0.5 and 1.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
+EstimatorOpt = Annotated[str, typer.Option("--estimator", help="estimate: the fitted highest rate at the bound "
+                                           "with its bracket (default) | bound: the highest rate proven to pass "
+                                           "(bisection on verdicts, the rule before 2026-12-05).")]
 StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name (default: the only study in the "
                                               "storage).")]
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file "
@@ -83,14 +86,14 @@ def get_topology(fsroot: Path | None, topology_file: Path | None) -> Topology:
 
 
 def measure_settings(scenario: str, bound: float | None, window: str, memory_limit: str | None,
-                     hang_timeout: str, seed: int = 0, confidence: float = 0.95):
+                     hang_timeout: str, seed: int = 0, confidence: float = 0.95, estimator: str = "estimate"):
     """MeasureSettings from the flags 'measure' and 'optimize' share."""
     from tuner.bench.measure import MeasureSettings
     from tuner.units import parse_duration, parse_size
 
     return MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
                            seed=seed, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
-                           confidence=confidence,
+                           confidence=confidence, estimator=estimator,
                            worker_memory_limit=parse_size(memory_limit, "--worker-memory-limit") if memory_limit else 0)
 
 

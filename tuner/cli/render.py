@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.tree import Tree
 
+from tuner.bench.estimate import SIDE_CONFIDENCE
 from tuner.bench.interference import describe
 from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Plan
@@ -112,8 +113,7 @@ def result_table(result: TrialResult) -> Group:
     verdict = "[green]feasible[/]" if result.feasible else f"{word}: {result.reason}"
     head.add_row("P99 bound", bound)
     head.add_row("result", verdict)
-    head.add_row("throughput", f"{result.throughput:.1f} req/s" + _interval(result.throughput_ci, result.confidence,
-                                                                          "req/s"))
+    head.add_row("throughput", _throughput_text(result))
     head.add_row("latency P50/P90/P99/P99.9",
                  f"{result.p50_ms:.2f} / {result.p90_ms:.2f} / {result.p99_ms:.2f} / {result.p999_ms:.2f} ms"
                  + _interval(result.p99_ci_ms, result.confidence, "ms", "P99 "))
@@ -135,6 +135,18 @@ def result_table(result: TrialResult) -> Group:
                         f"{w.achieved_rate:.1f}", str(w.requests), f"{w.p50_ms:.2f}",
                         f"{w.p99_ms:.2f}", "pass" if w.passed else f"{w.verdict}: {w.reason}")
     return Group(head, windows)
+
+
+def _throughput_text(result: TrialResult) -> str:
+    """'412.0 req/s (estimate; bracket 380.0-440.0 req/s, each end shown at 80%)', or for a proven
+    lower bound (the bound rule, older results) its 95% bounds."""
+    if result.estimator != "estimate":
+        return f"{result.throughput:.1f} req/s (proven lower bound)" + _interval(
+            result.throughput_ci, result.confidence, "req/s")
+    lo, hi = result.throughput_ci
+    high = f"{hi:.1f}" if math.isfinite(hi) else "?"
+    return (f"{result.throughput:.1f} req/s (estimate; bracket {lo:.1f}-{high} req/s, each end shown at "
+            f"{round(SIDE_CONFIDENCE * 100)}%)")
 
 
 def _interval(bounds, confidence: float, unit: str, what: str = "") -> str:

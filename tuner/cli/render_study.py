@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tuner.bench import stats
 from tuner.results.trials import result_of
+from tuner.units import format_rate, format_ratio
 
 if TYPE_CHECKING:  # the report command reads a study without importing the study runner
     from tuner.app.optimize import OptimizeOutcome, TrialEvent
@@ -20,13 +21,14 @@ if TYPE_CHECKING:  # the report command reads a study without importing the stud
 PARETO_TITLE = "Pareto front (feasible trials: throughput vs P99)"
 
 
-def pareto_table(rows: Iterable[tuple[int, str, float, float, float, str]]) -> Table:
-    """Rows of (trial, config, throughput req/s, P50 ms, P99 ms, baseline name or "")."""
+def pareto_table(rows: Iterable[tuple[int, str, str, float, float, str]]) -> Table:
+    """Rows of (trial, config, throughput req/s as ``tuner.units.format_rate`` writes it, P50 ms,
+    P99 ms, baseline name or "")."""
     table = Table(title=PARETO_TITLE)
     for col in ("trial", "config", "throughput req/s", "P50 ms", "P99 ms", "baseline"):
         table.add_column(col)
     for number, label, throughput, p50_ms, p99_ms, baseline in rows:
-        table.add_row(str(number), label, f"{throughput:.1f}", f"{p50_ms:.2f}", f"{p99_ms:.2f}", baseline)
+        table.add_row(str(number), label, throughput, f"{p50_ms:.2f}", f"{p99_ms:.2f}", baseline)
     return table
 
 
@@ -35,7 +37,8 @@ def front_rows(outcome: OptimizeOutcome) -> list[tuple[int, str, float, float, f
     rows = []
     for t in outcome.front:
         r = result_of(t)
-        rows.append((t.number, t.user_attrs.get("label", ""), r.throughput, r.p50_ms, r.p99_ms,
+        rows.append((t.number, t.user_attrs.get("label", ""), format_rate(r.throughput, r.throughput_ci, r.estimator),
+                     r.p50_ms, r.p99_ms,
                      t.user_attrs.get("baseline", "")))
     return rows
 
@@ -46,7 +49,8 @@ def trial_line(event: TrialEvent) -> str:
     tag = f" [cyan]baseline {info.baseline}[/]" if info.baseline else ""
     verdict = "[green]feasible[/]" if info.feasible else f"[red]{info.reason}[/]"
     p99 = f"{info.p99_ms:.2f} ms" if math.isfinite(info.p99_ms) else "-"
-    return (f"#{info.number:>3} {info.label or '-':<28}{tag} {info.throughput:8.1f} req/s  P99 {p99:>10}"
+    rate = format_rate(info.throughput, info.throughput_ci, info.estimator) if info.feasible else "0.0"
+    return (f"#{info.number:>3} {info.label or '-':<28}{tag} {rate:>18} req/s  P99 {p99:>10}"
             f"  {verdict}  best {event.best_throughput:.1f} req/s")
 
 
@@ -66,20 +70,25 @@ def no_feasible_message(outcome: OptimizeOutcome) -> str:
 def best_line(outcome: OptimizeOutcome) -> str:
     best = outcome.best
     result = result_of(best)
+    rate = format_rate(result.throughput, result.throughput_ci, result.estimator)
     return (f"best: [bold]{best.user_attrs.get('label')}[/] (trial {best.number}) "
-            f"{result.throughput:.1f} req/s, P99 {result.p99_ms:.2f} ms")
+            f"{rate} req/s, P99 {result.p99_ms:.2f} ms")
 
 
 def ratios_table(outcome: OptimizeOutcome) -> Table:
-    """The best config's throughput over each baseline's, at the same bound."""
-    best_throughput = result_of(outcome.best).throughput
-    ratios = Table(title="best vs baselines at the same bound")
+    """The best config's throughput over each baseline's, at the same bound: one measurement each,
+    so provisional, with the interval of the two estimates (the final race decides)."""
+    best = result_of(outcome.best)
+    ratios = Table(title="best vs baselines at the same bound (provisional: one measurement each; "
+                   "the final race decides)")
     ratios.add_column("baseline")
     ratios.add_column("throughput req/s")
     ratios.add_column("best / baseline")
     for name, r in sorted(outcome.baselines.items()):
         if r.feasible and r.throughput > 0:
-            ratios.add_row(name, f"{r.throughput:.1f}", f"{best_throughput / r.throughput:.2f}x")
+            ratio = stats.estimate_ratio(best.throughput, best.throughput_ci, r.throughput, r.result.throughput_ci)
+            ratios.add_row(name, format_rate(r.throughput, r.result.throughput_ci, r.result.estimator),
+                           format_ratio(*ratio))
         else:
             ratios.add_row(name, "failed" if r.failed else "infeasible", f"({r.reason})")
     return ratios

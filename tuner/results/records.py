@@ -14,7 +14,11 @@ Stored formats of a trial result (``trial.user_attrs["result"]``, ``placetune me
   follows ``passed``), and the oldest (ee771ed) the service-time percentiles too.
 - 2: with verdicts (c508556 to 14a8e9b): every key but ``format``; ``interference`` (of the
   result and of each window) is ``{}`` in the first of them (c508556, before 88ee81d).
-- 3 (``FORMAT``): ``format: 3``, every key present.
+- 3: ``format: 3`` (14a8e9b to the estimator, 2026-12-05): no ``estimator``; its windows lack
+  ``inflation`` and ``stopped_early``. Its ``throughput`` is the highest rate proven to pass.
+- 4 (``FORMAT``): ``format: 4``, every key present; ``estimator`` says what ``throughput`` is
+  (``estimate``: the fitted highest rate, ``throughput_ci`` its interval; ``bound``: the highest
+  rate proven to pass, as in format 3).
 
 In every format the study stores ``_trial`` (the trial's number) beside the result
 (``tuner.search.study``): it is accepted and dropped. ``numa_local`` / ``numa_remote`` of an
@@ -34,7 +38,7 @@ from tuner.errors import PlacetuneError
 from tuner.machine.cpulist import format_cpulist, parse_cpulist
 from tuner.machine.placement import Params, Plan
 
-FORMAT = 3
+FORMAT = 4
 STORED_BESIDE = ("_trial",)  # keys the study stores beside a result (every format)
 _NAN_PAIR = (math.nan, math.nan)
 
@@ -155,6 +159,8 @@ class WindowResult:
     extensions: int = 0  # times an undecided window was extended
     service_cv: float = math.nan  # std/mean of the service time: identical work, so spread is noise
     interference: WindowInterference = field(default_factory=WindowInterference)
+    inflation: float = 1.0  # requests per independent one (tuner.bench.stats.inflation; format 4)
+    stopped_early: bool = False  # cut once its failure was certain: its over-bound share is biased up
 
     def to_dict(self) -> dict:
         return {**asdict(self), "worker_cpu": list(self.worker_cpu), "p99_ci_ms": list(self.p99_ci_ms),
@@ -163,7 +169,8 @@ class WindowResult:
     @classmethod
     def from_dict(cls, data: Mapping, version: int = FORMAT) -> WindowResult:
         """A window of a result stored in format ``version`` (format 1: its verdict follows ``passed``)."""
-        optional = _known(cls)[_known(cls).index("service_p50_ms"):] if version < 2 else ()
+        optional = (_known(cls)[_known(cls).index("service_p50_ms"):] if version < 2
+                    else ("inflation", "stopped_early") if version < 4 else ())
         d = _strict(data, cls, "a window", optional)
         if "verdict" not in d:
             d["verdict"] = stats.PASS if d["passed"] else stats.FAIL
@@ -261,6 +268,7 @@ class TrialResult:
     p99_ci_ms: tuple[float, float] = _NAN_PAIR
     confidence: float = math.nan
     interference: Interference = field(default_factory=Interference)
+    estimator: str = "bound"  # what ``throughput`` is: "estimate" (fitted) or "bound" (proven; format <= 3)
 
     def __post_init__(self) -> None:
         if not self.verdict:
@@ -286,7 +294,8 @@ class TrialResult:
         """A result of any stored format (see the module's docstring); anything else is refused."""
         version = format_version(data)
         d = _strict({k: v for k, v in data.items() if k != "format"}, cls, f"a format-{version} result",
-                    optional=_LATER_THAN_1 if version < 2 else (), beside=STORED_BESIDE)
+                    optional=(*_LATER_THAN_1, "estimator") if version < 2 else ("estimator",) if version < 4 else (),
+                    beside=STORED_BESIDE)
         return cls(**{
             **d, "params": Params.from_dict(d["params"]), "plan": _plan_from_dict(d["plan"]),
             "worker_cpu": tuple(d["worker_cpu"]), "notes": tuple(d.get("notes", ())),

@@ -12,6 +12,7 @@ import warnings
 import optuna
 import pandas as pd
 
+from tuner.bench import stats
 from tuner.machine.placement import PARAM_NAMES, Params
 from tuner.results.envelope import envelope, envelope_points
 from tuner.results.records import TrialResult
@@ -24,6 +25,7 @@ from tuner.results.trials import (
     result_of,
     shown_trials,
 )
+from tuner.units import format_rate, format_ratio
 
 
 def trial_params(t: optuna.trial.FrozenTrial) -> Params:
@@ -48,19 +50,20 @@ def _reason(t: optuna.trial.FrozenTrial, result: TrialResult | None) -> str:
 def _measured_columns(r: TrialResult | None) -> dict:
     """The result's columns of a trial's row (None where the trial has no result)."""
     if r is None:
-        return {"feasible": False, "throughput": 0.0, "verdict": "", "throughput_ci": None,
+        return {"feasible": False, "throughput": 0.0, "verdict": "", "throughput_ci": None, "estimator": "",
                 **dict.fromkeys(("p50_ms", "p90_ms", "p99_ms", "p999_ms", "capacity", "unloaded_p99_ms", "cpu_util",
                                  "steal_pct", "foreign_cpu", "disturbed_windows", "duration_s"))}
     return {"feasible": r.feasible, "throughput": r.throughput, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms,
             "p99_ms": r.p99_ms, "p999_ms": r.p999_ms, "capacity": r.capacity, "unloaded_p99_ms": r.unloaded_p99_ms,
             "cpu_util": r.cpu_util, "verdict": r.verdict, "throughput_ci": list(r.throughput_ci),
+            "estimator": r.estimator,
             "steal_pct": r.interference.steal_pct, "foreign_cpu": r.interference.foreign_cpu,
             "disturbed_windows": r.interference.disturbed_windows, "duration_s": r.duration_s}
 
 
 _COLUMNS = ("trial", "state", "label", "baseline", "host", "fingerprint", "feasible", "pareto", "throughput",
             "p50_ms", "p90_ms", "p99_ms", "p999_ms", "capacity", "unloaded_p99_ms", "cpu_util", "reused_from",
-            "reason", "verdict", "throughput_ci", "steal_pct", "foreign_cpu", "disturbed_windows")
+            "reason", "verdict", "throughput_ci", "estimator", "steal_pct", "foreign_cpu", "disturbed_windows")
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -212,13 +215,18 @@ def summary(study: optuna.Study) -> dict:
     r = result_of(best) if best is not None else None
     if best is not None and r is not None:
         out["best"] = {"trial": best.number, "label": best.user_attrs.get("label"), "throughput": r.throughput,
+                       "throughput_ci": list(r.throughput_ci), "estimator": r.estimator,
                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}
     for name, row in sorted(baseline_results(study).items()):
-        ratio = (out["best"]["throughput"] / row.throughput
-                 if out["best"] and row.feasible and row.throughput > 0 else None)
+        ratio, ratio_ci = None, None
+        if r is not None and row.feasible and row.throughput > 0:
+            ratio, lo, hi = stats.estimate_ratio(r.throughput, r.throughput_ci, row.throughput,
+                                                 row.result.throughput_ci)
+            ratio_ci = [lo, hi]
         out["baselines"][name] = {"throughput": row.throughput if row.feasible else None,
+                                  "throughput_ci": list(row.result.throughput_ci) if row.feasible else None,
                                   "feasible": row.feasible, "failed": row.failed, "reason": row.reason,
-                                  "best_ratio": ratio}
+                                  "best_ratio": ratio, "best_ratio_ci": ratio_ci}
     return out
 
 
@@ -230,13 +238,15 @@ def summary_text(study: optuna.Study) -> str:
              f"scenario {s['scenario']}, {s['trials']} trials."]
     if s["best"]:
         b = s["best"]
-        lines.append(f"Best: {b['label']} (trial {b['trial']}) {b['throughput']:.1f} req/s, P50 {b['p50_ms']:.2f} ms, "
+        rate = format_rate(b["throughput"], tuple(b["throughput_ci"]), b["estimator"])
+        lines.append(f"Best: {b['label']} (trial {b['trial']}) {rate} req/s, P50 {b['p50_ms']:.2f} ms, "
                      f"P99 {b['p99_ms']:.2f} ms.")
     else:
         lines.append("No config met the bound.")
     for name, r in s["baselines"].items():
-        if r["best_ratio"] is not None:
-            lines.append(f"vs {name}: {r['throughput']:.1f} req/s -> {r['best_ratio']:.2f}x")
+        if r["best_ratio"] is not None:  # one measurement each: the race (best_config.json) decides
+            ratio = format_ratio(r["best_ratio"], *r["best_ratio_ci"])
+            lines.append(f"vs {name}: {r['throughput']:.1f} req/s -> {ratio} provisional")
         elif r["failed"]:  # never measured: a failed trial is not an infeasible config
             lines.append(f"vs {name}: failed: {r['reason'].removeprefix('trial failed: ')}")
         else:

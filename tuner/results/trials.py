@@ -43,9 +43,12 @@ class TrialSummary:
     throughput: float  # req/s, 0 when not measured
     p99_ms: float  # inf when not measured
     params: Params | None = None  # the measured config; None when not measured
+    throughput_ci: tuple[float, float] = (math.nan, math.nan)  # the estimate's interval (req/s)
+    estimator: str = "bound"  # what throughput is: "estimate" or "bound" (proven; older results)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "params": self.params.to_dict() if self.params is not None else None}
+        return {**asdict(self), "params": self.params.to_dict() if self.params is not None else None,
+                "throughput_ci": list(self.throughput_ci)}
 
 
 def summarize_trial(t: optuna.trial.FrozenTrial) -> TrialSummary:
@@ -64,7 +67,8 @@ def summarize_trial(t: optuna.trial.FrozenTrial) -> TrialSummary:
                             reason=f"not measured: {t.user_attrs.get('plan_infeasible', 'pruned')}")
     if result is not None:
         return TrialSummary(**head, feasible=result.feasible, reason=result.reason, throughput=result.throughput,
-                            p99_ms=result.p99_ms, params=result.params)
+                            p99_ms=result.p99_ms, params=result.params, throughput_ci=result.throughput_ci,
+                            estimator=result.estimator)
     reason = t.user_attrs.get("fail_reason", t.state.name.lower())
     return TrialSummary(**head, feasible=False, throughput=0.0, p99_ms=math.inf,
                         reason=f"trial failed: {reason}" if t.state.name == "FAIL" else reason)

@@ -4,8 +4,9 @@ The top-K configs and every baseline are measured again in rounds (A B C, then B
 order rotates so no entrant always runs first or last). After ``min_rounds`` rounds, the race
 stops once the best config's advantage over the best baseline has a paired interval (Fieller's,
 ``tuner.bench.stats.ratio_ci``) that excludes 1 and is narrow enough (``rel_width``), at
-``max_rounds``, or, with a time limit, before a round that would end after it (judged by the
-longest round so far; ``MIN_TIMED_ROUNDS`` always run). Pairing by round
+``max_rounds``, or, with a time limit, before a measurement that would end after it (judged by
+the longest measurement so far; a round the limit cuts short is dropped, its pairs incomplete),
+so the race ends within about one measurement's time of the limit. Pairing by round
 cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
 entrant of a round alike. When the interval includes 1 there is no significant difference and
 the simpler config (the baseline) is recommended; when it lies below 1 the best baseline is
@@ -28,6 +29,7 @@ class Entrant:
     label: str
     params: Params
     baseline: str = ""  # the baseline's name ("ORT default"), "" for a searched config
+    rate: float = 0.0  # its estimate in the study (req/s): where its race measurements start; 0: unknown
 
 
 @dataclass
@@ -108,18 +110,21 @@ def summary_text(result: RaceResult) -> str:
     return f"{head}; {text}" if head else text
 
 
+TIE_WIDTH = 0.1  # an interval that holds 1 and is at most this wide (relative) settles a tie
+
+
 def settled(result: RaceResult, rel_width: float) -> bool:
     """The best searched config's interval against the best baseline excludes 1 and is at most
-    ``rel_width`` wide (relative to the ratio)."""
+    ``rel_width`` wide (relative to the ratio), or it holds 1 and is at most ``TIE_WIDTH`` wide:
+    more rounds would only narrow a tie (a futility stop)."""
     c = result.searched or (result.comparisons[0] if result.comparisons else None)
     if c is None:
         return True
     lo, hi = c["ci"]
+    if not math.isfinite(hi):
+        return False
     excludes_one = lo > 1.0 or hi < 1.0
-    return excludes_one and math.isfinite(hi) and (hi - lo) <= rel_width * c["ratio"]
-
-
-MIN_TIMED_ROUNDS = 2  # a time limit never cuts a race below this: one round pairs nothing
+    return (hi - lo) <= (rel_width if excludes_one else TIE_WIDTH) * c["ratio"]
 
 
 def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float], min_rounds: int = 3,
@@ -128,29 +133,36 @@ def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float]
          clock: Callable[[], float] = time.monotonic, unit: str = "req/s") -> RaceResult:
     """Race ``entrants`` in rotating interleaved rounds; ``measure_throughput`` measures one entrant
     once (0 for an infeasible measurement; ``unit`` names what it returns). With ``time_limit_s``
-    (seconds from the start, on ``clock``), a round that would end after the limit is not started,
-    once ``MIN_TIMED_ROUNDS`` rounds are done: a round is expected to take as long as the longest
-    one so far."""
+    (seconds from the start, on ``clock``), no measurement starts that would end after the limit,
+    judged by the longest one so far, once the first round is complete (a limit shorter than one
+    round still gets one round, without an interval); the round it would have belonged to is
+    dropped."""
     if not entrants:
         raise ValueError("a race needs at least one entrant")
     result = RaceResult(entrants, {e.label: [] for e in entrants}, confidence, unit=unit, stopped="max_rounds")
     began = clock()
-    longest_round_s = 0.0
+    longest_s = 0.0
     for round_no in range(max_rounds):
-        if (time_limit_s is not None and round_no >= MIN_TIMED_ROUNDS
-                and clock() - began + longest_round_s > time_limit_s):
-            result.stopped = "time_limit"
-            break
-        round_began = clock()
         shift = round_no % len(entrants)
+        done: list[str] = []
         for e in entrants[shift:] + entrants[:shift]:
+            if time_limit_s is not None and round_no >= 1 and clock() - began + longest_s > time_limit_s:
+                result.stopped = "time_limit"
+                break
             say(f"race round {round_no + 1}/{max_rounds}: {e.label}")
+            measuring_began = clock()
             result.throughputs[e.label].append(float(measure_throughput(e)))
-        longest_round_s = max(longest_round_s, clock() - round_began)
+            done.append(e.label)
+            longest_s = max(longest_s, clock() - measuring_began)
+        if result.stopped == "time_limit":
+            for label in done:  # an incomplete round pairs nothing
+                result.throughputs[label].pop()
+            break
         compare(result)
         if round_no + 1 >= min_rounds and settled(result, rel_width):
             result.stopped = "settled"
             break
+    compare(result)
     return result
 
 
@@ -162,11 +174,12 @@ def study_entrants(study, k: int) -> list[Entrant]:
     for t in sorted(feasible_trials(study), key=lambda t: -t.values[0]):
         label = t.user_attrs.get("label") or f"trial {t.number}"
         if "baseline" not in t.user_attrs and label not in entrants and len(entrants) < k:
-            entrants[label] = Entrant(label, result_of(t).params)
+            entrants[label] = Entrant(label, result_of(t).params, rate=float(t.values[0]))
     for name, row in sorted(baseline_results(study).items()):
         if row.feasible:  # a failed baseline has no result to race
             params = row.result.params
-            entrants.setdefault(params.label(), Entrant(params.label(), params, baseline=name))
+            entrants.setdefault(params.label(), Entrant(params.label(), params, baseline=name,
+                                                        rate=float(row.result.throughput)))
     return list(entrants.values())
 
 
@@ -186,8 +199,11 @@ def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, ma
     counter = iter(range(1, 1_000_000))
 
     def measure_throughput(e: Entrant) -> float:
-        # three search windows (and the boundary re-test) per run: the race's evidence is its rounds
-        quick = replace(settings, seed=settings.seed + next(counter), search_steps=min(3, settings.search_steps))
+        # three windows per run, the first at the entrant's estimate: the race's evidence is its rounds
+        # (the bound rule, from its bisection: three steps and the boundary re-test)
+        steps = 2 if settings.estimator == "estimate" else 3
+        quick = replace(settings, seed=settings.seed + next(counter), search_steps=min(steps, settings.search_steps),
+                        start_rate=e.rate or None, incumbent_rate=None)
         result = measure_one(plan(topology, e.params), model, quick)
         return result.throughput if result.feasible else 0.0
 

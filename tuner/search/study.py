@@ -139,10 +139,11 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
 
 
 def _identity(cfg: StudyConfig) -> dict:
-    """What a study's results depend on: the model, the bound, the scenario."""
+    """What a study's results depend on: the model, the bound, the scenario, and what a trial's
+    throughput is (``MeasureSettings.estimator``: an estimate and a proven bound do not compare)."""
     return {"model_sha256": cfg.model.sha256,
             "p99_bound_ms": cfg.settings.p99_bound_s * 1000 if cfg.settings.p99_bound_s else None,
-            "scenario": cfg.settings.scenario}
+            "scenario": cfg.settings.scenario, "estimator": cfg.settings.estimator}
 
 
 def _record_identity(study: optuna.Study, cfg: StudyConfig) -> None:
@@ -158,7 +159,7 @@ def _record_identity(study: optuna.Study, cfg: StudyConfig) -> None:
 def _check_identity(study: optuna.Study, cfg: StudyConfig) -> None:
     """Refuse another model/bound/scenario (unless --force) or another topology (unless
     --allow-heterogeneous or --force, which mark the study heterogeneous)."""
-    existing = study.user_attrs
+    existing = {"estimator": "bound", **study.user_attrs}  # a study made before estimates: proven bounds
     diff = [f"{k}: study has {existing.get(k)!r}, this run has {v!r}"
             for k, v in _identity(cfg).items() if existing.get(k) != v]
     if diff and not cfg.force:
