@@ -16,6 +16,7 @@ faster than anything the search found, and it is the winner.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,7 +129,7 @@ def settled(result: RaceResult, rel_width: float) -> bool:
 
 
 def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float], min_rounds: int = 3,
-         max_rounds: int = 6, confidence: float = stats.DEFAULT_CONFIDENCE, rel_width: float = 0.25,
+         max_rounds: int = 5, confidence: float = stats.DEFAULT_CONFIDENCE, rel_width: float = 0.25,
          say: Callable[[str], None] = lambda _m: None, time_limit_s: float | None = None,
          clock: Callable[[], float] = time.monotonic, unit: str = "req/s") -> RaceResult:
     """Race ``entrants`` in rotating interleaved rounds; ``measure_throughput`` measures one entrant
@@ -183,7 +184,17 @@ def study_entrants(study, k: int) -> list[Entrant]:
     return list(entrants.values())
 
 
-def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 6,
+DITHER = 0.2  # a race measurement starts within this log share of the entrant's estimate, at random
+
+
+def dithered(rate: float, seed: int) -> float:
+    """``rate`` times a random factor in [e^-DITHER, e^DITHER] (seeded): each round's bracket falls
+    elsewhere, so the error of one bracket's interpolation varies from round to round and shows in
+    the rounds' spread (where the race's interval sees it) instead of repeating in every round."""
+    return rate * math.exp(random.Random(seed).uniform(-DITHER, DITHER)) if rate > 0 else rate
+
+
+def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 5,
                say: Callable[[str], None] = lambda _m: None, measure_fn: Callable | None = None,
                time_limit_s: float | None = None) -> RaceResult:
     """The final race of a finished study: its top ``k`` configs and its baselines, each measured
@@ -199,11 +210,12 @@ def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, ma
     counter = iter(range(1, 1_000_000))
 
     def measure_throughput(e: Entrant) -> float:
-        # three windows per run, the first at the entrant's estimate: the race's evidence is its rounds
+        # three windows per run, the first near the entrant's estimate: the race's evidence is its rounds
         # (the bound rule, from its bisection: three steps and the boundary re-test)
+        seed = settings.seed + next(counter)
         steps = 2 if settings.estimator == "estimate" else 3
-        quick = replace(settings, seed=settings.seed + next(counter), search_steps=min(steps, settings.search_steps),
-                        start_rate=e.rate or None, incumbent_rate=None)
+        quick = replace(settings, seed=seed, search_steps=min(steps, settings.search_steps),
+                        start_rate=dithered(e.rate, seed) or None, incumbent_rate=None)
         result = measure_one(plan(topology, e.params), model, quick)
         return result.throughput if result.feasible else 0.0
 
