@@ -97,7 +97,8 @@ def ratios_table(outcome: OptimizeOutcome) -> Table:
 def race_table(race: RaceResult) -> Table:
     """Each entrant of the final race: mean, CV and every round's throughput."""
     cut = ", stopped at --race-timeout" if race.stopped == "time_limit" else ""
-    table = Table(title=f"final race ({len(race.throughputs[race.winner])} interleaved rounds{cut})")
+    table = Table(title=f"final race ({len(race.throughputs[race.winner])} interleaved rounds in "
+                  f"{race.seconds:.0f} s{cut})")
     for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):
         table.add_column(col)
     for e in race.entrants:

@@ -46,12 +46,13 @@ class RaceResult:
     searched: dict = field(default_factory=dict)  # the best searched config vs the best baseline
     unit: str = "req/s"  # what ``throughputs`` holds (a deployment's race: "load factor")
     stopped: str = ""  # why the race ended: "settled", "max_rounds" or "time_limit"
+    seconds: float = 0.0  # how long it ran (on the race's clock)
 
     def to_dict(self) -> dict:
         return {"rounds": len(next(iter(self.throughputs.values()), [])), "confidence": self.confidence,
                 "throughputs": self.throughputs, "winner": self.winner, "recommended": self.recommended,
                 "significant": self.significant, "comparisons": self.comparisons, "summary": self.summary,
-                "searched": self.searched, "stopped": self.stopped,
+                "searched": self.searched, "stopped": self.stopped, "seconds": self.seconds,
                 "entrants": [{"label": e.label, "baseline": e.baseline, "params": e.params.to_dict()}
                              for e in self.entrants]}
 
@@ -164,6 +165,7 @@ def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float]
             result.stopped = "settled"
             break
     compare(result)
+    result.seconds = clock() - began
     return result
 
 
