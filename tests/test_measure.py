@@ -146,7 +146,9 @@ def test_measure_gives_a_full_result(model, topo):
     assert result.verdict == ("pass" if any(w.verdict == "pass" for w in result.windows[1:]) else "undecided")
     lo, hi = result.throughput_ci
     assert lo <= result.throughput <= hi
-    assert result.p99_ci_ms[0] <= result.p99_ms <= result.p99_ci_ms[1] <= 1000
+    # the shown window (the nearest at or under the estimate) bounds its P99; unbounded above when
+    # its own sample cannot (an undecided window)
+    assert result.p99_ci_ms[0] <= result.p99_ms <= result.p99_ci_ms[1]
     assert {w.verdict for w in result.windows} <= {"pass", "fail", "undecided"}
     assert result.windows[0].scenario == "offline"
     assert all(w.scenario == "server" for w in result.windows[1:])
