@@ -25,6 +25,15 @@ def test_a_results_module_imports_without_the_launcher_the_worker_or_onnxruntime
     assert json.loads(done.stdout) == []
 
 
+def test_the_records_import_nothing_from_bench():
+    """The one arrow that ran back up (issue 31): records read the verdict words from
+    tuner.verdicts and the model record from tuner.results.modelinfo, not from tuner.bench."""
+    code = "import json, sys\nimport tuner.results.records\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [m for m in json.loads(done.stdout) if m.startswith("tuner.bench")] == []
+
+
 def test_the_check_sees_a_module_that_does_load_the_launcher():
     code = (f"import json, sys\nimport tuner.bench.measure\n"
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")

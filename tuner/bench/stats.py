@@ -30,10 +30,9 @@ from functools import lru_cache
 
 import numpy as np
 
-PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
-VERDICTS = (PASS, FAIL, UNDECIDED)
-DEFAULT_CONFIDENCE = 0.95
-DEFAULT_QUANTILE = 0.99
+from tuner.verdicts import DEFAULT_CONFIDENCE, DEFAULT_QUANTILE, FAIL, PASS, UNDECIDED, VERDICTS
+
+__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_QUANTILE", "FAIL", "PASS", "UNDECIDED", "VERDICTS"]  # and the functions
 
 
 def check_confidence(confidence: float) -> None:

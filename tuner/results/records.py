@@ -32,11 +32,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from tuner.bench import stats
-from tuner.bench.model import ModelInfo
+from tuner import verdicts
 from tuner.errors import PlacetuneError
 from tuner.machine.cpulist import format_cpulist, parse_cpulist
 from tuner.machine.placement import Params, Plan
+from tuner.results.modelinfo import ModelInfo
 
 FORMAT = 4
 STORED_BESIDE = ("_trial",)  # keys the study stores beside a result (every format)
@@ -152,9 +152,9 @@ class WindowResult:
     harness_cpu: float  # CPU use of the tuner process itself in cores
     service_p50_ms: float = math.nan  # time inside session.run: the same work every request, so its
     service_p99_ms: float = math.nan  # spread is interference (a noisy machine), not queueing
-    verdict: str = stats.PASS  # "pass" | "fail" | "undecided" (tuner.bench.stats)
+    verdict: str = verdicts.PASS  # "pass" | "fail" | "undecided" (tuner.verdicts)
     p99_ci_ms: tuple[float, float] = _NAN_PAIR  # one-sided bounds at `confidence` each
-    confidence: float = stats.DEFAULT_CONFIDENCE
+    confidence: float = verdicts.DEFAULT_CONFIDENCE
     over_bound: int = 0  # requests over the bound (unserved ones included)
     extensions: int = 0  # times an undecided window was extended
     service_cv: float = math.nan  # std/mean of the service time: identical work, so spread is noise
@@ -173,7 +173,7 @@ class WindowResult:
                     else ("inflation", "stopped_early") if version < 4 else ())
         d = _strict(data, cls, "a window", optional)
         if "verdict" not in d:
-            d["verdict"] = stats.PASS if d["passed"] else stats.FAIL
+            d["verdict"] = verdicts.PASS if d["passed"] else verdicts.FAIL
         return cls(**{**d, "worker_cpu": tuple(d["worker_cpu"]),
                       "p99_ci_ms": _pair(d.get("p99_ci_ms", _NAN_PAIR)),
                       "interference": WindowInterference.from_dict(d.get("interference", {}), version)})
@@ -272,7 +272,7 @@ class TrialResult:
 
     def __post_init__(self) -> None:
         if not self.verdict:
-            object.__setattr__(self, "verdict", stats.PASS if self.feasible else stats.FAIL)
+            object.__setattr__(self, "verdict", verdicts.PASS if self.feasible else verdicts.FAIL)
 
     def to_dict(self) -> dict:
         """The stored form (format ``FORMAT``): plain JSON types, the keys of every earlier format."""
