@@ -38,6 +38,10 @@ NUMA_POLICIES = ("none", "bind", "interleave", "preferred")
 EXECUTION_MODES = ("sequential", "parallel")
 
 
+def _searched(order: int) -> dict:
+    return {"searched": order}
+
+
 @dataclass(frozen=True)
 class Params:
     """What one trial picks: the placement and the ONNX Runtime session settings.
@@ -47,19 +51,24 @@ class Params:
     exist for the "ORT defaults" baseline; tuned configs always pin and set counts.
     """
 
-    workers: int = 1
-    cores_per_worker: int = 1
-    smt: bool = False
-    numa_policy: str = "none"
-    io_cores: int = 0
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    execution_mode: str = "sequential"
-    spinning: bool = True
+    # A searched dimension carries ``_searched(k)``: a search space may vary it (``search_spaces/*.yaml``),
+    # and k is its place in the order a trial decides them (each one's choices depend on the ones
+    # before: ``tuner.search.space.ORDER``). A new dimension is one field here plus its use.
+    workers: int = field(default=1, metadata=_searched(2))
+    cores_per_worker: int = field(default=1, metadata=_searched(3))
+    smt: bool = field(default=False, metadata=_searched(4))
+    numa_policy: str = field(default="none", metadata=_searched(1))
+    io_cores: int = field(default=0, metadata=_searched(0))
+    intra_op_threads: int = field(default=1, metadata=_searched(5))
+    inter_op_threads: int = field(default=1, metadata=_searched(7))
+    execution_mode: str = field(default="sequential", metadata=_searched(6))
+    spinning: bool = field(default=True, metadata=_searched(8))
     graph_optimization: str = "all"
     pin: bool = True
-    max_batch: int = 1  # requests a worker runs in one session.run (1: one at a time, no batching)
-    batch_timeout_ms: float = 0.0  # how long a worker holding fewer than max_batch requests waits for more
+    # requests a worker runs in one session.run (1: one at a time, no batching)
+    max_batch: int = field(default=1, metadata=_searched(9))
+    # how long a worker holding fewer than max_batch requests waits for more
+    batch_timeout_ms: float = field(default=0.0, metadata=_searched(10))
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -134,6 +143,11 @@ class Params:
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Params))  # the one list of parameters
+# the dimensions a search space may vary, in Params' order; in the order a trial decides them; the integer ones
+SEARCHED: tuple[str, ...] = tuple(f.name for f in fields(Params) if "searched" in f.metadata)
+_ORDER_OF = {f.name: f.metadata["searched"] for f in fields(Params) if "searched" in f.metadata}
+SEARCH_ORDER: tuple[str, ...] = tuple(sorted(SEARCHED, key=_ORDER_OF.__getitem__))
+INT_SEARCHED: frozenset[str] = frozenset(f.name for f in fields(Params) if "searched" in f.metadata and f.type == "int")
 
 
 @dataclass(frozen=True)

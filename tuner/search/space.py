@@ -34,18 +34,23 @@ from pathlib import Path
 import yaml
 
 from tuner.errors import Infeasible, UsageError
-from tuner.machine.placement import EXECUTION_MODES, NUMA_POLICIES, Params, plan
+from tuner.machine.placement import (
+    EXECUTION_MODES,
+    INT_SEARCHED,
+    NUMA_POLICIES,
+    SEARCH_ORDER,
+    SEARCHED,
+    Params,
+    plan,
+)
 from tuner.machine.topology import Topology
 
 # The YAML spaces ship inside the package (package data), so an installed wheel finds them; the
 # top-level ``search_spaces/`` of a checkout is a link to this folder.
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
-DIMENSIONS = ("workers", "cores_per_worker", "smt", "intra_op_threads", "inter_op_threads",
-              "execution_mode", "numa_policy", "spinning", "io_cores", "max_batch", "batch_timeout_ms")
-ORDER = ("io_cores", "numa_policy", "workers", "cores_per_worker", "smt", "intra_op_threads",
-         "execution_mode", "inter_op_threads", "spinning", "max_batch", "batch_timeout_ms")
-INT_DIMS = frozenset({"workers", "cores_per_worker", "intra_op_threads", "inter_op_threads", "io_cores",
-                      "max_batch"})
+DIMENSIONS = SEARCHED  # derived from Params' field metadata (tuner.machine.placement)
+ORDER = SEARCH_ORDER
+INT_DIMS = INT_SEARCHED
 BATCH_DIMS = ("max_batch", "batch_timeout_ms")
 MAX_BATCH_AUTO = 32  # ``max_batch: {max: auto}``
 _DENSE_INT_CHOICES = 16  # up to this many integers: every one; beyond: 1, 2, 3, 4, 6, 8, 12, 16, ...
