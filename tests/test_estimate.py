@@ -60,6 +60,14 @@ def test_a_window_that_did_not_keep_up_or_was_cut_early_is_a_ceiling_whatever_it
         assert not est.point_of(cut).usable  # its share is biased: it only bounds the answer
 
 
+def test_a_ceiling_that_did_not_keep_up_with_few_slow_requests_puts_the_answer_in_the_middle():
+    # a backlog building at 1000/s that had not yet reached the bound: the answer is under 1000/s,
+    # and nothing says where (seen on a 2-core VM: every estimate sat at such a window's rate)
+    answer = est.estimate(points(window(800.0, 0), window(1000.0, 0, kept_up=False)), capacity=1100.0)
+    assert answer.method == "bracket" and (answer.low, answer.high) == (800.0, 1000.0)
+    assert answer.rate == pytest.approx(math.sqrt(800.0 * 1000.0))
+
+
 def test_a_rate_whose_pooled_windows_cannot_tell_their_side_is_measured_again():
     # 1% of 200 requests over: neither under nor over the target at 80%
     unsure = window(950.0, 2, n=200)

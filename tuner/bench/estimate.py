@@ -168,7 +168,12 @@ def estimate(points: Sequence[Point], capacity: float, quantile: float = stats.D
         return RateEstimate(rate, 0.0, ceiling.rate if ceiling else math.inf, "upper", len(points))
     low = low_pt[-1]
     lo, hi = _logit(low.share), _logit(max(high_pt.share, target))
-    frac = 0.5 if hi <= lo else min(1.0, max(0.0, (_logit(target) - lo) / (hi - lo)))
+    if high_pt.over <= target * high_pt.n:
+        # over only because a window there did not keep up (or was cut): its share says nothing of
+        # where the answer lies under it (a backlog that had not yet reached the bound): the middle
+        frac = 0.5
+    else:
+        frac = 0.5 if hi <= lo else min(1.0, max(0.0, (_logit(target) - lo) / (hi - lo)))
     rate = math.exp(math.log(low.rate) + frac * (math.log(high_pt.rate) - math.log(low.rate)))
     interval_low = floor.rate if floor is not None and floor.rate <= rate else 0.0
     interval_high = ceiling.rate if ceiling is not None and ceiling.rate >= rate else math.inf
