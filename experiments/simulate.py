@@ -72,6 +72,7 @@ class Setup:
     race_k: int = 3
     dependence: str = "clusters"  # MeasureSettings.dependence: how a pass accounts for correlated latencies
     estimator: str = "estimate"  # MeasureSettings.estimator: what a measurement reports
+    calm_wait_s: float | None = None  # MeasureSettings.calm_wait_s (None: its default)
 
 
 def sim_space(topology: Topology):
@@ -104,7 +105,8 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
         saved, tempfile.tempdir = tempfile.tempdir, tmp
         try:
             settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed,
-                                       dependence=setup.dependence, estimator=setup.estimator)
+                                       dependence=setup.dependence, estimator=setup.estimator,
+                                       **({} if setup.calm_wait_s is None else {"calm_wait_s": setup.calm_wait_s}))
             cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=sim_space(topology),
                               settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
                               n_trials=setup.n_trials, lock_wait_s=0.0)
@@ -165,6 +167,9 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
                 reported.setdefault(cls, result.throughput / truth(result.params))
             else:
                 raced.setdefault(cls, []).append(result.throughput / truth(result.params))
+    phase_s: dict[str, float] = {}
+    for _c, result, phase in log:
+        phase_s[phase] = phase_s.get(phase, 0.0) + result.duration_s
     for confidence, result, _phase in log:
         kind = "full" if confidence >= 0.95 else "screen"
         for w in result.windows[1:]:
@@ -176,7 +181,7 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
                 if kind == "full" and w.offered_rate > truth(result.params):
                     false_passes.append((result.params.label(), w.offered_rate / truth(result.params), w.requests,
                                          w.extensions, w.interference.disturbed))
-    facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "windows": windows, "measurements": len(log),
+    facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "phase_s": phase_s, "windows": windows, "measurements": len(log),
              "passes": passes, "reported_over_true": reported,
              "race_over_true": {c: float(np.mean(v)) for c, v in raced.items()},
              "false_passes": false_passes, "race": None}
@@ -240,6 +245,7 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     return {
         "machine": setup.machine, "noise": setup.noise, "seeds": len(facts), "n_trials": setup.n_trials,
         "window_s": setup.window_s, "dependence": setup.dependence, "estimator": setup.estimator,
+        "calm_wait_s": setup.calm_wait_s,
         "bound_ms": BOUND_S * 1000, "true_best": best,
         "reported_over_true": _median_by_class(facts, "reported_over_true"),
         "race_over_true": _median_by_class(facts, "race_over_true"),
@@ -253,6 +259,8 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
         "passed_windows": int(full[0]), "races": len(races), "races_with_interval": len(with_interval),
         "median_race_rounds": float(np.median([r["rounds"] for r in races])) if races else None,
         "median_simulated_s": float(np.median([f["simulated_s"] for f in facts])),
+        "median_phase_s": {k: float(np.median([f["phase_s"].get(k, 0.0) for f in facts]))
+                           for k in sorted({k for f in facts for k in f["phase_s"]})},
         "false_passes": _false_pass_breakdown(facts), "seconds": seconds, "per_seed": facts,
     }
 
@@ -321,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default %(default)s)")
     parser.add_argument("--estimator", choices=("estimate", "bound", "both"), default="estimate",
                         help="MeasureSettings.estimator; both: the same seeds with each, side by side")
+    parser.add_argument("--calm-wait", type=float, default=None,
+                        help="MeasureSettings.calm_wait_s: seconds per measurement a disturbed window's re-run "
+                             "may wait for calm CPUs (default: the tuner's)")
     parser.add_argument("--json", action="store_true", help="print the whole JSON object (else a summary)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.n_trials < 1 or args.window <= 0:
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     estimators = ("estimate", "bound") if args.estimator == "both" else (args.estimator,)
     try:
         outs = {e: simulate(Setup(args.machine, args.noise, args.n_trials, args.window, dependence=args.dependence,
-                                  estimator=e), args.seeds, args.jobs) for e in estimators}
+                                  estimator=e, calm_wait_s=args.calm_wait), args.seeds, args.jobs) for e in estimators}
     except PlacetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -342,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                                        for k in keys))
             print("  reported/true: " + ", ".join(f"{c} {v:.2f}" for c, v in out["reported_over_true"].items()))
             print("  race/true: " + ", ".join(f"{c} {v:.2f}" for c, v in out["race_over_true"].items()))
+            print("  median measuring s by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in out["median_phase_s"].items()))
     return 0
 
 

@@ -119,3 +119,54 @@ def test_a_disturbed_measurement_is_re_run_by_the_real_code_and_its_windows_say_
     result = measured(ONE_PER_CORE, machine)
     assert result.interference.disturbed_windows >= 3  # the two re-runs at the first rate, at least
     assert all(w.interference.foreign_cpu == pytest.approx(8.0, rel=0.05) for w in result.windows[1:])
+
+
+def test_a_disturbed_window_waits_for_calm_cpus_before_its_re_run_when_allowed():
+    machine = SimMachine(TOPOLOGY, QUIET, seed=8)
+    cpus = np.ones((1, 16), bool)
+    # a neighbour on every CPU for the first 12 simulated seconds, then nothing
+    machine.episodes = Episodes(np.array([0.0]), np.array([12.0]), np.array([0.5]), np.array([False]), cpus)
+    the_plan = plan(TOPOLOGY, ONE_PER_CORE)
+    settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=1.0, seed=0, calm_wait_s=30.0)
+    result = measure(the_plan, SIM_MODEL, settings, fleet_factory=lambda p, _m, s: SimFleet(machine, p, s.hang_grace_s))
+    served = [w for w in result.windows[1:]]
+    assert served[0].interference.disturbed, "the first window ran inside the episode"
+    assert not served[1].interference.disturbed, "its re-run waited for the episode's end"
+    assert result.interference.disturbed_windows == 2  # the probe and the first window
+
+
+def test_without_a_wait_budget_the_re_run_follows_at_once_inside_the_episode():
+    machine = SimMachine(TOPOLOGY, QUIET, seed=8)
+    cpus = np.ones((1, 16), bool)
+    machine.episodes = Episodes(np.array([0.0]), np.array([12.0]), np.array([0.5]), np.array([False]), cpus)
+    result = measured(ONE_PER_CORE, machine)
+    assert result.windows[1].interference.disturbed and result.windows[2].interference.disturbed
+
+
+def test_a_window_lead_settles_the_queue_and_is_left_out_of_the_window():
+    machine = SimMachine(TOPOLOGY, QUIET, seed=9)
+    rng = np.random.default_rng(0)
+    with SimFleet(machine, plan(TOPOLOGY, ONE_PER_CORE)) as fleet:
+        began = fleet.clock()
+        plain = run_server_window(fleet, 1000.0, 1.0, 0, BOUND_S, 0.006, rng)
+        middle = fleet.clock()
+        led = run_server_window(fleet, 1000.0, 1.0, 0, BOUND_S, 0.006, rng, lead_s=0.5)
+        after = fleet.clock()
+    assert plain.requests == led.requests == 1000
+    assert (after - middle) - (middle - began) == pytest.approx(0.5, abs=0.1), "the lead takes its time"
+
+
+def test_a_window_stopped_inside_its_lead_keeps_the_requests_that_failed_it():
+    machine = SimMachine(TOPOLOGY, QUIET, seed=10)
+    rng = np.random.default_rng(0)
+    with SimFleet(machine, plan(TOPOLOGY, ONE_PER_CORE)) as fleet:
+        window = run_server_window(fleet, 20_000.0, 1.0, 0, BOUND_S, 0.006, rng, lead_s=1.0)
+    assert window.verdict == stats.FAIL and window.stopped_early and window.over_bound > 0
+
+
+def test_the_settling_lead_grows_with_the_load_and_is_the_longest_at_and_over_the_capacity():
+    from tuner.bench.loadgen import settle_s
+
+    leads = [settle_s(rate, 1000.0, 2.0) for rate in (100.0, 500.0, 800.0, 950.0, 1000.0, 1500.0)]
+    assert leads == sorted(leads) and leads[0] < 0.01 and leads[-2] == leads[-1] == 2.0
+    assert settle_s(0.0, 1000.0, 2.0) == 0.0 and settle_s(10.0, 0.0, 2.0) == 0.0

@@ -60,6 +60,9 @@ class SimFleet:
     def clock(self) -> float:
         return self.machine.now
 
+    def idle(self, seconds: float) -> None:
+        self.machine.advance(self.machine.now + seconds)
+
     def own_cpu_seconds(self) -> float:
         return 0.0  # the simulated harness runs on no simulated CPU
 

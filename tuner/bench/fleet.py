@@ -56,6 +56,10 @@ class Fleet(Protocol):
         """Seconds on the clock the block's times use (monotonic; simulated time in a simulator)."""
         ...
 
+    def idle(self, seconds: float) -> None:
+        """Let ``seconds`` pass with the workers idle (waiting for a neighbour's load to go)."""
+        ...
+
     def own_cpu_seconds(self) -> float:
         """CPU time the harness itself has used so far (not foreign load)."""
         ...

@@ -313,6 +313,9 @@ class Launcher:
         """The clock of the shared block's times: ``time.monotonic``."""
         return time.monotonic()
 
+    def idle(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def own_cpu_seconds(self) -> float:
         """CPU time of this process (the harness) so far."""
         return time.process_time()

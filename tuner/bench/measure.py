@@ -33,7 +33,7 @@ from tuner.bench.estimate import EstimateOutcome, estimate_rate
 from tuner.bench.fleet import Fleet, FleetFactory
 from tuner.bench.launcher import Launcher
 from tuner.bench.launcher import machine_metadata as machine_metadata
-from tuner.bench.loadgen import VerdictSettings, run_offline_window, run_server_window
+from tuner.bench.loadgen import VerdictSettings, run_offline_window, run_server_window, settle_s
 from tuner.bench.model import ModelInfo
 from tuner.bench.ratesearch import SearchOutcome, search_rate
 from tuner.errors import UsageError
@@ -63,6 +63,7 @@ class MeasureSettings:
     confidence: float = stats.DEFAULT_CONFIDENCE  # of each window's P99 verdict
     max_extensions: int = 2  # times an undecided window is extended before it is reported undecided
     disturbed_reruns: int = 2  # disturbed windows (steal, foreign load) re-run per measurement, at most
+    calm_wait_s: float = 0.0  # seconds per measurement a disturbed window's re-run may wait for calm CPUs
     # how a window's pass accounts for correlated latencies (tuner.bench.stats.inflation): "clusters"
     # (slow requests in runs count as one), "batch-means" (stricter: in simulation about twice the
     # measuring time and half the throughput found) or "independent" (the verdict before issue 22: 9% of
@@ -172,23 +173,54 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
         return None
     service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
     reruns_left = [settings.disturbed_reruns]
+    wait_left = [settings.calm_wait_s]
 
     def run(rate: float) -> WindowResult:
         while True:
+            # the queue's capacity: the probe's, or more where a window kept up at a higher rate (a probe
+            # in a busy moment is low, and the lead would be the longest for every rate over it)
+            capacity = max([probe.achieved_rate] + [w.achieved_rate for w in run_log if w.kept_up])
+            lead = settle_s(rate, capacity, settings.window_s) if settings.estimator == ESTIMATE else 0.0
             window = run_server_window(fleet, rate, settings.window_s, settings.min_requests,
-                                       settings.p99_bound_s, service_s, rng, verdicts=settings.verdicts)
+                                       settings.p99_bound_s, service_s, rng, verdicts=settings.verdicts,
+                                       lead_s=lead)
             run_log.append(window)
             if not window.interference.disturbed or reruns_left[0] <= 0:
                 return window
             reruns_left[0] -= 1
             seen = interference.describe(window.interference.to_dict())
-            say(f"window at {rate:.1f} req/s disturbed ({seen}): re-run")
+            waited = _wait_for_calm(fleet, wait_left)
+            say(f"window at {rate:.1f} req/s disturbed ({seen}): re-run"
+                + (f" after {waited:.1f} s waiting for calm CPUs" if waited else ""))
 
     if settings.estimator == ESTIMATE:
         return estimate_rate(run, probe.achieved_rate, settings.search_steps + 1,
                              start_rate=settings.start_rate, incumbent=settings.incumbent_rate,
                              rel_tol=settings.rel_tol, say=say)
     return search_rate(run, probe.achieved_rate, settings.search_steps, say)
+
+
+CALM_POLL_S = 0.5  # how long each look for calm CPUs lasts
+
+
+def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> float:
+    """Idle in ``CALM_POLL_S`` looks until one finds the trial's CPUs calm (no steal or foreign load
+    over ``tuner.bench.interference``'s thresholds) or ``wait_left[0]`` seconds are spent; the
+    seconds waited (taken from ``wait_left``)."""
+    cpus = sorted({c for w in fleet.plan.workers for c in w.cpus})
+    waited = 0.0
+    while wait_left[0] >= CALM_POLL_S:
+        before, cpu_before, own_before, t0 = fleet.snapshot(), fleet.cpu_seconds(), fleet.own_cpu_seconds(), fleet.clock()
+        fleet.idle(CALM_POLL_S)
+        elapsed = fleet.clock() - t0
+        own = sum(fleet.cpu_seconds()) - sum(cpu_before) + fleet.own_cpu_seconds() - own_before
+        after = fleet.snapshot()
+        cpus = cpus or sorted(before.cpu)
+        wait_left[0] -= elapsed
+        waited += elapsed
+        if not interference.window_interference(before, after, cpus, elapsed, own)["disturbed"]:
+            break
+    return waited
 
 
 def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOutcome | EstimateOutcome | None
