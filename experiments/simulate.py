@@ -181,7 +181,8 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
                 if kind == "full" and w.offered_rate > truth(result.params):
                     false_passes.append((result.params.label(), w.offered_rate / truth(result.params), w.requests,
                                          w.extensions, w.interference.disturbed))
-    facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "phase_s": phase_s, "windows": windows, "measurements": len(log),
+    facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "phase_s": phase_s, "windows": windows,
+             "measurements": len(log),
              "passes": passes, "reported_over_true": reported,
              "race_over_true": {c: float(np.mean(v)) for c, v in raced.items()},
              "false_passes": false_passes, "race": None}
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                                        for k in keys))
             print("  reported/true: " + ", ".join(f"{c} {v:.2f}" for c, v in out["reported_over_true"].items()))
             print("  race/true: " + ", ".join(f"{c} {v:.2f}" for c, v in out["race_over_true"].items()))
-            print("  median measuring s by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in out["median_phase_s"].items()))
+            print("  median measuring s by phase: "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in out["median_phase_s"].items()))
     return 0
 
 

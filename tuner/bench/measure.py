@@ -210,7 +210,8 @@ def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> float:
     cpus = sorted({c for w in fleet.plan.workers for c in w.cpus})
     waited = 0.0
     while wait_left[0] >= CALM_POLL_S:
-        before, cpu_before, own_before, t0 = fleet.snapshot(), fleet.cpu_seconds(), fleet.own_cpu_seconds(), fleet.clock()
+        before, cpu_before = fleet.snapshot(), fleet.cpu_seconds()
+        own_before, t0 = fleet.own_cpu_seconds(), fleet.clock()
         fleet.idle(CALM_POLL_S)
         elapsed = fleet.clock() - t0
         own = sum(fleet.cpu_seconds()) - sum(cpu_before) + fleet.own_cpu_seconds() - own_before

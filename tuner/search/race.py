@@ -196,7 +196,7 @@ def dithered(rate: float, seed: int) -> float:
     return rate * math.exp(random.Random(seed).uniform(-DITHER, DITHER)) if rate > 0 else rate
 
 
-def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 5,
+def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 4,
                say: Callable[[str], None] = lambda _m: None, measure_fn: Callable | None = None,
                time_limit_s: float | None = None) -> RaceResult:
     """The final race of a finished study: its top ``k`` configs and its baselines, each measured
