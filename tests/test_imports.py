@@ -43,9 +43,10 @@ def test_the_check_sees_a_module_that_does_load_the_launcher():
 
 
 # ---- deployment studies (issue 23): reading one is as light as reading a single-model study -------
-MIX_READING_MODULES = ("tuner.mix.records", "tuner.mix.trials", "tuner.mix.report", "tuner.mix.tracking",
-                       "tuner.mix.document", "tuner.cli.mix_results", "tuner.cli.mix", "tuner.app.fleet",
-                       "tuner.cli.commands_study", "tuner.cli.fleet")
+MIX_READING_MODULES = ("tuner.results.mixrecords", "tuner.results.documents", "tuner.results.mixtrials",
+                       "tuner.results.mixreport", "tuner.results.mixtracking", "tuner.app.kinds",
+                       "tuner.cli.mix_results", "tuner.cli.mix", "tuner.app.fleet", "tuner.cli.commands_study",
+                       "tuner.cli.fleet")
 
 
 def _heavy_after(code: str) -> list[str]:

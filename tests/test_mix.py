@@ -222,7 +222,7 @@ def test_a_short_real_mix_measurement_finds_a_load_factor(two_models):
     topo = read_topology()
     deployment = _deployment(two_models)
     result = measure_mix(topo, even_split(topo, deployment), deployment, resolve_models(deployment), QUICK)
-    assert result.runs and all(set(r["models"]) == {"small", "big"} for r in result.runs)
+    assert result.runs and all(set(r.windows) == {"small", "big"} for r in result.runs)
     if result.verdict != stats.PASS:  # a machine busy with other tests: the search says why, never a zero
         assert result.verdict == stats.UNDECIDED and "proven to pass" in result.reason
         pytest.skip(f"no load factor passed on this busy machine: {result.reason}")
@@ -230,8 +230,8 @@ def test_a_short_real_mix_measurement_finds_a_load_factor(two_models):
     assert low == result.load_factor <= high
     for name, bound_ms in (("small", 50), ("big", 80)):
         m = result.models[name]
-        assert m["p99_ci_ms"][1] <= bound_ms and m["throughput"] > 0 and "foreign_cpu" in m["interference"]
-    assert result.models["small"]["offered_rate"] == pytest.approx(3 * result.models["big"]["offered_rate"])
+        assert m.p99_ci_ms[1] <= bound_ms and m.throughput > 0 and "foreign_cpu" in m.interference.to_dict()
+    assert result.models["small"].offered_rate == pytest.approx(3 * result.models["big"].offered_rate)
 
 
 def _cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:

@@ -15,11 +15,18 @@ import pytest
 
 from tests.mix_studies import study_with_baselines
 from tests.models import conv_net
-from tuner.mix.study import race_trials
-from tuner.mix.trials import best_and_baselines, is_deployment_study, pareto_front, race_of, study_document
+from tuner.app.deployment import race_trials
+from tuner.results.mixtrials import best_and_baselines, is_deployment_study, pareto_front, race_of
+from tuner.results.mixtrials import study_document as typed_document
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tuner.cli"]
+
+
+def study_document(study) -> dict | None:
+    """The study's best-config document as best_config.json holds it."""
+    document = typed_document(study)
+    return document.to_dict() if document is not None else None
 
 
 def _race(study, rounds: dict[str, list[float]], n: int = 4) -> dict:
@@ -93,7 +100,7 @@ def test_the_pareto_view_trades_load_factor_for_latency_headroom(tmp_path):
 
 
 def test_the_deployment_report_names_the_recommended_config(tmp_path):
-    from tuner.mix import report
+    from tuner.results import mixreport as report
 
     study, t = study_with_baselines(f"sqlite:///{tmp_path / 's.db'}")
     best, even, ort = (t[k].user_attrs["label"] for k in ("best", "even_split", "ort_default"))

@@ -162,13 +162,14 @@ class SearchSpace:
                 values[dim] = chosen[dim] = choose(dim, opts)
         return values, chosen
 
-    def suggest(self, trial) -> Params:
-        """Define-by-run: ask an Optuna trial for one config of this space (always plannable)."""
+    def suggest(self, trial, prefix: str = "") -> Params:
+        """Define-by-run: ask an Optuna trial for one config of this space (always plannable); each
+        parameter's name is ``prefix`` + the dimension (a deployment's model: ``ranker.workers``)."""
 
         def choose(dim: str, opts: tuple):
             if dim not in INT_DIMS:
-                return trial.suggest_categorical(dim, list(self.choices[dim]))
-            raw = trial.suggest_int(dim, opts[0], opts[-1], log=dim in self.log_dims)
+                return trial.suggest_categorical(prefix + dim, list(self.choices[dim]))
+            raw = trial.suggest_int(prefix + dim, opts[0], opts[-1], log=dim in self.log_dims)
             return _nearest(raw, opts, dim in self.log_dims)
 
         return Params(**self.walk(choose)[0])

@@ -1,0 +1,153 @@
+"""The optimize service for a deployment (``placetune optimize --deployment``), as tuner.app.optimize
+is for one model: open the study (tuner.mix.study), run its trials with the study loop every
+study runs (tuner.search.study.run_trials, the strategy tuner.search.strategy.Sampled over the
+deployment's space), race the best config against the baselines (tuner.search.race), write the
+best-config document (tuner.results.mixtrials) and track it all in MLflow (tuner.results.mixtracking).
+No argument parsing, no rendering.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from tuner.bench import stats
+from tuner.errors import PlacetuneError
+from tuner.machine.placement import Params
+from tuner.mix.measure import measure_mix
+from tuner.mix.study import DeploymentSpace, MixStudyConfig, make_mix_objective, open_mix_study
+from tuner.outputs import write_atomic
+from tuner.results.documents import DeploymentDocument
+from tuner.results.mixrecords import MixConfig
+from tuner.results.mixtrials import best_and_baselines, mix_result, study_document
+from tuner.search.locks import HostLock, StudyMutex
+from tuner.search.race import Entrant, race
+from tuner.search.storage import quiet_optuna
+from tuner.search.strategy import MAX_SAMPLER_RETRIES, Sampled
+from tuner.search.study import enqueue_baselines, run_trials
+
+Say = Callable[[str], None]
+Frozen = optuna.trial.FrozenTrial
+
+
+class NoFeasibleMix(PlacetuneError):
+    """No config met every model's bound (the CLI exits 3)."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """Everything ``run_deployment`` needs: the study, where the best config goes, how long the host
+    lock is waited for (None: not taken), and the MLflow tracker (tuner.results.mixtracking.MixTracker;
+    None: no tracking)."""
+
+    study: MixStudyConfig
+    out: Path | None = None
+    lock_wait_s: float | None = None
+    tracker: object | None = None
+
+
+def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> DeploymentDocument:
+    """The whole study: baselines, trials, the final race; writes and returns the best-config
+    document (raises NoFeasibleMix when no config served a load factor within every bound)."""
+    cfg, tracker = request.study, request.tracker
+    study = open_mix_study(cfg)
+    if tracker is not None:
+        tracker.start(cfg.study_name, cfg.deployment)
+    lock = HostLock(cfg.topology, wait_s=request.lock_wait_s) if request.lock_wait_s is not None else nullcontext()
+    with lock:
+        run_deployment_trials(study, cfg, say, HostLock(cfg.topology).key, tracker)
+        best, baselines = best_and_baselines(study)
+        if best is None:
+            if tracker is not None:
+                tracker.finish(None, "FAILED")
+            raise NoFeasibleMix(f"no config of study {cfg.study_name!r} served any load factor within every "
+                                "model's bound")
+        if cfg.race_rounds > 0:
+            study.set_user_attr("race", final_race(cfg, best, baselines, say))
+    document = study_document(study)  # the config the race recommends, with the race
+    if request.out is not None:
+        write_atomic(request.out, json.dumps(document.to_dict(), indent=1) + "\n")
+    if tracker is not None:
+        tracker.finish(document)
+    return document
+
+
+def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = lambda _m: None,
+                          host_key: str = "", tracker=None) -> None:
+    """The baselines not yet measured, then what the sampler proposes, up to ``n_trials`` measured
+    configs (tuner.search.study.run_trials)."""
+    space = DeploymentSpace(cfg.topology, cfg.deployment, cfg.space)
+
+    def on_trial(trial: Frozen, _summary: object) -> None:
+        if tracker is not None and "result" in trial.user_attrs:
+            tracker.log_trial(trial.number, mix_result(trial), trial.user_attrs.get("baseline", ""))
+        if trial.state == optuna.trial.TrialState.FAIL:
+            say(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}")
+
+    with quiet_optuna():
+        with StudyMutex(cfg.storage, cfg.study_name):
+            enqueue_baselines(study, cfg.topology, entries=space.baselines())
+        study.set_user_attr("space_exhausted", False)
+        run_trials(study, cfg, Sampled(space, "tpe", cfg.seed), make_mix_objective(cfg, host_key, say), on_trial,
+                   say, mutex=lambda: StudyMutex(cfg.storage, cfg.study_name), summarize=lambda t: t)
+    if study.user_attrs.get("space_exhausted"):
+        say(f"the sampler proposed only measured configs {MAX_SAMPLER_RETRIES} times in a row: the space is "
+            "exhausted")
+
+
+def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None) -> dict:
+    """The final race of a finished study (``race_trials``), each entrant measured by ``measure_mix``
+    with the study's settings, three load-factor search runs and a fresh seed per measurement."""
+    from dataclasses import replace
+
+    seeds = iter(range(10_000, 1_000_000))
+
+    def load_factor(config: MixConfig) -> float:
+        quick = replace(cfg.settings, seed=next(seeds), search_steps=min(3, cfg.settings.search_steps))
+        return measure_mix(cfg.topology, config, cfg.deployment, cfg.models, quick).load_factor
+
+    return race_trials(best, baselines, load_factor, max(2, cfg.race_rounds), cfg.settings.confidence, say)
+
+
+def race_trials(best: Frozen, baselines: dict[str, Frozen], measure_load_factor: Callable[[MixConfig], float],
+                rounds: int, confidence: float = stats.DEFAULT_CONFIDENCE, say: Say = lambda _m: None) -> dict:
+    """The best config and every passing baseline re-measured (``measure_load_factor``) in ``rounds``
+    rotating interleaved rounds, judged by the single-model race's rules (tuner.search.race.compare:
+    a baseline proven faster than the best searched config, or not significantly slower, is
+    recommended). Returns the race as the study stores it (``race_document``)."""
+    best_label = best.user_attrs["label"]
+    entrants = {best_label: Entrant(best_label, Params(), best.user_attrs.get("baseline", ""))}
+    raced = {name: t for name, t in sorted(baselines.items()) if mix_result(t).feasible}
+    for name, t in raced.items():  # a baseline that served no load factor has nothing to race
+        entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], Params(), name))
+    configs = {t.user_attrs["label"]: mix_result(t).config for t in [best, *raced.values()]}
+    result = race(list(entrants.values()), lambda e: measure_load_factor(configs[e.label]), min_rounds=rounds,
+                  max_rounds=rounds, confidence=confidence, say=say, unit="load factor")
+    return race_document(result, best_label, {name: t.user_attrs["label"] for name, t in raced.items()})
+
+
+def race_document(result, best_label: str, baseline_labels: dict[str, str]) -> dict:
+    """A finished race (tuner.search.race.RaceResult over load factors) as the study stores it:
+    ``recommended`` and ``summary``, ``searched`` (the best searched config vs the best baseline),
+    ``comparisons`` (the winner vs each other baseline), ``best_label`` (the study's best when it
+    raced), each entrant's ``load_factors`` per round and ``mean``, and ``vs_baselines`` (the best
+    config's load factor over each raced baseline's, with Fieller's intervals for the paired ratio of
+    means: ``tuner.bench.stats.ratio_ci``)."""
+    out = {k: v for k, v in result.to_dict().items() if k not in ("throughputs", "entrants")}
+    lf = result.throughputs
+    ratios = {}
+    for name, label in baseline_labels.items():
+        if label != best_label:
+            ratio, low, high = stats.ratio_ci(lf[best_label], lf[label], result.confidence)
+            ratios[name] = {"ratio": ratio, "ci": [low, high], "rounds": len(lf[best_label])}
+    return {**out, "best_label": best_label, "load_factors": lf, "vs_baselines": ratios,
+            "mean": {k: float(np.mean(v)) for k, v in lf.items()},
+            "entrants": [{"label": e.label, "baseline": e.baseline} for e in result.entrants]}
