@@ -25,11 +25,11 @@ import time
 from datetime import date
 from pathlib import Path
 
-from tuner.app.deployment import final_race, run_deployment_trials
+from tuner.app.deployment import check_bounds_alone, final_race, run_deployment_trials
 from tuner.bench.measure import MeasureSettings, machine_metadata
 from tuner.machine.sysfs import read_topology
 from tuner.mix.deployment import check_fits, parse_deployment, resolve_models
-from tuner.mix.study import MixStudyConfig, check_bounds_alone, default_study_name, open_mix_study
+from tuner.mix.study import MixStudyConfig, default_study_name, open_mix_study
 from tuner.results.mixtrials import best_and_baselines, measured
 
 HERE = Path(__file__).resolve().parent

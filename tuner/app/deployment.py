@@ -3,7 +3,8 @@ is for one model: open the study (tuner.mix.study), run its trials with the stud
 study runs (tuner.search.study.run_trials, the strategy tuner.search.strategy.Sampled over the
 deployment's space), race the best config against the baselines (tuner.search.race), write the
 best-config document (tuner.results.mixtrials) and track it all in MLflow (tuner.results.mixtracking).
-No argument parsing, no rendering.
+Before the study, ``check_bounds_alone`` refuses a bound no config can meet. No argument parsing,
+no rendering.
 """
 
 from __future__ import annotations
@@ -18,15 +19,22 @@ import numpy as np
 import optuna
 
 from tuner.bench import stats
-from tuner.errors import PlacetuneError
-from tuner.machine.placement import Params
+from tuner.bench.launcher import Launcher
+from tuner.bench.loadgen import run_offline_window
+from tuner.bench.measure import MeasureSettings
+from tuner.bench.model import ModelInfo
+from tuner.errors import PlacetuneError, UsageError
+from tuner.machine.placement import Params, plan
+from tuner.machine.topology import Topology
+from tuner.mix.bench import FleetFactory, launch
 from tuner.mix.measure import measure_mix
-from tuner.mix.study import DeploymentSpace, MixStudyConfig, make_mix_objective, open_mix_study
+from tuner.mix.study import DeploymentSubject, MixStudyConfig, open_mix_study
 from tuner.outputs import write_atomic
 from tuner.results.documents import DeploymentDocument
-from tuner.results.mixrecords import MixConfig
+from tuner.results.mixrecords import Deployment, MixConfig
 from tuner.results.mixtrials import best_and_baselines, mix_result, study_document
 from tuner.search.locks import HostLock, StudyMutex
+from tuner.search.objective import make_subject_objective
 from tuner.search.race import Entrant, race
 from tuner.search.storage import quiet_optuna
 from tuner.search.strategy import MAX_SAMPLER_RETRIES, Sampled
@@ -45,13 +53,35 @@ class NoFeasibleMix(PlacetuneError):
 @dataclass(frozen=True)
 class DeploymentRequest:
     """Everything ``run_deployment`` needs: the study, where the best config goes, how long the host
-    lock is waited for (None: not taken), and the MLflow tracker (tuner.results.mixtracking.MixTracker;
-    None: no tracking)."""
+    lock is waited for (None: not taken), the MLflow tracker (tuner.results.mixtracking.MixTracker;
+    None: no tracking), and each model's workers (``fleet_factory``: a simulated fleet in tests)."""
 
     study: MixStudyConfig
     out: Path | None = None
     lock_wait_s: float | None = None
     tracker: object | None = None
+    fleet_factory: FleetFactory = launch
+
+
+def check_bounds_alone(topology: Topology, deployment: Deployment, models: dict[str, ModelInfo],
+                       settings: MeasureSettings, say: Say = lambda _m: None) -> dict[str, float]:
+    """Each model ALONE on the whole machine (one pinned worker, a thread per core): its unloaded
+    P99 in ms. A bound no config can meet even then is a UsageError naming the model."""
+    cores = len(topology.cores())
+    alone = plan(topology, Params(workers=1, cores_per_worker=cores, intra_op_threads=cores))
+    unloaded = {}
+    for m in deployment.models:
+        say(f"{m.name} alone: unloaded latency")
+        with Launcher(alone, models[m.name], start_timeout_s=settings.start_timeout_s,
+                      hang_grace_s=settings.hang_grace_s) as fleet:
+            run_offline_window(fleet, settings.warmup_s)
+            probe = run_offline_window(fleet, settings.window_s, m.p99_bound_s)
+        if probe.verdict == stats.FAIL:
+            raise UsageError(f"{deployment.path}: model {m.name}'s P99 bound {m.p99_bound_s * 1000:g} ms is "
+                             f"unreachable: alone on the whole machine, unloaded, its P99 is {probe.p99_ms:.2f} ms "
+                             f"(lower bound {probe.p99_ci_ms[0]:.2f} ms); relax its p99")
+        unloaded[m.name] = probe.p99_ms
+    return unloaded
 
 
 def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> DeploymentDocument:
@@ -63,7 +93,7 @@ def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> De
         tracker.start(cfg.study_name, cfg.deployment)
     lock = HostLock(cfg.topology, wait_s=request.lock_wait_s) if request.lock_wait_s is not None else nullcontext()
     with lock:
-        run_deployment_trials(study, cfg, say, HostLock(cfg.topology).key, tracker)
+        run_deployment_trials(study, cfg, say, HostLock(cfg.topology).key, tracker, request.fleet_factory)
         best, baselines = best_and_baselines(study)
         if best is None:
             if tracker is not None:
@@ -71,7 +101,7 @@ def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> De
             raise NoFeasibleMix(f"no config of study {cfg.study_name!r} served any load factor within every "
                                 "model's bound")
         if cfg.race_rounds > 0:
-            study.set_user_attr("race", final_race(cfg, best, baselines, say))
+            study.set_user_attr("race", final_race(cfg, best, baselines, say, request.fleet_factory))
     document = study_document(study)  # the config the race recommends, with the race
     if request.out is not None:
         write_atomic(request.out, json.dumps(document.to_dict(), indent=1) + "\n")
@@ -81,10 +111,11 @@ def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> De
 
 
 def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = lambda _m: None,
-                          host_key: str = "", tracker=None) -> None:
+                          host_key: str = "", tracker=None, fleet_factory: FleetFactory = launch) -> None:
     """The baselines not yet measured, then what the sampler proposes, up to ``n_trials`` measured
     configs (tuner.search.study.run_trials)."""
-    space = DeploymentSpace(cfg.topology, cfg.deployment, cfg.space)
+    subject = DeploymentSubject(cfg, fleet_factory)
+    objective = make_subject_objective(subject, say, host_key, cfg.topology.fingerprint())
 
     def on_trial(trial: Frozen, _summary: object) -> None:
         if tracker is not None and "result" in trial.user_attrs:
@@ -94,16 +125,17 @@ def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = l
 
     with quiet_optuna():
         with StudyMutex(cfg.storage, cfg.study_name):
-            enqueue_baselines(study, cfg.topology, entries=space.baselines())
+            enqueue_baselines(study, cfg.topology, entries=subject.baselines())
         study.set_user_attr("space_exhausted", False)
-        run_trials(study, cfg, Sampled(space, "tpe", cfg.seed), make_mix_objective(cfg, host_key, say), on_trial,
-                   say, mutex=lambda: StudyMutex(cfg.storage, cfg.study_name), summarize=lambda t: t)
+        run_trials(study, cfg, Sampled(subject, "tpe", cfg.seed), objective, on_trial, say,
+                   mutex=lambda: StudyMutex(cfg.storage, cfg.study_name), summarize=lambda t: t)
     if study.user_attrs.get("space_exhausted"):
         say(f"the sampler proposed only measured configs {MAX_SAMPLER_RETRIES} times in a row: the space is "
             "exhausted")
 
 
-def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None) -> dict:
+def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None,
+               fleet_factory: FleetFactory = launch) -> dict:
     """The final race of a finished study (``race_trials``), each entrant measured by ``measure_mix``
     with the study's settings, three load-factor search runs and a fresh seed per measurement."""
     from dataclasses import replace
@@ -112,7 +144,8 @@ def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = la
 
     def load_factor(config: MixConfig) -> float:
         quick = replace(cfg.settings, seed=next(seeds), search_steps=min(3, cfg.settings.search_steps))
-        return measure_mix(cfg.topology, config, cfg.deployment, cfg.models, quick).load_factor
+        return measure_mix(cfg.topology, config, cfg.deployment, cfg.models, quick, fleet_factory=fleet_factory
+                           ).load_factor
 
     return race_trials(best, baselines, load_factor, max(2, cfg.race_rounds), cfg.settings.confidence, say)
 

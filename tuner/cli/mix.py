@@ -62,9 +62,9 @@ def optimize_deployment(deployment: Path, *, console, warn: Callable[[str], None
                         settings, topology) -> int:
     """Tune a deployment: check it, run the study, write the best config; the exit code (3: none met
     every bound)."""
-    from tuner.app.deployment import DeploymentRequest, NoFeasibleMix, run_deployment
+    from tuner.app.deployment import DeploymentRequest, NoFeasibleMix, check_bounds_alone, run_deployment
     from tuner.mix.deployment import check_fits, load_deployment, resolve_models
-    from tuner.mix.study import MixStudyConfig, check_bounds_alone, default_study_name
+    from tuner.mix.study import MixStudyConfig, default_study_name
     from tuner.outputs import check_writable
     from tuner.search.storage import storage_url as study_storage_url
     from tuner.units import parse_duration

@@ -21,7 +21,7 @@ import numpy as np
 from tuner.bench.measure import MeasureSettings, machine_metadata
 from tuner.bench.model import ModelInfo
 from tuner.machine.topology import Topology
-from tuner.mix.bench import MixFleet, mix_settings, service_times_s
+from tuner.mix.bench import FleetFactory, MixFleet, launch, mix_settings, service_times_s
 from tuner.mix.division import plans
 from tuner.mix.loadfactor import LoadFactorOutcome, search_load_factor
 from tuner.results.mixrecords import Deployment, MixConfig, MixResult, ModelFigures
@@ -29,15 +29,16 @@ from tuner.results.records import Interference, WindowResult
 
 
 def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, models: dict[str, ModelInfo],
-                settings: MeasureSettings, say=lambda _m: None) -> MixResult:
-    """Measure one mix config; every worker of every model is stopped when this returns."""
+                settings: MeasureSettings, say=lambda _m: None, fleet_factory: FleetFactory = launch) -> MixResult:
+    """Measure one mix config (each model's workers from ``fleet_factory``: tuner.mix.bench); every
+    worker of every model is stopped when this returns."""
     began = time.monotonic()
     settings = mix_settings(settings)
     bounds = {m.name: m.p99_bound_s for m in deployment.models}
     shares = {m.name: m.share for m in deployment.models}
     rngs = {n: np.random.default_rng([settings.seed, i]) for i, n in enumerate(deployment.names)}
     the_plans = plans(topology, config)
-    with MixFleet(the_plans, models, settings) as mix:
+    with MixFleet(the_plans, models, settings, fleet_factory) as mix:
         seen = mix.placements()
         say("warm-up (all models at once)")
         mix.offline(settings.warmup_s)

@@ -117,7 +117,7 @@ def scratch_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 class Sampled:
     """An Optuna sampler over the conditional space, without repeats (see the module docstring).
     ``space`` may be any define-by-run space whose ``suggest(trial)`` gives a config with a
-    ``label()`` (a deployment's: tuner.mix.study.DeploymentSpace); the guided phase and the
+    ``label()`` (a deployment's: tuner.mix.study.DeploymentSubject); the guided phase and the
     nearest-untaken fallback need a single model's ``SearchSpace``, and without them a space
     whose sampler only repeats itself is exhausted."""
 

@@ -183,7 +183,7 @@ def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpac
     """Enqueue each baseline that has not run yet (again after an interrupted run). A baseline the
     search space can express is enqueued with its values, so that the sampler learns from it.
     ``entries`` (name, values, user attrs) stand in for a single model's baselines (a deployment's:
-    tuner.mix.study.DeploymentSpace.baselines)."""
+    tuner.mix.study.DeploymentSubject.baselines)."""
     done_or_waiting = {
         t.user_attrs.get("baseline")
         for t in study.get_trials(deepcopy=False)
