@@ -68,7 +68,7 @@ def main() -> None:
         began = time.monotonic()
         run_deployment_trials(study, cfg, say)
         best, baselines = best_and_baselines(study)
-        race = final_race(cfg, best, baselines, say) if best is not None else None
+        race = final_race(cfg, study, say) if best is not None else None
         record = {
             "deployment": deployment.to_dict(), "topology": topo.summary(), "machine": machine_metadata(),
             "unloaded_p99_ms_alone": unloaded, "settings": {"window_s": args.window, "search_steps": args.steps,

@@ -27,15 +27,14 @@ from tuner.errors import PlacetuneError, UsageError
 from tuner.machine.placement import Params, plan
 from tuner.machine.topology import Topology
 from tuner.mix.bench import FleetFactory, launch
-from tuner.mix.measure import measure_mix
-from tuner.mix.study import DeploymentSubject, MixStudyConfig, open_mix_study
+from tuner.mix.study import DeploymentSubject, MixStudyConfig, open_mix_study, race_entrants
 from tuner.outputs import write_atomic
 from tuner.results.documents import DeploymentDocument
 from tuner.results.mixrecords import Deployment, MixConfig
 from tuner.results.mixtrials import best_and_baselines, mix_result, study_document
 from tuner.search.locks import HostLock, StudyMutex
 from tuner.search.objective import make_subject_objective
-from tuner.search.race import Entrant, race
+from tuner.search.race import race, race_subject
 from tuner.search.storage import quiet_optuna
 from tuner.search.strategy import MAX_SAMPLER_RETRIES, Sampled
 from tuner.search.study import enqueue_baselines, run_trials
@@ -101,7 +100,7 @@ def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> De
             raise NoFeasibleMix(f"no config of study {cfg.study_name!r} served any load factor within every "
                                 "model's bound")
         if cfg.race_rounds > 0:
-            study.set_user_attr("race", final_race(cfg, best, baselines, say, request.fleet_factory))
+            study.set_user_attr("race", final_race(cfg, study, say, request.fleet_factory))
     document = study_document(study)  # the config the race recommends, with the race
     if request.out is not None:
         write_atomic(request.out, json.dumps(document.to_dict(), indent=1) + "\n")
@@ -115,11 +114,14 @@ def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = l
     """The baselines not yet measured, then what the sampler proposes, up to ``n_trials`` measured
     configs (tuner.search.study.run_trials)."""
     subject = DeploymentSubject(cfg, fleet_factory)
-    objective = make_subject_objective(subject, say, host_key, cfg.topology.fingerprint())
+    objective = make_subject_objective(subject, cfg.settings, say, host_key, cfg.topology.fingerprint())
 
     def on_trial(trial: Frozen, _summary: object) -> None:
-        if tracker is not None and "result" in trial.user_attrs:
-            tracker.log_trial(trial.number, mix_result(trial), trial.user_attrs.get("baseline", ""))
+        if "result" in trial.user_attrs:
+            result = mix_result(trial)
+            say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
+            if tracker is not None:
+                tracker.log_trial(trial.number, result, trial.user_attrs.get("baseline", ""))
         if trial.state == optuna.trial.TrialState.FAIL:
             say(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}")
 
@@ -134,37 +136,30 @@ def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = l
             "exhausted")
 
 
-def final_race(cfg: MixStudyConfig, best: Frozen, baselines: dict, say: Say = lambda _m: None,
+def final_race(cfg: MixStudyConfig, study: optuna.Study, say: Say = lambda _m: None,
                fleet_factory: FleetFactory = launch) -> dict:
-    """The final race of a finished study (``race_trials``), each entrant measured by ``measure_mix``
-    with the study's settings, three load-factor search runs and a fresh seed per measurement."""
-    from dataclasses import replace
-
-    seeds = iter(range(10_000, 1_000_000))
-
-    def load_factor(config: MixConfig) -> float:
-        quick = replace(cfg.settings, seed=next(seeds), search_steps=min(3, cfg.settings.search_steps))
-        return measure_mix(cfg.topology, config, cfg.deployment, cfg.models, quick, fleet_factory=fleet_factory
-                           ).load_factor
-
-    return race_trials(best, baselines, load_factor, max(2, cfg.race_rounds), cfg.settings.confidence, say)
+    """The final race of a finished study (tuner.search.race.race_subject over the deployment:
+    ``cfg.race_rounds`` rounds, at least 2), as the study stores it (``race_document``)."""
+    rounds = max(2, cfg.race_rounds)
+    result = race_subject(study, DeploymentSubject(cfg, fleet_factory), 1, rounds, rounds, cfg.settings.confidence,
+                          say, first_seed=10_000)
+    best, baselines = best_and_baselines(study)
+    return race_document(result, best.user_attrs["label"], _raced_labels(baselines))
 
 
 def race_trials(best: Frozen, baselines: dict[str, Frozen], measure_load_factor: Callable[[MixConfig], float],
                 rounds: int, confidence: float = stats.DEFAULT_CONFIDENCE, say: Say = lambda _m: None) -> dict:
-    """The best config and every passing baseline re-measured (``measure_load_factor``) in ``rounds``
-    rotating interleaved rounds, judged by the single-model race's rules (tuner.search.race.compare:
-    a baseline proven faster than the best searched config, or not significantly slower, is
-    recommended). Returns the race as the study stores it (``race_document``)."""
-    best_label = best.user_attrs["label"]
-    entrants = {best_label: Entrant(best_label, Params(), best.user_attrs.get("baseline", ""))}
-    raced = {name: t for name, t in sorted(baselines.items()) if mix_result(t).feasible}
-    for name, t in raced.items():  # a baseline that served no load factor has nothing to race
-        entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], Params(), name))
-    configs = {t.user_attrs["label"]: mix_result(t).config for t in [best, *raced.values()]}
-    result = race(list(entrants.values()), lambda e: measure_load_factor(configs[e.label]), min_rounds=rounds,
+    """The race of ``final_race`` with the load factors ``measure_load_factor`` gives each config: the
+    best config and every passing baseline in ``rounds`` rotating interleaved rounds, judged by the
+    single-model race's rules (tuner.search.race.compare: a baseline proven faster than the best
+    searched config, or not significantly slower, is recommended)."""
+    result = race(race_entrants(best, baselines), lambda e: measure_load_factor(e.params), min_rounds=rounds,
                   max_rounds=rounds, confidence=confidence, say=say, unit="load factor")
-    return race_document(result, best_label, {name: t.user_attrs["label"] for name, t in raced.items()})
+    return race_document(result, best.user_attrs["label"], _raced_labels(baselines))
+
+
+def _raced_labels(baselines: dict[str, Frozen]) -> dict[str, str]:
+    return {name: t.user_attrs["label"] for name, t in sorted(baselines.items()) if mix_result(t).feasible}
 
 
 def race_document(result, best_label: str, baseline_labels: dict[str, str]) -> dict:

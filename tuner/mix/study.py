@@ -22,7 +22,8 @@ from tuner.mix.bench import FleetFactory, launch
 from tuner.mix.division import even_split, ort_defaults, suggest_config
 from tuner.mix.measure import measure_mix
 from tuner.results.mixrecords import Deployment, MixConfig, MixResult
-from tuner.results.mixtrials import DEPLOYMENT_KIND
+from tuner.results.mixtrials import DEPLOYMENT_KIND, best_and_baselines, mix_result
+from tuner.search.race import Entrant
 from tuner.search.storage import engine_kwargs, quiet_optuna
 
 Say = Callable[[str], None]
@@ -75,12 +76,14 @@ def open_mix_study(cfg: MixStudyConfig) -> optuna.Study:
 
 @dataclass(frozen=True)
 class DeploymentSubject:
-    """A deployment as a study tunes it (tuner.search.objective.make_subject_objective): its
-    define-by-run space (the division, then each model's config in its part), its baselines, and one
-    config measured by ``measure_mix`` into a ``MixResult`` whose load factor is maximized."""
+    """A deployment as a study tunes it (tuner.search.subject.Subject): its define-by-run space (the
+    division, then each model's config in its part), its baselines, one config measured by
+    ``measure_mix`` into a ``MixResult`` whose load factor is maximized, and its race (the best
+    config against every baseline that served a load factor, three load-factor runs each)."""
 
     cfg: MixStudyConfig
     fleet_factory: FleetFactory = launch  # each model's workers (a simulated fleet in tests)
+    unit: str = "load factor"
 
     def suggest(self, trial) -> MixConfig:
         return suggest_config(trial, self.cfg.topology, self.cfg.deployment, self.cfg.space)
@@ -99,12 +102,27 @@ class DeploymentSubject:
     def config_of(self, stored: dict) -> MixConfig:
         return MixConfig.from_dict(stored)
 
-    def measure(self, config: MixConfig, number: int, say: Say) -> MixResult:
+    def measure(self, config: MixConfig, settings: MeasureSettings, say: Say) -> MixResult:
         cfg = self.cfg
-        result = measure_mix(cfg.topology, config, cfg.deployment, cfg.models,
-                             replace(cfg.settings, seed=cfg.settings.seed + number), say, self.fleet_factory)
-        say(f"trial {number}: load factor {result.load_factor:.3g} ({result.verdict})")
-        return result
+        return measure_mix(cfg.topology, config, cfg.deployment, cfg.models, settings, say, self.fleet_factory)
 
     def value(self, result: MixResult) -> float:
         return result.load_factor
+
+    def entrants(self, study: optuna.Study, _k: int) -> list[Entrant]:
+        return race_entrants(*best_and_baselines(study))
+
+    def race_value(self, entrant: Entrant, seed: int) -> float:
+        quick = replace(self.cfg.settings, seed=seed, search_steps=min(3, self.cfg.settings.search_steps))
+        return self.measure(entrant.params, quick, lambda _m: None).load_factor
+
+
+def race_entrants(best, baselines: dict) -> list[Entrant]:
+    """The best config (a baseline's name when it is one), then every baseline that served a load
+    factor (one that served none has nothing to race); each entrant's ``params`` is its MixConfig."""
+    entrants = {best.user_attrs["label"]: Entrant(best.user_attrs["label"], mix_result(best).config,
+                                                  best.user_attrs.get("baseline", ""))}
+    for name, t in sorted(baselines.items()):
+        if mix_result(t).feasible:
+            entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], mix_result(t).config, name))
+    return list(entrants.values())

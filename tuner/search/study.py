@@ -303,8 +303,11 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
     with quiet_optuna():
         study = open_study(cfg) if study is None else study
         _refuse_static_space_study(study)
-        with StudyMutex(cfg.storage, cfg.study_name):
-            enqueue_baselines(study, cfg.topology, cfg.space)
+        from tuner.search.subject import ModelSubject
+
+        with StudyMutex(cfg.storage, cfg.study_name):  # what is tuned says what its baselines are
+            enqueue_baselines(study, cfg.topology, entries=ModelSubject(cfg.model, cfg.topology, cfg.space,
+                                                                         cfg.settings, measure_fn).baselines())
         lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
         objective = make_objective(cfg, study, on_progress, lock.key, measure_fn)
         if study.user_attrs.get("space_exhausted"):
