@@ -276,9 +276,7 @@ def resolve(name: str, dims: dict, topology: Topology, where: str = "search spac
     pus = len(topology.usable_cpus)
     auto = {"workers": cores, "cores_per_worker": cores, "intra_op_threads": pus,
             "inter_op_threads": pus, "io_cores": max(0, cores - 1), "max_batch": MAX_BATCH_AUTO}
-    defaults = {"workers": [1], "cores_per_worker": [1], "smt": [False], "intra_op_threads": [1],
-                "inter_op_threads": [1], "execution_mode": ["sequential"], "numa_policy": ["none"],
-                "spinning": [True], "io_cores": [0], "max_batch": [1], "batch_timeout_ms": [0]}
+    defaults = {dim: [value] for dim, value in Params().to_dict().items() if dim in DIMENSIONS}  # Params' own
     choices: dict[str, tuple] = {}
     log_dims = set()
     for dim in DIMENSIONS:
