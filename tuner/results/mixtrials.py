@@ -3,8 +3,8 @@ single-model one: what was measured, the best, the baselines, the Pareto view, t
 config it recommends, and its best-config document (``DeploymentDocument``). Light: no launcher,
 no worker, no ONNX Runtime.
 
-A study is a deployment study when ``user_attrs["kind"] == "deployment"`` (``is_deployment_study``:
-tuner.app.kinds, the one place commands that read studies dispatch on it).
+A study is a deployment study when ``user_attrs["kind"] == "deployment"`` (``is_deployment_study``;
+the commands that read studies never test it: tuner.app.kinds.kind_of chooses their reading).
 """
 
 from __future__ import annotations
