@@ -5,7 +5,7 @@ ratios of the largest load factor L every model serves within its own P99 bound.
     .venv/bin/python -m experiments.mix_benchmark            # squeezenet x2 + shufflenet x1, shared cores allowed
     .venv/bin/python -m experiments.mix_benchmark --trials 4 --rounds 2
 
-The study (tuner.mix.study) measures both baselines first, then sampled configs; its final race
+The study (tuner.app.deployment) measures both baselines first, then sampled configs; its final race
 re-measures the best config and both baselines in rotating interleaved rounds, and the ratios of
 their load factors get paired-bootstrap intervals (tuner.bench.stats.ratio_ci). Everything lands in
 experiments/results/mix-<host>-<date>.json: the deployment, every trial's result (every window of
@@ -25,19 +25,12 @@ import time
 from datetime import date
 from pathlib import Path
 
+from tuner.app.deployment import check_bounds_alone, final_race, run_deployment_trials
 from tuner.bench.measure import MeasureSettings, machine_metadata
 from tuner.machine.sysfs import read_topology
 from tuner.mix.deployment import check_fits, parse_deployment, resolve_models
-from tuner.mix.study import (
-    MixStudyConfig,
-    best_and_baselines,
-    check_bounds_alone,
-    default_study_name,
-    final_race,
-    measured,
-    open_mix_study,
-    run_trials,
-)
+from tuner.mix.study import MixStudyConfig, default_study_name, open_mix_study
+from tuner.results.mixtrials import best_and_baselines, measured
 
 HERE = Path(__file__).resolve().parent
 DEPLOYMENT = {
@@ -73,9 +66,9 @@ def main() -> None:
                              race_rounds=args.rounds)
         study = open_mix_study(cfg)
         began = time.monotonic()
-        run_trials(study, cfg, say)
+        run_deployment_trials(study, cfg, say)
         best, baselines = best_and_baselines(study)
-        race = final_race(cfg, best, baselines, say) if best is not None else None
+        race = final_race(cfg, study, say) if best is not None else None
         record = {
             "deployment": deployment.to_dict(), "topology": topo.summary(), "machine": machine_metadata(),
             "unloaded_p99_ms_alone": unloaded, "settings": {"window_s": args.window, "search_steps": args.steps,

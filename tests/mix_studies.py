@@ -14,12 +14,14 @@ from tuner.bench.model import ModelInfo
 from tuner.machine.placement import Params
 from tuner.machine.topology import Topology
 from tuner.mix.deployment import Deployment, parse_deployment
-from tuner.mix.division import MixConfig, division_choices, even_split, ort_defaults, plans
-from tuner.mix.records import MixResult
+from tuner.mix.division import division_choices, even_split, ort_defaults, plans
 from tuner.mix.study import MixStudyConfig, open_mix_study
+from tuner.results.mixrecords import MixConfig, MixResult, ModelFigures
+from tuner.results.records import Interference, MachineInfo
 
 SHARES = {"detector": 2.0, "ranker": 1.0}
 BOUNDS_MS = {"detector": 50.0, "ranker": 100.0}
+MACHINE = MachineInfo("fixture", "fixture CPU", "6.1", "3.12", "1.20.0", 16)
 
 
 def sixteen_cores() -> Topology:
@@ -47,14 +49,13 @@ def mix_result(topology: Topology, config: MixConfig, load_factor: float, p99_ra
     models = {}
     for name, the_plan in plans(topology, config).items():
         rate, p99 = load_factor * SHARES[name], BOUNDS_MS[name] * p99_ratio
-        models[name] = {"throughput": rate, "offered_rate": rate, "p50_ms": p99 / 3, "p90_ms": p99 / 2,
-                        "p99_ms": p99, "p99_ci_ms": [p99 * 0.9, p99 * 1.1], "p99_bound_ms": BOUNDS_MS[name],
-                        "verdict": verdict, "capacity": rate * 1.2, "unloaded_p99_ms": p99 / 2, "cpu_util": 1.0,
-                        "interference": {"steal_pct": 0.0, "foreign_cpu": 0.0}, "placement": [],
-                        "plan": the_plan.to_dict()}
-    return MixResult(config.to_dict(), config.label(), load_factor, (load_factor, load_factor * 1.1), verdict,
-                     "" if verdict == stats.PASS else "no load factor was proven to pass", models, [],
-                     {"hostname": "fixture"}, 1.0)
+        models[name] = ModelFigures(
+            throughput=rate, offered_rate=rate, p50_ms=p99 / 3, p90_ms=p99 / 2, p99_ms=p99,
+            p99_ci_ms=(p99 * 0.9, p99 * 1.1), p99_bound_ms=BOUNDS_MS[name], verdict=verdict, capacity=rate * 1.2,
+            unloaded_p99_ms=p99 / 2, cpu_util=1.0, interference=Interference(steal_pct=0.0, foreign_cpu=0.0),
+            placement=(), plan=the_plan)
+    return MixResult(config, config.label(), load_factor, (load_factor, load_factor * 1.1), verdict,
+                     "" if verdict == stats.PASS else "no load factor was proven to pass", models, (), MACHINE, 1.0)
 
 
 def open_study(storage: str, topology: Topology, name: str = "mix") -> optuna.Study:
@@ -69,7 +70,7 @@ def add_trial(study: optuna.Study, result: MixResult, baseline: str = "") -> opt
     attrs = {"label": result.label, "result": result.to_dict(), "host": "fixture:0", "hostname": "fixture"}
     if baseline:
         attrs["baseline"] = baseline
-    study.add_trial(optuna.trial.create_trial(params={"division": result.config["division"]},
+    study.add_trial(optuna.trial.create_trial(params={"division": result.config.division},
                                               distributions={"division": divisions}, value=result.load_factor,
                                               user_attrs=attrs))
     return study.trials[-1]

@@ -420,16 +420,13 @@ def test_envelope_picks_the_best_config_for_each_bound():
 
 
 def test_a_deployment_gets_every_export_format():
-    from tuner.mix.document import export_files
-
     models = {}
     for name in ("ranker", "embedder"):
         models[name] = config_document(Params(workers=1, cores_per_worker=1, intra_op_threads=1))
         models[name]["model"]["name"] = name
-    deployment = {"format": "placetune-deployment/1", "models": models}
     for fmt in export.FORMATS:
-        files = export_files(deployment, fmt, "/etc/placetune")
+        files = export.deployment_files(models, fmt, "/etc/placetune")
         for name, document in models.items():
-            assert files[f"{name}.json"] == json.dumps(document, indent=1) + "\n"
-            assert files[f"{name}{export.format_of(fmt).suffix}"] == export.render(
-                document, fmt, f"/etc/placetune/{name}.json")
+            assert files[f"{name}.json"][0] == json.dumps(document, indent=1) + "\n"
+            assert files[f"{name}{export.format_of(fmt).suffix}"] == (export.render(
+                document, fmt, f"/etc/placetune/{name}.json"), export.format_of(fmt).executable)

@@ -21,8 +21,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 
 from tests.test_export import CLI, config_document
 from tuner.machine.placement import Params
-from tuner.mix.deployment import DEPLOYMENT_FORMAT
 from tuner.results import export
+from tuner.results.documents import DEPLOYMENT_FORMAT
 from tuner.results.export_triton import triton_cpu_cores
 
 _F = descriptor_pb2.FieldDescriptorProto

@@ -25,10 +25,12 @@ def test_a_results_module_imports_without_the_launcher_the_worker_or_onnxruntime
     assert json.loads(done.stdout) == []
 
 
-def test_the_records_import_nothing_from_bench():
+@pytest.mark.parametrize("name", ["records", "mixrecords", "documents"])
+def test_the_records_import_nothing_from_bench(name):
     """The one arrow that ran back up (issue 31): records read the verdict words from
-    tuner.verdicts and the model record from tuner.results.modelinfo, not from tuner.bench."""
-    code = "import json, sys\nimport tuner.results.records\nprint(json.dumps(sorted(sys.modules)))"
+    tuner.verdicts and the model record from tuner.results.modelinfo, not from tuner.bench; a
+    deployment's records and the best-config documents likewise."""
+    code = f"import json, sys\nimport tuner.results.{name}\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [m for m in json.loads(done.stdout) if m.startswith("tuner.bench")] == []
@@ -43,9 +45,10 @@ def test_the_check_sees_a_module_that_does_load_the_launcher():
 
 
 # ---- deployment studies (issue 23): reading one is as light as reading a single-model study -------
-MIX_READING_MODULES = ("tuner.mix.records", "tuner.mix.trials", "tuner.mix.report", "tuner.mix.tracking",
-                       "tuner.mix.document", "tuner.cli.mix_results", "tuner.cli.mix", "tuner.app.fleet",
-                       "tuner.cli.commands_study", "tuner.cli.fleet")
+MIX_READING_MODULES = ("tuner.results.mixrecords", "tuner.results.documents", "tuner.results.mixtrials",
+                       "tuner.results.mixreport", "tuner.results.mixtracking", "tuner.app.kinds",
+                       "tuner.cli.mix_results", "tuner.cli.mix", "tuner.app.fleet", "tuner.cli.commands_study",
+                       "tuner.cli.fleet")
 
 
 def _heavy_after(code: str) -> list[str]:

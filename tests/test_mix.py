@@ -16,6 +16,7 @@ import pytest
 from tests.models import conv_net
 from tuner.bench import stats
 from tuner.bench.measure import MeasureSettings
+from tuner.bench.model import inspect_model
 from tuner.errors import UsageError
 from tuner.machine.cpulist import parse_cpulist
 from tuner.machine.placement import Params
@@ -31,7 +32,6 @@ from tuner.mix.division import (
     suggest_config,
 )
 from tuner.mix.loadfactor import MixWindow, combined_verdict, search_load_factor
-from tuner.mix.measure import measure_mix
 from tuner.results.records import WindowResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,22 +218,6 @@ def test_both_models_run_at_once_each_pinned_where_planned_with_its_own_record(t
     assert abs(small.requests - 3 * big.requests) <= 3  # each its own stream at its share, one duration
 
 
-def test_a_short_real_mix_measurement_finds_a_load_factor(two_models):
-    topo = read_topology()
-    deployment = _deployment(two_models)
-    result = measure_mix(topo, even_split(topo, deployment), deployment, resolve_models(deployment), QUICK)
-    assert result.runs and all(set(r["models"]) == {"small", "big"} for r in result.runs)
-    if result.verdict != stats.PASS:  # a machine busy with other tests: the search says why, never a zero
-        assert result.verdict == stats.UNDECIDED and "proven to pass" in result.reason
-        pytest.skip(f"no load factor passed on this busy machine: {result.reason}")
-    low, high = result.load_factor_ci
-    assert low == result.load_factor <= high
-    for name, bound_ms in (("small", 50), ("big", 80)):
-        m = result.models[name]
-        assert m["p99_ci_ms"][1] <= bound_ms and m["throughput"] > 0 and "foreign_cpu" in m["interference"]
-    assert result.models["small"]["offered_rate"] == pytest.approx(3 * result.models["big"]["offered_rate"])
-
-
 def _cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
@@ -275,39 +259,64 @@ def test_bad_deployments_from_the_cli_are_one_line_usage_errors(two_models):
         assert not (d / "best_config.json").exists() and not (d / "placetune.db").exists()  # nothing stored
 
 
-def test_optimize_a_deployment_then_export_one_launch_script_per_model_that_serves(two_models, tmp_path):
+def test_optimize_a_deployment_with_real_processes_stores_and_tracks_it(two_models, tmp_path):
+    """The real-process smoke test: only what does not depend on how fast this machine is (on a busy
+    one every load factor may stay undecided, exit 3): no traceback, the study stored with both
+    baselines measured, MLflow's parent run and a child run per measured trial with every model's
+    metrics, and the best config when one passed (its load factors: tests/test_mix_sim.py)."""
     d = two_models["dir"]
     done = _cli(["optimize", "--deployment", str(two_models["yaml"]), "--n-trials", "2", "--window", "0.2s",
                  "--revalidate", "0", "--out", str(tmp_path / "best.json"), "--storage",
                  f"sqlite:///{tmp_path / 's.db'}"], d)
-    if done.returncode == 3 and "served any load factor" in done.stderr:  # every window undecided: a busy machine
-        assert "undecided" in done.stderr, done.stderr
-        pytest.skip(f"no load factor passed on this busy machine: {done.stderr.strip().splitlines()[-1]}")
-    assert done.returncode == 0, done.stderr
-    document = json.loads((tmp_path / "best.json").read_text())
-    assert set(document["models"]) == {"small", "big"} and document["load_factor"] > 0
-    assert set(document["baselines"]) == {"ort_default", "even_split"}
-    _check_mlflow(tmp_path / "mlflow.db", document)
+    assert done.returncode in (0, 3) and "Traceback" not in done.stderr, done.stderr
+    import optuna
+
+    from tuner.results.mixtrials import measured
+
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert study.user_attrs["kind"] == "deployment"
+    assert {t.user_attrs.get("baseline") for t in measured(study)} >= {"ort_default", "even_split"}
+    document = json.loads((tmp_path / "best.json").read_text()) if done.returncode == 0 else None
+    if document is not None:
+        assert set(document["models"]) == {"small", "big"} and document["load_factor"] > 0
+        assert set(document["baselines"]) == {"ort_default", "even_split"}
+    _check_mlflow(tmp_path / "mlflow.db", document, len(measured(study)))
+
+
+def test_a_deployment_export_gives_one_launch_script_per_model_that_serves(two_models, tmp_path):
+    """``export --config`` of a deployment's best config (made on the simulated fleet for this
+    machine's topology: which config wins does not matter here) writes one launch script per
+    model, and each starts its model's real worker on the CPUs its plan gives it."""
+    from tests.sim_mix import sim_study
+
+    d = two_models["dir"]
+    models = {"detector": inspect_model(str(two_models["small"])), "ranker": inspect_model(str(two_models["big"]))}
+    _, document, _ = sim_study(tmp_path, topology=read_topology(), n_trials=2, race_rounds=0, models=models)
     done = _cli(["export", "--config", str(tmp_path / "best.json"), "--format", "numactl", "--out",
                  str(tmp_path / "exp")], d)
     assert done.returncode == 0, done.stderr
     scripts = sorted((tmp_path / "exp").glob("*-launch.sh"))
-    assert [s.name for s in scripts] == ["big-launch.sh", "small-launch.sh"]
+    assert [s.name for s in scripts] == ["detector-launch.sh", "ranker-launch.sh"]
     for port, script in zip((18700 + os.getpid() % 500, 19300 + os.getpid() % 500), scripts, strict=True):
         name = script.name.removesuffix("-launch.sh")
-        _serve_once(script, two_models[name], port, document["models"][name]["plan"]["workers"][0]["cpus"], tmp_path)
+        model = two_models["small" if name == "detector" else "big"]
+        _serve_once(script, model, port, list(document.models[name].plan.workers[0].cpus), tmp_path)
 
 
-def _check_mlflow(db: Path, document: dict) -> None:
+def _check_mlflow(db: Path, document: dict | None, measured: int) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("placetune").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and len(children) >= 2
+    assert len(parents) == 1 and len(children) == measured >= 2
     assert {"load_factor", "small.p99_ms", "big.p99_ms", "small.throughput"} <= set(children[0].data.metrics)
-    assert parents[0].data.metrics["best_load_factor"] == pytest.approx(document["load_factor"])
+    if document is not None:
+        assert parents[0].data.metrics["best_load_factor"] == pytest.approx(document["load_factor"])
+    else:
+        assert parents[0].info.status == "FAILED"
 
 
 def _serve_once(script: Path, model: Path, port: int, cpus: list[int], tmp_path: Path) -> None:

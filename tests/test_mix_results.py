@@ -1,6 +1,7 @@
 """Deployment studies as first-class citizens (issue 23): the race's recommendation, the document it
 writes, the Pareto view (on synthetic studies, no processes), then report, log, fleet status and
-export --study on a real deployment study made by ``optimize --deployment``."""
+export --study (the commands, in processes of their own) on a deployment study made by
+``optimize --deployment``'s service on the simulated fleet."""
 
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from pathlib import Path
 import pytest
 
 from tests.mix_studies import study_with_baselines
-from tests.models import conv_net
-from tuner.mix.study import race_trials
-from tuner.mix.trials import best_and_baselines, is_deployment_study, pareto_front, race_of, study_document
+from tuner.app.deployment import race_trials
+from tuner.results.mixtrials import best_and_baselines, is_deployment_study, pareto_front, race_of
+from tuner.results.mixtrials import study_document as typed_document
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tuner.cli"]
+
+
+def study_document(study) -> dict | None:
+    """The study's best-config document as best_config.json holds it."""
+    document = typed_document(study)
+    return document.to_dict() if document is not None else None
 
 
 def _race(study, rounds: dict[str, list[float]], n: int = 4) -> dict:
@@ -93,7 +100,7 @@ def test_the_pareto_view_trades_load_factor_for_latency_headroom(tmp_path):
 
 
 def test_the_deployment_report_names_the_recommended_config(tmp_path):
-    from tuner.mix import report
+    from tuner.results import mixreport as report
 
     study, t = study_with_baselines(f"sqlite:///{tmp_path / 's.db'}")
     best, even, ort = (t[k].user_attrs["label"] for k in ("best", "even_split", "ort_default"))
@@ -114,15 +121,15 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory) -> dict:
-    """``optimize --deployment`` of two small models, short windows, a 2-round race."""
+    """A deployment study as ``optimize --deployment`` makes it (its service, tuner.app.deployment),
+    measured on the simulated fleet (tests/sim_mix.py: deterministic, no busy-machine skips), a
+    2-round race; the commands below read it from its storage as they read any study."""
+    from tests.sim_mix import sim_study
+    from tuner.cli.mix import summary
+
     d = tmp_path_factory.mktemp("mixstudy")
-    small, big = conv_net(d / "small.onnx", channels=8, size=16), conv_net(d / "big.onnx", channels=16, size=24)
-    (d / "mix.yaml").write_text(f"models:\n  - {{name: small, model: {small}, p99: 50ms, share: 3}}\n"
-                                f"  - {{name: big, model: {big}, p99: 80ms, share: 1}}\n")
-    done = _cli(["optimize", "--deployment", "mix.yaml", "--n-trials", "3", "--window", "0.2s", "--revalidate", "2",
-                 "--no-mlflow", "--out", "best.json"], d)  # test_log below puts it in MLflow
-    assert done.returncode == 0, done.stderr
-    return {"dir": d, "best": json.loads((d / "best.json").read_text()), "stdout": done.stdout}
+    _, document, _ = sim_study(d, n_trials=3, race_rounds=2)
+    return {"dir": d, "best": json.loads((d / "best.json").read_text()), "stdout": summary(document)}
 
 
 def test_best_config_json_of_a_deployment_holds_what_the_race_recommends(real_study):
@@ -152,7 +159,7 @@ def test_export_study_of_a_deployment_writes_the_config_best_config_json_holds(r
         assert json.loads((tmp_path / "json" / f"{name}.json").read_text()) == document
     done = _cli(["export", "--format", "numactl", "--out", str(tmp_path / "sh")], d)
     assert done.returncode == 0 and sorted(p.name for p in (tmp_path / "sh").glob("*.sh")) == [
-        "big-launch.sh", "small-launch.sh"], done.stderr
+        "detector-launch.sh", "ranker-launch.sh"], done.stderr
     for args, message in ((["--p99", "30ms", "--out", str(tmp_path / "x")], "--p99 does not apply"),
                           ([], "give --out FOLDER")):
         done = _cli(["export", "--format", "json", *args], d)

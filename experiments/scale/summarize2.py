@@ -133,7 +133,7 @@ def _mix_trials(folder: Path) -> dict:
         return {}
     import optuna
 
-    from tuner.mix.study import measured
+    from tuner.results.mixtrials import measured
     from tuner.search.storage import quiet_optuna
 
     storage = f"sqlite:///{db}"

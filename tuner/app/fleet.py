@@ -1,8 +1,8 @@
 """The state of a study shared by many hosts (``placetune fleet status``): trials per host, running
 trials and their age, the best so far. Built from Optuna's public API (``Study.get_trials`` and the
 ``FrozenTrial`` fields); repeats (a fleet race, ``user_attrs["repeat_of"]``) are not trials anyone
-ran, so they are left out like in every other view. A deployment study (tuner.mix) reads the
-same, its best being the largest passing load factor.
+ran, so they are left out like in every other view. A deployment study reads the same, its best
+(``tuner.app.kinds``) being the largest passing load factor.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 import optuna
 
-from tuner.mix.trials import best_and_baselines, is_deployment_study, mix_result
-from tuner.results.trials import best_trial, measured_trials, result_of, shown_trials
+from tuner.app.kinds import BestSoFar as BestSoFar
+from tuner.app.kinds import kind_of
+from tuner.results.trials import measured_trials, shown_trials
 
 NOT_STARTED = "(not started)"  # the host of a trial no tuner has picked up yet (queued)
 
@@ -42,17 +43,6 @@ class RunningTrial:
     hostname: str
     age_s: float | None  # since the trial started
     heartbeat_age_s: float | None  # since its tuner's last heartbeat; None: none recorded
-
-
-@dataclass(frozen=True)
-class BestSoFar:
-    number: int
-    label: str
-    hostname: str
-    throughput: float  # req/s (a deployment: every model's, summed)
-    p99_ms: float  # a deployment: the slowest model's
-    load_factor: float | None = None  # a deployment study's objective; None: a single-model study
-    models: tuple[tuple[str, float, float], ...] = ()  # a deployment: (model, req/s, P99 ms) each
 
 
 @dataclass(frozen=True)
@@ -87,7 +77,8 @@ def fleet_status(study: optuna.Study, now_s: float,
                                  _age_s(t.datetime_start, now_s), ages.get(t.number))
                     for t in trials if t.state == optuna.trial.TrialState.RUNNING)
     waiting = sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING)
-    return FleetStatus(study.study_name, len(trials), len(measured), hosts, running, waiting, _best(study))
+    return FleetStatus(study.study_name, len(trials), len(measured), hosts, running, waiting,
+                       kind_of(study).best_so_far(study))
 
 
 def _host_status(host: str, trials: list[optuna.trial.FrozenTrial], measured: int, now_s: float) -> HostStatus:
@@ -107,27 +98,6 @@ def _host_status(host: str, trials: list[optuna.trial.FrozenTrial], measured: in
 def _age_s(stamp, now_s: float) -> float | None:
     """Seconds from ``stamp`` (Optuna's naive local datetimes) to ``now_s``."""
     return now_s - stamp.timestamp() if stamp is not None else None
-
-
-def _best(study: optuna.Study) -> BestSoFar | None:
-    if is_deployment_study(study):
-        return _best_deployment(study)
-    best = best_trial(study)
-    if best is None:
-        return None
-    result = result_of(best)
-    return BestSoFar(best.number, best.user_attrs.get("label", ""), best.user_attrs.get("hostname", "?"),
-                     result.throughput, result.p99_ms)
-
-
-def _best_deployment(study: optuna.Study) -> BestSoFar | None:
-    best, _ = best_and_baselines(study)
-    if best is None:
-        return None
-    result = mix_result(best)
-    models = tuple((name, m["throughput"], m["p99_ms"]) for name, m in result.models.items())
-    return BestSoFar(best.number, best.user_attrs["label"], best.user_attrs.get("hostname", "?"),
-                     sum(m[1] for m in models), max(m[2] for m in models), result.load_factor, models)
 
 
 def read_fleet_status(study: optuna.Study, storage_url: str, now_s: float) -> FleetStatus:

@@ -32,8 +32,9 @@ from tuner.results.trials import (
 )
 from tuner.search import screening
 from tuner.search.locks import StudyMutex
-from tuner.search.race import RaceResult, race_study
+from tuner.search.race import RaceResult, race_subject
 from tuner.search.study import MeasureFn, StudyConfig, open_study, run_study
+from tuner.search.subject import ModelSubject
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,10 @@ def run_optimize(request: OptimizeRequest, listener: OptimizeListener | None = N
         listener.search_done(outcome)
         if outcome.best is not None and request.race_k > 0:
             listener.race_started(request.race_k)
-            race = race_study(study, cfg.topology, cfg.model, cfg.settings, request.race_k,
-                              say=listener.race_progress, measure_fn=request.measure_fn,
-                              time_limit_s=request.race_time_limit_s)
+            subject = ModelSubject(cfg.model, cfg.topology, cfg.space, cfg.settings, request.measure_fn)
+            race = race_subject(study, subject, request.race_k, confidence=cfg.settings.confidence,
+                                say=listener.race_progress, time_limit_s=request.race_time_limit_s,
+                                first_seed=cfg.settings.seed + 1)
             save_best_config(study, request.out, race=race.to_dict())
             listener.race_done(race)
             outcome = replace(outcome, race=race)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -190,70 +189,55 @@ def export(
 
     Example: $ placetune export --study mix --format systemd --out deploy/
     """
+    from tuner.app.kinds import kind_of
     from tuner.deploy import load_config
-    from tuner.mix.trials import is_deployment_study
-    from tuner.outputs import check_writable, write_atomic
+    from tuner.outputs import check_writable
     from tuner.results import export as exporter
     from tuner.search.storage import load_study
 
     if fmt not in exporter.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporter.FORMATS)}")
-    # ---- a deployment's best config (issue 16): one file per model, tuner/cli/mix.py
-    from tuner.cli import mix as mix_cli
-
-    config_dir = config_path if config_path != "best_config.json" else None
-    if config is not None and mix_cli.is_deployment_file(config):
-        if study is not None or p99 is not None:
-            raise UsageError("--config exports a file as it is; it does not take --study or --p99")
-        return mix_cli.export_deployment(json.loads(config.read_text()), str(config), fmt, out, config_dir)
-    # ---- end of issue 16
     if config is not None:
         if study is not None or p99 is not None:
             raise UsageError("--config exports a file as it is; it does not take --study or --p99")
-        if out is not None:
-            check_writable(out, "--out")
-        document = load_config(config)
+        from tuner.cli import mix as mix_cli
+
+        document = mix_cli.model_documents(config) if mix_cli.is_deployment_file(config) else load_config(config)
+        source = str(config)
     else:
         if out is not None:  # before the study is read: a file, or a folder for a deployment's files
             check_writable(out, "--out", folder_ok=True)
         the_study = load_study(storage, study)
-        if is_deployment_study(the_study):  # issue 23: one artifact per model, like --config
-            from tuner.cli.mix_results import study_document
+        document = kind_of(the_study).document(the_study, p99)
+        source = f"study {the_study.study_name!r}"
+    _write_export(document, source, fmt, out, config_path)
 
-            return mix_cli.export_deployment(study_document(the_study, p99), f"study {the_study.study_name!r}",
-                                             fmt, out, config_dir)
-        if out is not None:
-            check_writable(out, "--out")
-        document = _study_document(the_study, p99)
+
+def _write_export(document, source: str, fmt: str, out: Path | None, config_path: str) -> None:
+    """Write one config document's export (to ``out`` or stdout), or a deployment's (a
+    DeploymentDocument, or its models' documents by name), one file per model into the folder
+    ``out`` (tuner.cli.mix.export_deployment)."""
+    from tuner.outputs import check_writable, write_atomic
+    from tuner.results import export as exporter
+    from tuner.results.documents import CONFIG_FORMAT, DeploymentDocument
+
+    models = ({n: m.to_dict() for n, m in document.models.items()} if isinstance(document, DeploymentDocument)
+              else None if document.get("format") == CONFIG_FORMAT else document)
+    if models is not None:
+        from tuner.cli import mix as mix_cli
+
+        config_dir = config_path if config_path != "best_config.json" else None
+        return mix_cli.export_deployment(models, source, fmt, out, config_dir)
+    if document.get("envelope_note"):
+        warn(document["envelope_note"])
+    if out is not None:
+        check_writable(out, "--out")
     text = exporter.render(document, fmt, config_path)
     if out is None:
         sys.stdout.write(text)
     else:
         write_atomic(out, text, mode=0o755 if exporter.format_of(fmt).executable else None)
         Console(stderr=True).print(f"{fmt} export of {document.get('label')} written to {out}", highlight=False)
-
-
-def _study_document(the_study, p99: str | None) -> dict:
-    """The config document of a study's best trial, or of the best one for another bound (``--p99``)."""
-    from tuner.results.trials import best_config_document, best_trial
-    from tuner.units import parse_duration
-
-    if p99 is None:
-        trial = best_trial(the_study)
-        if trial is None:
-            raise UsageError(f"study {the_study.study_name!r} has no feasible trial to export; relax --p99 "
-                             "and run 'placetune optimize', or export another bound with --p99")
-        return best_config_document(the_study, trial)
-    from tuner.results.envelope import best_for_bound
-
-    choice = best_for_bound(the_study, parse_duration(p99, "--p99") * 1000)
-    document = best_config_document(the_study, the_study.trials[choice.point.trial])
-    document.update(p99_bound_ms=choice.bound_ms, throughput=choice.point.throughput,
-                    p50_ms=choice.point.p50_ms, p99_ms=choice.point.p99_ms,
-                    selected_from="envelope", envelope_note=choice.note)
-    if choice.note:
-        warn(choice.note)
-    return document
 
 
 def report(
@@ -269,22 +253,26 @@ def report(
 
     Example: $ placetune report --html report.html
     """
-    from tuner.cli import render_study
-    from tuner.mix.trials import is_deployment_study
-    from tuner.outputs import check_writable, write_atomic
-    from tuner.results import report as reporting
+    from tuner.app.kinds import kind_of
+    from tuner.cli.mix_results import report as report_deployment
+    from tuner.outputs import check_writable
     from tuner.search.storage import load_study
 
     if html_out is not None:
         check_writable(html_out, "--html")
     the_study = load_study(storage, study)
-    if is_deployment_study(the_study):  # issue 23
-        from tuner.cli.mix_results import report as report_deployment
+    views = {"model": _report_model, "deployment": report_deployment}  # one report view per kind of study
+    code = views[kind_of(the_study).name](the_study, html_out)
+    if code:
+        raise typer.Exit(code)
 
-        code = report_deployment(the_study, html_out)
-        if code:
-            raise typer.Exit(code)
-        return
+
+def _report_model(the_study, html_out: Path | None) -> int:
+    """Print a single-model study's report (and write its HTML page); the exit code (3: nothing feasible)."""
+    from tuner.cli import render_study
+    from tuner.outputs import write_atomic
+    from tuner.results import report as reporting
+
     frame = reporting.trials_frame(the_study)
     console.print(reporting.summary_text(the_study), highlight=False)
     front = frame[frame.pareto].sort_values("throughput", ascending=False)
@@ -304,8 +292,7 @@ def report(
     if html_out is not None:
         write_atomic(html_out, reporting.html_report(the_study))
         console.print(f"HTML report written to {html_out}", highlight=False)
-    if reporting.summary(the_study)["best"] is None:
-        raise typer.Exit(3)
+    return 3 if reporting.summary(the_study)["best"] is None else 0
 
 
 def log_command(
@@ -320,18 +307,13 @@ def log_command(
 
     Example: $ placetune log --mlflow-uri sqlite:///mlflow.db
     """
-    from tuner.mix.trials import is_deployment_study
-    from tuner.results.tracking import Tracker, default_uri
-    from tuner.search.storage import ensure_study_uuid, load_study, storage_url
+    from tuner.app.kinds import kind_of
+    from tuner.results.tracking import default_uri
+    from tuner.search.storage import load_study, storage_url
 
     the_study = load_study(storage, study)
     uri = mlflow_uri or default_uri(storage_url(storage))
-    if is_deployment_study(the_study):  # issue 23
-        from tuner.cli.mix_results import log
-
-        return log(the_study, uri, experiment)
-    ensure_study_uuid(the_study)
-    tracker = Tracker(uri, experiment)
-    added = tracker.sync(the_study)
-    console.print(f"study {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
-                  f"(experiment {experiment}); {tracker.logged_trials()} in all", highlight=False)
+    kind = kind_of(the_study)
+    added, total = kind.sync(the_study, uri, experiment)
+    console.print(f"{kind.noun} {the_study.study_name}: {added} trial run(s) added to MLflow at {uri} "
+                  f"(experiment {experiment}); {total} in all", highlight=False)

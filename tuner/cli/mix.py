@@ -62,8 +62,9 @@ def optimize_deployment(deployment: Path, *, console, warn: Callable[[str], None
                         settings, topology) -> int:
     """Tune a deployment: check it, run the study, write the best config; the exit code (3: none met
     every bound)."""
+    from tuner.app.deployment import DeploymentRequest, NoFeasibleMix, check_bounds_alone, run_deployment
     from tuner.mix.deployment import check_fits, load_deployment, resolve_models
-    from tuner.mix.study import MixStudyConfig, NoFeasibleMix, check_bounds_alone, default_study_name, run
+    from tuner.mix.study import MixStudyConfig, default_study_name
     from tuner.outputs import check_writable
     from tuner.search.storage import storage_url as study_storage_url
     from tuner.units import parse_duration
@@ -89,18 +90,15 @@ def optimize_deployment(deployment: Path, *, console, warn: Callable[[str], None
     cfg = MixStudyConfig(spec, models, topology, settings, url, name, space, seed, n_trials, timeout_s, revalidate)
     tracker = None
     if not no_mlflow:
-        from tuner.mix.tracking import MixTracker
+        from tuner.results.mixtracking import MixTracker
         from tuner.results.tracking import default_uri
 
         tracker = MixTracker(mlflow_uri or default_uri(url), experiment, warn=warn)
     try:
-        document = run(cfg, say, tracker, lock_wait_s=lock_wait_s)
+        document = run_deployment(DeploymentRequest(cfg, out, lock_wait_s, tracker), say)
     except NoFeasibleMix as exc:
         warn(str(exc))
         return 3
-    from tuner.outputs import write_atomic
-
-    write_atomic(out, json.dumps(document, indent=1) + "\n")
     console.print(summary(document), highlight=False)
     console.print(f"best deployment config written to {out}", highlight=False)
     return 0
@@ -111,18 +109,18 @@ def _progress(console) -> Callable[[str], None]:
     return lambda message: err.print(f"[dim]{message}[/]", highlight=False, soft_wrap=True)
 
 
-def summary(document: dict) -> str:
+def summary(document) -> str:
     """The recommended config's division and each model's figures at its best load factor, the
-    baselines, the race's ratios and verdict."""
-    low, high = document["load_factor_ci"]
-    lines = [f"best: {document['label']}", f"load factor {document['load_factor']:.3g} (interval {low:.3g}-{high:.3g})"]
-    for name, m in document["models"].items():
-        lo, hi = m["p99_ci_ms"]
-        lines.append(f"  {name}: {m['throughput']:.1f} req/s, P50 {m['p50_ms']:.2f} ms, P99 {m['p99_ms']:.2f} ms "
-                     f"({lo:.2f}-{hi:.2f}) <= {m['p99_bound_ms']:g} ms; {_interference(m['interference'])}")
-    for name, b in document["baselines"].items():
-        lines.append(f"  baseline {name}: load factor {b['load_factor']:.3g} ({b['label']})")
-    race = document.get("race") or {}
+    baselines, the race's ratios and verdict (of a tuner.results.documents.DeploymentDocument)."""
+    low, high = document.load_factor_ci
+    lines = [f"best: {document.label}", f"load factor {document.load_factor:.3g} (interval {low:.3g}-{high:.3g})"]
+    for name, m in document.models.items():
+        lo, hi = m.p99_ci_ms
+        lines.append(f"  {name}: {m.throughput:.1f} req/s, P50 {m.p50_ms:.2f} ms, P99 {m.p99_ms:.2f} ms "
+                     f"({lo:.2f}-{hi:.2f}) <= {m.p99_bound_ms:g} ms; {_interference(m.interference.to_dict())}")
+    for name, b in document.baselines.items():
+        lines.append(f"  baseline {name}: load factor {b.load_factor:.3g} ({b.label})")
+    race = document.race or {}
     for name, r in race.get("vs_baselines", {}).items():
         lo, hi = r["ci"]
         interval = f"{lo:.2f}-{hi:.2f}" if hi is not None and math.isfinite(hi) else "unknown"
@@ -130,8 +128,8 @@ def summary(document: dict) -> str:
                      f"{interval}, {r['rounds']} rounds)")
     if race:
         lines.append(f"race: {race['summary']}")
-    if document.get("baseline"):
-        lines.append(f"recommended: baseline {document['baseline']} ({document['label']})")
+    if document.baseline:
+        lines.append(f"recommended: baseline {document.baseline} ({document.label})")
     return "\n".join(lines)
 
 
@@ -143,7 +141,7 @@ def _interference(figures: dict) -> str:
 
 def is_deployment_file(path: Path) -> bool:
     """A best-config file written by ``optimize --deployment`` (JSON, format placetune-deployment/1)."""
-    from tuner.mix.document import is_deployment
+    from tuner.results.documents import is_deployment
 
     try:
         return is_deployment(json.loads(Path(path).read_text()))
@@ -151,10 +149,22 @@ def is_deployment_file(path: Path) -> bool:
         return False
 
 
-def export_deployment(document: dict, source: str, fmt: str, out: Path | None, config_dir: str | None) -> None:
-    """One artifact per model (and each model's JSON config) of a deployment document (from the
-    file or the study ``source`` names) into the folder ``out``."""
-    from tuner.mix.document import export_files
+def model_documents(path: Path) -> dict[str, dict]:
+    """Each model's config document in a deployment's best-config file, checked as
+    ``tuner.deploy.load_config`` checks a config (a bad one is a usage error naming the model)."""
+    from tuner.deploy import load_config
+
+    document = json.loads(Path(path).read_text())
+    models = document.get("models")
+    if not isinstance(models, dict) or not models:
+        raise UsageError(f"--config {path} is a deployment's config without a 'models' mapping; export it again "
+                         "with 'placetune export --study NAME'")
+    return {name: load_config(document, model=name) for name in models}
+
+
+def export_deployment(models: dict, source: str, fmt: str, out: Path | None, config_dir: str | None) -> None:
+    """One artifact per model (and each model's JSON config) of a deployment (``models``: each one's
+    config document, from the file or the study ``source`` names) into the folder ``out``."""
     from tuner.outputs import check_writable, write_atomic
     from tuner.results import export as exporter
 
@@ -167,8 +177,7 @@ def export_deployment(document: dict, source: str, fmt: str, out: Path | None, c
                          "give a folder path")
     check_writable(out, "--out", folder_ok=True)
     out.mkdir(exist_ok=True)
-    files = export_files(document, fmt, config_dir or str(out.resolve()))
-    for name, text in files.items():
-        executable = exporter.format_of(fmt).executable and name.endswith(exporter.format_of(fmt).suffix)
+    files = exporter.deployment_files(models, fmt, config_dir or str(out.resolve()))
+    for name, (text, executable) in files.items():
         write_atomic(out / name, text, mode=0o755 if executable else None)
     sys.stderr.write(f"{fmt} export: {', '.join(sorted(files))} written to {out}\n")

@@ -1,6 +1,6 @@
-"""``report``, ``log`` and ``export --study`` on a deployment study (``optimize --deployment``):
-cli/commands_study.py dispatches here when ``tuner.mix.trials.is_deployment_study`` says so. Only
-rendering: the figures come from tuner.mix.report, tuner.mix.trials and tuner.mix.tracking."""
+"""``report`` of a deployment study (``optimize --deployment``): the report view of the deployment
+kind (tuner.app.kinds; cli/commands_study.py picks the view by the study's kind). Only rendering:
+the figures come from tuner.results.mixreport."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import optuna
 from rich.table import Table
 
 from tuner.cli.common import console
-from tuner.errors import UsageError
 
 
 def report(study: optuna.Study, html_out: Path | None) -> int:
     """Print the deployment report (and write its HTML page); the exit code (3: no config passed)."""
     from tuner.cli.render_study import importances_table
-    from tuner.mix import report as reporting
     from tuner.outputs import write_atomic
+    from tuner.results import mixreport as reporting
 
     s = reporting.summary(study)
     frame = reporting.trials_frame(study)
@@ -60,9 +59,9 @@ def models_table(config: dict) -> Table:
     for col in ("model", "workers", "req/s", "P50 ms", "P99 ms (interval)", "bound ms"):
         table.add_column(col)
     for name, m in config["models"].items():
-        lo, hi = m["p99_ci_ms"]
-        table.add_row(name, str(len(m["plan"]["workers"])), f"{m['throughput']:.1f}", f"{m['p50_ms']:.2f}",
-                      f"{m['p99_ms']:.2f} ({lo:.2f}-{hi:.2f})", f"{m['p99_bound_ms']:g}")
+        lo, hi = m.p99_ci_ms
+        table.add_row(name, str(len(m.plan.workers)), f"{m.throughput:.1f}", f"{m.p50_ms:.2f}",
+                      f"{m.p99_ms:.2f} ({lo:.2f}-{hi:.2f})", f"{m.p99_bound_ms:g}")
     return table
 
 
@@ -76,28 +75,3 @@ def race_table(race: dict) -> Table:
                       " ".join(f"{v:.3g}" for v in race["load_factors"][e["label"]]),
                       "yes" if e["label"] == race["recommended"] else "")
     return table
-
-
-def log(study: optuna.Study, uri: str, experiment: str) -> None:
-    """Log a deployment study to MLflow (idempotent) and say how many runs were added."""
-    from tuner.mix.tracking import MixTracker
-
-    tracker = MixTracker(uri, experiment)
-    added = tracker.sync(study)
-    console.print(f"deployment study {study.study_name}: {added} trial run(s) added to MLflow at {uri} "
-                  f"(experiment {experiment}); {len(tracker.children)} in all", highlight=False)
-
-
-def study_document(study: optuna.Study, p99: str | None) -> dict:
-    """The deployment document ``export --study`` writes: the config the race recommends."""
-    from tuner.mix.trials import study_document as document_of
-
-    if p99 is not None:
-        raise UsageError(f"study {study.study_name!r} is a deployment study: each model has its own bound "
-                         "(its p99 in the deployment file), so --p99 does not apply; drop it")
-    document = document_of(study)
-    if document is None:
-        raise UsageError(f"deployment study {study.study_name!r} has no config that served a load factor within "
-                         "every model's bound; nothing to export (relax a model's p99 and run "
-                         "'placetune optimize --deployment' again)")
-    return document

@@ -1,7 +1,8 @@
 """Every model of a deployment running at once, each on its own Poisson stream through its own queue.
 
-``MixFleet`` starts one tuner.bench.launcher.Launcher per model (its pinned workers, its own
-shared-memory queue) and runs the models' windows concurrently, one thread per model over the
+``MixFleet`` starts one fleet per model (``fleet_factory``: by default a
+tuner.bench.launcher.Launcher, its pinned workers, its own shared-memory queue; a simulated one in
+tests, experiments/sim) and runs the models' windows concurrently, one thread per model over the
 single-model window functions of tuner.bench.loadgen. The threads only wait: the workers read the
 arrival schedule from shared memory and keep their own time, and the harness thread blocks in
 ``multiprocessing.connection.wait`` (the GIL is released), so the models' windows overlap in time.
@@ -15,7 +16,6 @@ withstand. An undecided window therefore counts as not passing.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from tuner.bench import stats
+from tuner.bench.fleet import Fleet
 from tuner.bench.launcher import Launcher
 from tuner.bench.loadgen import START_DELAY_S, VerdictSettings, run_offline_window, run_server_window
 from tuner.bench.measure import MeasureSettings
@@ -34,25 +35,29 @@ from tuner.mix.loadfactor import MixWindow
 from tuner.results.records import PlacementSeen, WindowResult
 
 T = TypeVar("T")
+FleetFactory = Callable[[Plan, ModelInfo, MeasureSettings], Fleet]
+
+
+def launch(the_plan: Plan, model: ModelInfo, settings: MeasureSettings) -> Fleet:
+    """The real fleet of one model: its pinned worker processes."""
+    return Launcher(the_plan, model, start_timeout_s=settings.start_timeout_s,
+                    memory_limit=settings.worker_memory_limit, hang_grace_s=settings.hang_grace_s)
 
 
 class MixFleet:
     """The workers of every model, started together. Use as ``with MixFleet(...) as mix:``."""
 
-    def __init__(self, plans: dict[str, Plan], models: dict[str, ModelInfo], settings: MeasureSettings):
-        self.plans = plans
-        self.models = models
-        self.settings = settings
-        self.fleets: dict[str, Launcher] = {}
+    def __init__(self, plans: dict[str, Plan], models: dict[str, ModelInfo], settings: MeasureSettings,
+                 fleet_factory: FleetFactory = launch):
+        self.plans, self.models, self.settings, self.fleet_factory = plans, models, settings, fleet_factory
+        self.fleets: dict[str, Fleet] = {}
         self._stack = ExitStack()
 
     def __enter__(self) -> MixFleet:
         try:
             for name, the_plan in self.plans.items():
-                launcher = Launcher(the_plan, self.models[name], start_timeout_s=self.settings.start_timeout_s,
-                                    memory_limit=self.settings.worker_memory_limit,
-                                    hang_grace_s=self.settings.hang_grace_s)
-                self.fleets[name] = self._stack.enter_context(launcher)
+                fleet = self.fleet_factory(the_plan, self.models[name], self.settings)
+                self.fleets[name] = self._stack.enter_context(fleet)
         except BaseException:
             self._stack.close()
             raise
@@ -62,7 +67,7 @@ class MixFleet:
         self._stack.close()
         return False
 
-    def concurrently(self, fn: Callable[[str, Launcher], T]) -> dict[str, T]:
+    def concurrently(self, fn: Callable[[str, Fleet], T]) -> dict[str, T]:
         """``fn(name, fleet)`` for every model at once, one thread each; the first error is raised
         once every thread has returned."""
         with ThreadPoolExecutor(max_workers=len(self.fleets), thread_name_prefix="placetune-mix") as pool:
@@ -88,11 +93,12 @@ class MixFleet:
         """One window of every model at once: model i at ``load_factor x shares[i]`` req/s."""
         rates = {n: load_factor * shares[n] for n in self.fleets}
         duration_s = common_duration(rates, self.settings.window_s, self.verdicts)
-        start = time.monotonic() + START_DELAY_S * (1 + len(self.fleets))
+        # one instant on every fleet's clock (the real fleets' is time.monotonic; a simulated one has its own)
+        start = {n: f.clock() + START_DELAY_S * (1 + len(self.fleets)) for n, f in self.fleets.items()}
 
-        def one(name: str, fleet: Launcher) -> WindowResult:
+        def one(name: str, fleet: Fleet) -> WindowResult:
             return run_server_window(fleet, rates[name], duration_s, 0, bounds_s[name], service_s[name],
-                                     rngs[name], start_time=start, verdicts=self.verdicts)
+                                     rngs[name], start_time=start[name], verdicts=self.verdicts)
 
         return MixWindow(load_factor, self.concurrently(one))
 

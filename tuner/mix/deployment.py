@@ -13,48 +13,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from tuner.errors import UsageError
+from tuner.results.mixrecords import Deployment as Deployment
+from tuner.results.mixrecords import ModelEntry
 
-DEPLOYMENT_FORMAT = "placetune-deployment/1"  # the best-config document of a deployment
 ENTRY_KEYS = ("name", "model", "p99", "share")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a file name and an MLflow metric prefix
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model of the mix."""
-
-    name: str
-    model: str  # an .onnx path or onnx:NAME
-    p99_bound_s: float
-    share: float  # requests per unit of load factor
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """The parsed deployment file."""
-
-    path: str
-    models: tuple[ModelEntry, ...]
-    shared_cores: bool = False
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.models)
-
-    @property
-    def shares(self) -> tuple[float, ...]:
-        return tuple(m.share for m in self.models)
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "shared_cores": self.shared_cores,
-                "models": [{"name": m.name, "model": m.model, "p99_ms": m.p99_bound_s * 1000, "share": m.share}
-                           for m in self.models]}
 
 
 def load_deployment(path: str | Path) -> Deployment:

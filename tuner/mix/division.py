@@ -13,12 +13,12 @@ against a restricted Topology holding only that part's CPUs, so each model's pla
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from tuner.machine.placement import Params, Plan, plan
 from tuner.machine.topology import Topology
-from tuner.mix.deployment import Deployment
-from tuner.search.space import INT_DIMS, SearchSpace, load_space
+from tuner.results.mixrecords import Deployment, MixConfig
+from tuner.search.space import load_space
 
 SHARED = "shared"
 MAX_CANDIDATES = 24  # divisions offered to the sampler, nearest to the proportional split first
@@ -78,27 +78,6 @@ def division_choices(topology: Topology, deployment: Deployment) -> dict[str, tu
     return out
 
 
-@dataclass(frozen=True)
-class MixConfig:
-    """One candidate: the division and each model's Params inside its part."""
-
-    division: str
-    cpus: dict[str, tuple[int, ...]]  # model -> the CPUs of its part (empty: the whole machine, unpinned)
-    params: dict[str, Params]
-
-    def label(self) -> str:
-        return f"{self.division}: " + ", ".join(f"{n}={p.label()}" for n, p in self.params.items())
-
-    def to_dict(self) -> dict:
-        return {"division": self.division, "cpus": {n: list(c) for n, c in self.cpus.items()},
-                "params": {n: p.to_dict() for n, p in self.params.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MixConfig:
-        return cls(data["division"], {n: tuple(c) for n, c in data["cpus"].items()},
-                   {n: Params.from_dict(p) for n, p in data["params"].items()})
-
-
 def model_topology(topology: Topology, cpus: tuple[int, ...], name: str) -> Topology:
     """The machine as one model sees it: only its part's CPUs usable."""
     return topology.restrict(cpus, f"model {name}'s part of a deployment") if cpus else topology
@@ -122,19 +101,8 @@ def suggest_config(trial, topology: Topology, deployment: Deployment, space_name
         # a part inside one node of a multi-node machine still chooses its memory policy (bind keeps
         # its memory on its node): the restricted topology alone would collapse the choice to none
         space = replace(space, choices={**space.choices, "numa_policy": machine_policies})
-        params[name] = Params(**space.walk(_chooser(trial, name, space))[0])
+        params[name] = space.suggest(trial, prefix=f"{name}.")
     return MixConfig(label, dict(zip(deployment.names, choices[label], strict=True)), params)
-
-
-def _chooser(trial, prefix: str, space: SearchSpace):
-    """tuner.search.space's Optuna chooser, with the model's name before every parameter."""
-    def choose(dim: str, opts: tuple):
-        if dim not in INT_DIMS:
-            return trial.suggest_categorical(f"{prefix}.{dim}", list(space.choices[dim]))
-        raw = trial.suggest_int(f"{prefix}.{dim}", opts[0], opts[-1], log=dim in space.log_dims)
-        return min(opts, key=lambda o: (abs(o - raw), o))
-
-    return choose
 
 
 def even_split(topology: Topology, deployment: Deployment) -> MixConfig:

@@ -12,42 +12,12 @@ proven to pass].
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tuner.bench import stats
 from tuner.bench.ratesearch import pooled_verdict
-from tuner.results.records import WindowResult
-
-
-def combined_verdict(verdicts: Iterable[str]) -> str:
-    """pass when every model passed, fail when any failed, else undecided."""
-    verdicts = list(verdicts)
-    if any(v == stats.FAIL for v in verdicts):
-        return stats.FAIL
-    if verdicts and all(v == stats.PASS for v in verdicts):
-        return stats.PASS
-    return stats.UNDECIDED
-
-
-@dataclass(frozen=True)
-class MixWindow:
-    """One window of every model at once, at one load factor."""
-
-    load_factor: float
-    windows: dict[str, WindowResult]  # model -> its own window (its own queue, its own latencies)
-
-    @property
-    def verdict(self) -> str:
-        return combined_verdict(w.verdict for w in self.windows.values())
-
-    def failing(self) -> list[str]:
-        """Models whose window did not pass, with why."""
-        return [f"{n}: {w.reason or w.verdict}" for n, w in self.windows.items() if w.verdict != stats.PASS]
-
-    def to_dict(self) -> dict:
-        return {"load_factor": self.load_factor, "verdict": self.verdict,
-                "models": {n: w.to_dict() for n, w in self.windows.items()}}
+from tuner.results.mixrecords import MixWindow, combined_verdict
 
 
 def pooled_mix_verdict(runs: list[MixWindow]) -> str:

@@ -18,29 +18,27 @@ import time
 
 import numpy as np
 
-from tuner.bench import interference
 from tuner.bench.measure import MeasureSettings, machine_metadata
 from tuner.bench.model import ModelInfo
 from tuner.machine.topology import Topology
-from tuner.mix.bench import MixFleet, mix_settings, service_times_s
-from tuner.mix.deployment import Deployment
-from tuner.mix.division import MixConfig, plans
-from tuner.mix.loadfactor import LoadFactorOutcome, MixWindow, search_load_factor
-from tuner.mix.records import MixResult as MixResult
-from tuner.mix.records import finite as finite
-from tuner.results.records import WindowResult
+from tuner.mix.bench import FleetFactory, MixFleet, launch, mix_settings, service_times_s
+from tuner.mix.division import plans
+from tuner.mix.loadfactor import LoadFactorOutcome, search_load_factor
+from tuner.results.mixrecords import Deployment, MixConfig, MixResult, ModelFigures
+from tuner.results.records import Interference, WindowResult
 
 
 def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, models: dict[str, ModelInfo],
-                settings: MeasureSettings, say=lambda _m: None) -> MixResult:
-    """Measure one mix config; every worker of every model is stopped when this returns."""
+                settings: MeasureSettings, say=lambda _m: None, fleet_factory: FleetFactory = launch) -> MixResult:
+    """Measure one mix config (each model's workers from ``fleet_factory``: tuner.mix.bench); every
+    worker of every model is stopped when this returns."""
     began = time.monotonic()
     settings = mix_settings(settings)
     bounds = {m.name: m.p99_bound_s for m in deployment.models}
     shares = {m.name: m.share for m in deployment.models}
     rngs = {n: np.random.default_rng([settings.seed, i]) for i, n in enumerate(deployment.names)}
     the_plans = plans(topology, config)
-    with MixFleet(the_plans, models, settings) as mix:
+    with MixFleet(the_plans, models, settings, fleet_factory) as mix:
         seen = mix.placements()
         say("warm-up (all models at once)")
         mix.offline(settings.warmup_s)
@@ -56,8 +54,8 @@ def measure_mix(topology: Topology, config: MixConfig, deployment: Deployment, m
     per_model = _per_model(probe, outcome, seen, the_plans, bounds)
     lf = outcome.best.load_factor if outcome.best else 0.0
     reason = "" if outcome.best else _why_none(outcome)
-    return MixResult(config.to_dict(), config.label(), float(lf), tuple(map(float, outcome.interval)),
-                     outcome.verdict, reason, per_model, [r.to_dict() for r in outcome.runs], machine_metadata(),
+    return MixResult(config, config.label(), float(lf), tuple(map(float, outcome.interval)), outcome.verdict,
+                     reason, per_model, tuple(outcome.runs), machine_metadata(),
                      time.monotonic() - began)
 
 
@@ -70,17 +68,13 @@ def _why_none(outcome: LoadFactorOutcome) -> str:
 
 
 def _per_model(probe: dict[str, WindowResult], outcome: LoadFactorOutcome, seen: dict, the_plans: dict,
-               bounds: dict[str, float]) -> dict[str, dict]:
-    best: MixWindow | None = outcome.best
+               bounds: dict[str, float]) -> dict[str, ModelFigures]:
     out = {}
     for name, p in probe.items():
-        w = best.windows[name] if best else p
-        out[name] = {
-            "throughput": w.achieved_rate if best else 0.0, "offered_rate": w.offered_rate,
-            "p50_ms": w.p50_ms, "p90_ms": w.p90_ms, "p99_ms": w.p99_ms, "p99_ci_ms": list(w.p99_ci_ms),
-            "p99_bound_ms": bounds[name] * 1000, "verdict": w.verdict, "capacity": p.achieved_rate,
-            "unloaded_p99_ms": p.p99_ms, "cpu_util": float(sum(w.worker_cpu)),
-            "interference": interference.summarise([w.to_dict()], w.to_dict()),
-            "placement": [s.to_dict() for s in seen[name]], "plan": the_plans[name].to_dict(),
-        }
+        w = outcome.best.windows[name] if outcome.best else p
+        out[name] = ModelFigures(
+            throughput=w.achieved_rate if outcome.best else 0.0, offered_rate=w.offered_rate, p50_ms=w.p50_ms,
+            p90_ms=w.p90_ms, p99_ms=w.p99_ms, p99_ci_ms=w.p99_ci_ms, p99_bound_ms=bounds[name] * 1000,
+            verdict=w.verdict, capacity=p.achieved_rate, unloaded_p99_ms=p.p99_ms, cpu_util=float(sum(w.worker_cpu)),
+            interference=Interference.of_windows([w], w), placement=tuple(seen[name]), plan=the_plans[name])
     return out

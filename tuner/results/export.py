@@ -12,8 +12,8 @@ on the CPUs and memory nodes the plan gave worker i, with these variables set:
   up to that many arrived requests per ``session.run``, a batch waiting at most that long for more).
 
 Each format is one entry of ``_FORMATS`` (its renderer and the file name a deployment's model gets), so
-a new format is exported for deployments (tuner/mix/document.py) as well. The Kubernetes fragment lives
-in ``export_k8s.py``, the Triton model configuration in ``export_triton.py``.
+a new format is exported for deployments (``deployment_files``: one file per model) as well. The
+Kubernetes fragment lives in ``export_k8s.py``, the Triton model configuration in ``export_triton.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import yaml
@@ -29,11 +29,28 @@ import yaml
 from tuner.errors import UsageError
 from tuner.machine.cpulist import format_cpulist
 from tuner.machine.placement import Params, Plan, WorkerSpec
+from tuner.results.documents import ConfigDocument
 
 
-def render(document: dict, fmt: str, config_path: str = "best_config.json") -> str:
+def render(document: dict | ConfigDocument, fmt: str, config_path: str = "best_config.json") -> str:
     """The text of one export format. ``config_path`` is where the deployment will find the JSON."""
-    return format_of(fmt).render(document, config_path)
+    data = document.to_dict() if isinstance(document, ConfigDocument) else document
+    return format_of(fmt).render(data, config_path)
+
+
+def deployment_files(models: Mapping[str, dict | ConfigDocument], fmt: str,
+                     config_dir: str = ".") -> dict[str, tuple[str, bool]]:
+    """A deployment's export, one artifact per model (``models``: each one's config document, the
+    ``models`` of a ``DeploymentDocument``): file name -> (text, executable). Each model also gets
+    its JSON config (``NAME.json``), which its launch script / unit / container points
+    PLACETUNE_CONFIG at."""
+    the_format = format_of(fmt)
+    files = {}
+    for name, sub in models.items():
+        files[f"{name}.json"] = (render(sub, "json"), False)
+        files[f"{name}{the_format.suffix}"] = (render(sub, fmt, f"{config_dir.rstrip('/')}/{name}.json"),
+                                               the_format.executable)
+    return files
 
 
 def format_of(fmt: str) -> Format:
@@ -329,7 +346,7 @@ def _triton(document: dict, config_path: str) -> str:
 @dataclass(frozen=True)
 class Format:
     """One export format: its renderer, the file a deployment's model NAME gets (NAME + ``suffix``, see
-    tuner/mix/document.py) and whether that file is a script to run."""
+    ``deployment_files``) and whether that file is a script to run."""
 
     render: Callable[[dict, str], str]
     suffix: str

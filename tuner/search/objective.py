@@ -80,6 +80,36 @@ def make_objective(cfg, study: optuna.Study, on_progress: Callable[[str], None],
     return objective
 
 
+def make_subject_objective(subject, settings, on_progress: Callable[[str], None], host_key: str = "",
+                           fingerprint: str = "") -> Callable[[optuna.Trial], float]:
+    """The objective of a study with one value to maximize over ``subject`` (tuner.search.subject; a
+    deployment's: tuner.mix.study.DeploymentSubject): the trial's config (a baseline's, stored in
+    its ``config`` attr, or ``subject.suggest``'s, which an enqueued proposal fixes) measured by
+    ``subject.measure`` with ``settings`` (its seed advanced by the trial's number); the result is
+    stored and ``subject.value(result)`` returned. A config the planner refuses prunes the trial."""
+
+    def objective(trial: optuna.Trial) -> float:
+        _record_tuner(trial, host_key, fingerprint)
+        try:
+            stored = trial.user_attrs.get("config")
+            config = subject.config_of(stored) if "baseline" in trial.user_attrs else subject.suggest(trial)
+            trial.set_user_attr("label", config.label())
+            on_progress(f"trial {trial.number}: {config.label()}")
+            result = subject.measure(config, replace(settings, seed=settings.seed + trial.number), on_progress)
+        except Infeasible as exc:
+            trial.set_user_attr("plan_infeasible", str(exc))
+            trial.set_user_attr("fail_reason", "")
+            raise optuna.TrialPruned(f"planner: {exc}") from None
+        except BaseException as exc:  # its reason replaces the one written for a killed tuner
+            _note_failure(trial, exc)
+            raise
+        trial.set_user_attr("fail_reason", "")
+        trial.set_user_attr("result", result.to_dict())
+        return subject.value(result)
+
+    return objective
+
+
 def _incumbent(study: optuna.Study) -> float | None:
     """The best throughput a full measurement of the study has estimated so far (None: none yet):
     a searched config is first measured there, and one that fails there stops at once

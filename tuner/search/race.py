@@ -28,7 +28,7 @@ from tuner.machine.placement import Params
 @dataclass(frozen=True)
 class Entrant:
     label: str
-    params: Params
+    params: Params  # a deployment's entrant: its MixConfig (tuner.mix.study.race_entrants)
     baseline: str = ""  # the baseline's name ("ORT default"), "" for a searched config
     rate: float = 0.0  # its estimate in the study (req/s): where its race measurements start; 0: unknown
 
@@ -196,30 +196,26 @@ def dithered(rate: float, seed: int) -> float:
     return rate * math.exp(random.Random(seed).uniform(-DITHER, DITHER)) if rate > 0 else rate
 
 
+def race_subject(study, subject, k: int, min_rounds: int = 3, max_rounds: int = 4,
+                 confidence: float = stats.DEFAULT_CONFIDENCE, say: Callable[[str], None] = lambda _m: None,
+                 time_limit_s: float | None = None, first_seed: int = 1) -> RaceResult:
+    """The final race of a finished study over what it tuned (tuner.search.subject: a model or a
+    deployment): ``subject.entrants(study, k)``, each measured by ``subject.race_value`` with a
+    fresh seed per measurement (``first_seed``, then the next ones); ``time_limit_s``: see ``race``."""
+    seeds = iter(range(first_seed, first_seed + 1_000_000))
+    return race(subject.entrants(study, k), lambda e: subject.race_value(e, next(seeds)), min_rounds, max_rounds,
+                confidence, say=say, time_limit_s=time_limit_s, unit=subject.unit)
+
+
 def race_study(study, topology, model, settings, k: int, min_rounds: int = 3, max_rounds: int = 4,
                say: Callable[[str], None] = lambda _m: None, measure_fn: Callable | None = None,
                time_limit_s: float | None = None) -> RaceResult:
-    """The final race of a finished study: its top ``k`` configs and its baselines, each measured
-    with the study's settings (a fresh seed per measurement) by ``measure_fn`` (default: ``measure``);
-    ``time_limit_s``: see ``race``."""
-    from dataclasses import replace
-
+    """The final race of a finished single-model study: its top ``k`` configs and its baselines,
+    each measured with the study's settings (a fresh seed per measurement) by ``measure_fn``
+    (default: ``measure``); ``time_limit_s``: see ``race``."""
     from tuner.bench.measure import measure
-    from tuner.machine.placement import plan
+    from tuner.search.subject import ModelSubject
 
-    measure_one = measure_fn or measure
-
-    counter = iter(range(1, 1_000_000))
-
-    def measure_throughput(e: Entrant) -> float:
-        # three windows per run, the first near the entrant's estimate: the race's evidence is its rounds
-        # (the bound rule, from its bisection: three steps and the boundary re-test)
-        seed = settings.seed + next(counter)
-        steps = 2 if settings.estimator == "estimate" else 3
-        quick = replace(settings, seed=seed, search_steps=min(steps, settings.search_steps),
-                        start_rate=dithered(e.rate, seed) or None, incumbent_rate=None)
-        result = measure_one(plan(topology, e.params), model, quick)
-        return result.throughput if result.feasible else 0.0
-
-    return race(study_entrants(study, k), measure_throughput, min_rounds, max_rounds, settings.confidence, say=say,
-                time_limit_s=time_limit_s)
+    subject = ModelSubject(model, topology, None, settings, measure_fn or measure)
+    return race_subject(study, subject, k, min_rounds, max_rounds, settings.confidence, say, time_limit_s,
+                        first_seed=settings.seed + 1)

@@ -162,13 +162,14 @@ class SearchSpace:
                 values[dim] = chosen[dim] = choose(dim, opts)
         return values, chosen
 
-    def suggest(self, trial) -> Params:
-        """Define-by-run: ask an Optuna trial for one config of this space (always plannable)."""
+    def suggest(self, trial, prefix: str = "") -> Params:
+        """Define-by-run: ask an Optuna trial for one config of this space (always plannable); each
+        parameter's name is ``prefix`` + the dimension (a deployment's model: ``ranker.workers``)."""
 
         def choose(dim: str, opts: tuple):
             if dim not in INT_DIMS:
-                return trial.suggest_categorical(dim, list(self.choices[dim]))
-            raw = trial.suggest_int(dim, opts[0], opts[-1], log=dim in self.log_dims)
+                return trial.suggest_categorical(prefix + dim, list(self.choices[dim]))
+            raw = trial.suggest_int(prefix + dim, opts[0], opts[-1], log=dim in self.log_dims)
             return _nearest(raw, opts, dim in self.log_dims)
 
         return Params(**self.walk(choose)[0])
@@ -275,9 +276,7 @@ def resolve(name: str, dims: dict, topology: Topology, where: str = "search spac
     pus = len(topology.usable_cpus)
     auto = {"workers": cores, "cores_per_worker": cores, "intra_op_threads": pus,
             "inter_op_threads": pus, "io_cores": max(0, cores - 1), "max_batch": MAX_BATCH_AUTO}
-    defaults = {"workers": [1], "cores_per_worker": [1], "smt": [False], "intra_op_threads": [1],
-                "inter_op_threads": [1], "execution_mode": ["sequential"], "numa_policy": ["none"],
-                "spinning": [True], "io_cores": [0], "max_batch": [1], "batch_timeout_ms": [0]}
+    defaults = {dim: [value] for dim, value in Params().to_dict().items() if dim in DIMENSIONS}  # Params' own
     choices: dict[str, tuple] = {}
     log_dims = set()
     for dim in DIMENSIONS:

@@ -115,9 +115,13 @@ def scratch_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 
 
 class Sampled:
-    """An Optuna sampler over the conditional space, without repeats (see the module docstring)."""
+    """An Optuna sampler over the conditional space, without repeats (see the module docstring).
+    ``space`` may be any define-by-run space whose ``suggest(trial)`` gives a config with a
+    ``label()`` (a deployment's: tuner.mix.study.DeploymentSubject); the guided phase and the
+    nearest-untaken fallback need a single model's ``SearchSpace``, and without them a space
+    whose sampler only repeats itself is exhausted."""
 
-    def __init__(self, space: SearchSpace, sampler: str = "tpe", seed: int | None = None):
+    def __init__(self, space, sampler: str = "tpe", seed: int | None = None):
         self.space = space
         self.name = sampler
         self._scratch = optuna.create_study(direction="maximize", sampler=scratch_sampler(sampler, seed))
@@ -143,8 +147,9 @@ class Sampled:
 
     def propose(self, trials: list[optuna.trial.FrozenTrial]) -> Proposal | None:
         self._sync(trials)
+        single = isinstance(self.space, SearchSpace)
         taken = taken_labels(trials, self.space)
-        guided = guided_proposal(self.space, trials, taken)
+        guided = guided_proposal(self.space, trials, taken) if single else None
         if guided is not None:
             return guided
         wish = None
@@ -153,8 +158,8 @@ class Sampled:
             wish = self.space.suggest(trial)
             self._scratch.tell(trial, state=optuna.trial.TrialState.FAIL)  # its result arrives via _sync
             if wish.label() not in taken:
-                return Proposal(self.space.express(wish) or {}, wish, self.name)
-        return self._nearest_untaken(wish, taken)
+                return Proposal(self.space.express(wish) or dict(trial.params), wish, self.name)
+        return self._nearest_untaken(wish, taken) if single else None
 
     def _nearest_untaken(self, wish: Params, taken: set[str]) -> Proposal | None:
         if self._configs is None:  # each config's values once: a study asks this often

@@ -178,9 +178,12 @@ def _check_identity(study: optuna.Study, cfg: StudyConfig) -> None:
     study.set_user_attr("heterogeneous", True)
 
 
-def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpace | None = None) -> None:
+def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpace | None = None,
+                      entries: list[tuple[str, dict, dict]] | None = None) -> None:
     """Enqueue each baseline that has not run yet (again after an interrupted run). A baseline the
-    search space can express is enqueued with its values, so that the sampler learns from it."""
+    search space can express is enqueued with its values, so that the sampler learns from it.
+    ``entries`` (name, values, user attrs) stand in for a single model's baselines (a deployment's:
+    tuner.mix.study.DeploymentSubject.baselines)."""
     done_or_waiting = {
         t.user_attrs.get("baseline")
         for t in study.get_trials(deepcopy=False)
@@ -189,10 +192,12 @@ def enqueue_baselines(study: optuna.Study, topology: Topology, space: SearchSpac
     }
     final_failures = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.FAIL,)) if "retry_of" in t.user_attrs}  # failed twice: that is its verdict
-    for name, params in baselines(topology):
+    if entries is None:
+        entries = [(name, (space.express(params) if space is not None else None) or {}, {"params": params.to_dict()})
+                   for name, params in baselines(topology)]
+    for name, values, attrs in entries:
         if name not in done_or_waiting and name not in final_failures:
-            values = space.express(params) if space is not None else None
-            study.enqueue_trial(values or {}, user_attrs={"baseline": name, "params": params.to_dict()})
+            study.enqueue_trial(values, user_attrs={"baseline": name, **attrs})
 
 
 TrialCallback = Callable[[optuna.trial.FrozenTrial, dict], None]
@@ -209,12 +214,14 @@ def enqueue_proposal(study: optuna.Study, proposal: Proposal) -> None:
 
 def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_trial: TrialCallback,
                on_progress: Callable[[str], None], stop_flag: Callable[[], bool] | None = None,
-               mutex: Callable[[], AbstractContextManager] = nullcontext) -> None:
-    """The study loop (the replay in experiments/replay.py drives it too): when the queue is empty,
-    ask ``strategy`` for a config and queue it; run the next queued trial; stop at ``n_trials``
-    measured configs, the timeout, ``stop_flag``, or when nothing is left to measure (then the
-    study's ``space_exhausted`` attribute is set). ``MAX_CONSECUTIVE_FAILURES`` failed trials in a
-    row raise ``PlacetuneError``."""
+               mutex: Callable[[], AbstractContextManager] = nullcontext,
+               summarize: Callable[[optuna.trial.FrozenTrial], object] = summarize_trial) -> None:
+    """The study loop of every study, a single model's or a deployment's (the replay in
+    experiments/replay.py drives it too): when the queue is empty, ask ``strategy`` for a config and
+    queue it; run the next queued trial (``objective``) and tell ``on_trial`` (with ``summarize``'s
+    view of it); stop at ``n_trials`` measured configs, the timeout, ``stop_flag``, or when nothing
+    is left to measure (then the study's ``space_exhausted`` attribute is set).
+    ``MAX_CONSECUTIVE_FAILURES`` failed trials in a row raise ``PlacetuneError``."""
     started = time.monotonic()
     failures = 0
     with quiet_optuna():  # also when driven without run_study (the replay)
@@ -230,7 +237,7 @@ def run_trials(study: optuna.Study, cfg: StudyConfig, strategy, objective, on_tr
             last = _run_next_trial(study, objective)
             if last is None or "repeat_of" in last.user_attrs:
                 continue  # a repeat is neither a result nor a failure, and is not shown
-            on_trial(last, summarize_trial(last))
+            on_trial(last, summarize(last))
             failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL else 0
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 raise PlacetuneError(f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason')}); "
@@ -296,8 +303,11 @@ def run_study(cfg: StudyConfig, on_trial: TrialCallback, on_progress: Callable[[
     with quiet_optuna():
         study = open_study(cfg) if study is None else study
         _refuse_static_space_study(study)
-        with StudyMutex(cfg.storage, cfg.study_name):
-            enqueue_baselines(study, cfg.topology, cfg.space)
+        from tuner.search.subject import ModelSubject
+
+        with StudyMutex(cfg.storage, cfg.study_name):  # what is tuned says what its baselines are
+            enqueue_baselines(study, cfg.topology, entries=ModelSubject(cfg.model, cfg.topology, cfg.space,
+                                                                         cfg.settings, measure_fn).baselines())
         lock = HostLock(cfg.topology, wait_s=cfg.lock_wait_s)
         objective = make_objective(cfg, study, on_progress, lock.key, measure_fn)
         if study.user_attrs.get("space_exhausted"):

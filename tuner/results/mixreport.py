@@ -12,25 +12,18 @@ import math
 import optuna
 import pandas as pd
 
-from tuner.mix.trials import (
-    best_and_baselines,
-    measured,
-    mix_result,
-    pareto_front,
-    race_of,
-    recommended_trial,
-    worst_p99_ratio,
-)
+from tuner.results.mixrecords import Deployment, ModelFigures
+from tuner.results.mixtrials import best_and_baselines, measured, mix_result, pareto_front, race_of, recommended_trial
 from tuner.results.trials import shown_trials
 
 
 def summary(study: optuna.Study) -> dict:
     """The facts a person wants first: the models, the best, the baselines, the race's verdict."""
-    deployment = study.user_attrs.get("deployment", {})
+    deployment = Deployment.from_dict(study.user_attrs["deployment"])
     best, baselines = best_and_baselines(study)
     race = race_of(study, best)
-    out = {"study": study.study_name, "models": deployment.get("models", []),
-           "shared_cores": deployment.get("shared_cores", False), "trials": len(shown_trials(study)),
+    out = {"study": study.study_name, "models": deployment.models, "shared_cores": deployment.shared_cores,
+           "trials": len(shown_trials(study)),
            "best": None, "baselines": {}, "race": race, "recommended": None}
     if best is None:
         return out
@@ -53,7 +46,7 @@ def _config_facts(t: optuna.trial.FrozenTrial) -> dict:
 def summary_text(study: optuna.Study) -> str:
     """``summary`` as a few sentences (the report's head)."""
     s = summary(study)
-    models = "; ".join(f"{m['name']} P99 <= {m['p99_ms']:g} ms, share {m['share']:g}" for m in s["models"])
+    models = "; ".join(f"{m.name} P99 <= {m.p99_bound_s * 1000:g} ms, share {m.share:g}" for m in s["models"])
     lines = [f"placetune deployment study {s['study']}: {len(s['models'])} models ({models})"
              f"{', shared cores' if s['shared_cores'] else ''}, {s['trials']} trials."]
     if s["best"] is None:
@@ -64,9 +57,9 @@ def summary_text(study: optuna.Study) -> str:
     lines.append(f"Best: {b['label']} (trial {b['trial']}) load factor {b['load_factor']:.3g} "
                  f"(interval {low:.3g}-{high:.3g}).")
     for name, m in b["models"].items():
-        lo, hi = m["p99_ci_ms"]
-        lines.append(f"  {name}: {m['throughput']:.1f} req/s, P50 {m['p50_ms']:.2f} ms, P99 {m['p99_ms']:.2f} ms "
-                     f"({lo:.2f}-{hi:.2f}) <= {m['p99_bound_ms']:g} ms")
+        lo, hi = m.p99_ci_ms
+        lines.append(f"  {name}: {m.throughput:.1f} req/s, P50 {m.p50_ms:.2f} ms, P99 {m.p99_ms:.2f} ms "
+                     f"({lo:.2f}-{hi:.2f}) <= {m.p99_bound_ms:g} ms")
     for name, r in s["baselines"].items():
         if r["best_ratio"] is not None:
             lines.append(f"vs {name}: load factor {r['load_factor']:.3g} -> {r['best_ratio']:.2f}x")
@@ -88,7 +81,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial (repeats left out): state, config, load factor with its interval, the
     tightest model's P99 over its bound, each model's throughput and P99, why it did not pass."""
     front = {t.number for t in pareto_front(study)}
-    names = [m["name"] for m in study.user_attrs.get("deployment", {}).get("models", [])]
+    names = Deployment.from_dict(study.user_attrs["deployment"]).names
     rows = []
     for t in shown_trials(study):
         row = {"trial": t.number, "state": t.state.name, "label": t.user_attrs.get("label", ""),
@@ -99,11 +92,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             r = mix_result(t)
             row.update(load_factor=r.load_factor, lf_low=r.load_factor_ci[0], lf_high=r.load_factor_ci[1],
                        verdict=r.verdict, reason=r.reason,
-                       worst_p99_ratio=worst_p99_ratio(r) if r.feasible else math.nan)
+                       worst_p99_ratio=r.worst_p99_ratio if r.feasible else math.nan)
             for name in names:
-                m = r.models.get(name, {})
-                row[f"{name}.throughput"] = m.get("throughput", math.nan)
-                row[f"{name}.p99_ms"] = m.get("p99_ms", math.nan)
+                m = r.models.get(name)
+                row[f"{name}.throughput"] = m.throughput if m is not None else math.nan
+                row[f"{name}.p99_ms"] = m.p99_ms if m is not None else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -142,11 +135,11 @@ def html_report(study: optuna.Study) -> str:
     return "\n".join(parts)
 
 
-def model_frame(models: dict[str, dict]) -> pd.DataFrame:
+def model_frame(models: dict[str, ModelFigures]) -> pd.DataFrame:
     """Each model of a config at its best load factor: plan, throughput, P50/P99 with the P99 interval."""
-    return pd.DataFrame([{"model": name, "workers": len(m["plan"]["workers"]), "throughput": m["throughput"],
-                          "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"], "p99_low_ms": m["p99_ci_ms"][0],
-                          "p99_high_ms": m["p99_ci_ms"][1], "p99_bound_ms": m["p99_bound_ms"]}
+    return pd.DataFrame([{"model": name, "workers": len(m.plan.workers), "throughput": m.throughput,
+                          "p50_ms": m.p50_ms, "p99_ms": m.p99_ms, "p99_low_ms": m.p99_ci_ms[0],
+                          "p99_high_ms": m.p99_ci_ms[1], "p99_bound_ms": m.p99_bound_ms}
                          for name, m in models.items()])
 
 

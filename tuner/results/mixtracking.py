@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 
 from tuner.errors import PlacetuneError
-from tuner.mix.records import MixResult, finite
+from tuner.results.documents import DeploymentDocument
+from tuner.results.mixrecords import Deployment, MixResult, finite
 from tuner.results.tracking import HTTP_SETTINGS, QUIET_SETTINGS, mlflow_settings, quiet_mlflow_logs
 
 MODEL_METRICS = ("throughput", "offered_rate", "p50_ms", "p99_ms", "capacity", "cpu_util")
@@ -39,11 +40,11 @@ class MixTracker:
             self.warn(f"MLflow at {self.uri} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                       "the study goes on without tracking")
 
-    def start(self, study_name: str, deployment: dict) -> None:
+    def start(self, study_name: str, deployment: Deployment) -> None:
         """Create the study's parent run."""
         self._safe(self._start, study_name, deployment)
 
-    def _start(self, study_name: str, deployment: dict) -> None:
+    def _start(self, study_name: str, deployment: Deployment) -> None:
         from mlflow.tracking import MlflowClient
 
         quiet_mlflow_logs()
@@ -61,10 +62,10 @@ class MixTracker:
         run = self._client.create_run(self._experiment_id, run_name=study_name,
                                       tags={"placetune.study": study_name, "placetune.kind": "deployment-study"})
         self.parent = run.info.run_id
-        for m in deployment["models"]:
-            self._client.log_param(self.parent, f"{m['name']}.model", m["model"])
-            self._client.log_param(self.parent, f"{m['name']}.p99_bound_ms", m["p99_ms"])
-            self._client.log_param(self.parent, f"{m['name']}.share", m["share"])
+        for m in deployment.models:
+            self._client.log_param(self.parent, f"{m.name}.model", m.model)
+            self._client.log_param(self.parent, f"{m.name}.p99_bound_ms", m.p99_bound_s * 1000)
+            self._client.log_param(self.parent, f"{m.name}.share", m.share)
 
     def log_trial(self, number: int, result: MixResult, baseline: str = "") -> None:
         """One child run: the trial's config, its load factor and every model's metrics."""
@@ -79,24 +80,24 @@ class MixTracker:
         run = self._client.create_run(self._experiment_id, run_name=f"trial {number}", tags=tags)
         now = int(time.time() * 1000)
         metrics = [Metric("load_factor", finite(result.load_factor), now, 0)]
-        params = [Param("division", result.config["division"])]
+        params = [Param("division", result.config.division)]
         for name, m in result.models.items():
-            metrics += [Metric(f"{name}.{k}", finite(m[k]), now, 0) for k in MODEL_METRICS]
-            params += [Param(f"{name}.{k}", str(v)) for k, v in result.config["params"][name].items()]
+            metrics += [Metric(f"{name}.{k}", finite(getattr(m, k)), now, 0) for k in MODEL_METRICS]
+            params += [Param(f"{name}.{k}", str(v)) for k, v in result.config.params[name].to_dict().items()]
         self._client.log_batch(run.info.run_id, metrics=metrics, params=params)
         self._client.set_terminated(run.info.run_id, "FINISHED" if result.feasible else "KILLED")
         self.children[number] = run.info.run_id
 
-    def finish(self, best: dict | None, status: str = "FINISHED") -> None:
+    def finish(self, best: DeploymentDocument | None, status: str = "FINISHED") -> None:
         """Close the parent run with the best load factor (and its models' metrics)."""
         self._safe(self._finish, best, status)
 
-    def _finish(self, best: dict | None, status: str) -> None:
+    def _finish(self, best: DeploymentDocument | None, status: str) -> None:
         if best is not None:
-            self._client.log_metric(self.parent, "best_load_factor", finite(best["load_factor"]))
-            for name, m in best["models"].items():
+            self._client.log_metric(self.parent, "best_load_factor", finite(best.load_factor))
+            for name, m in best.models.items():
                 for k in ("throughput", "p50_ms", "p99_ms"):
-                    self._client.log_metric(self.parent, f"best.{name}.{k}", finite(m.get(k, -1.0)))
+                    self._client.log_metric(self.parent, f"best.{name}.{k}", finite(getattr(m, k)))
         self._client.set_terminated(self.parent, status)
 
     def _load_children(self) -> None:
@@ -112,11 +113,11 @@ class MixTracker:
         """Log a deployment study from its storage (``placetune log``): the parent run, found or
         created, a child run per measured trial not yet in MLflow, and the best config's figures;
         returns how many child runs were added. Raises PlacetuneError when MLflow cannot be reached."""
-        from tuner.mix.trials import measured, mix_result, study_document
+        from tuner.results.mixtrials import measured, mix_result, study_document
 
         try:
             with mlflow_settings({**HTTP_SETTINGS, **QUIET_SETTINGS}):
-                self._start(study.study_name, study.user_attrs["deployment"])
+                self._start(study.study_name, Deployment.from_dict(study.user_attrs["deployment"]))
                 added = 0
                 for t in measured(study):
                     if t.number not in self.children:

@@ -1,17 +1,19 @@
-"""Queries over a deployment study (tuner.mix.study stores it), as tuner.results.trials does for a
-single-model one: what kind of study it is, what was measured, the best, the baselines, the Pareto
-view, the race and the config it recommends. Light: no launcher, no worker, no ONNX Runtime.
+"""Queries over a deployment study (``optimize --deployment``), as tuner.results.trials does for a
+single-model one: what was measured, the best, the baselines, the Pareto view, the race and the
+config it recommends, and its best-config document (``DeploymentDocument``). Light: no launcher,
+no worker, no ONNX Runtime.
 
-A study is a deployment study when ``user_attrs["kind"] == "deployment"`` (``is_deployment_study``:
-the one test every command that reads studies dispatches on).
+A study is a deployment study when ``user_attrs["kind"] == "deployment"`` (``is_deployment_study``;
+the commands that read studies never test it: tuner.app.kinds.kind_of chooses their reading).
 """
 
 from __future__ import annotations
 
 import optuna
 
-from tuner.bench import stats
-from tuner.mix.records import MixResult
+from tuner import verdicts
+from tuner.results.documents import BaselineFigure, ConfigDocument, DeploymentDocument, ModelRef
+from tuner.results.mixrecords import Deployment, MixResult
 
 DEPLOYMENT_KIND = "deployment"
 Frozen = optuna.trial.FrozenTrial
@@ -35,7 +37,7 @@ def measured(study: optuna.Study) -> list[Frozen]:
 
 def passing(study: optuna.Study) -> list[Frozen]:
     """Measured trials that served a load factor within every model's bound."""
-    return [t for t in measured(study) if t.user_attrs["result"]["verdict"] == stats.PASS]
+    return [t for t in measured(study) if t.user_attrs["result"]["verdict"] == verdicts.PASS]
 
 
 def best_and_baselines(study: optuna.Study) -> tuple[Frozen | None, dict[str, Frozen]]:
@@ -44,18 +46,13 @@ def best_and_baselines(study: optuna.Study) -> tuple[Frozen | None, dict[str, Fr
     return best, {t.user_attrs["baseline"]: t for t in measured(study) if "baseline" in t.user_attrs}
 
 
-def worst_p99_ratio(result: MixResult) -> float:
-    """The tightest model's P99 over its bound at the best load factor (below 1: headroom)."""
-    return max(m["p99_ms"] / m["p99_bound_ms"] for m in result.models.values())
-
-
 def pareto_front(study: optuna.Study) -> list[Frozen]:
     """The passing configs no other passing config beats on both the load factor (higher) and the
     tightest model's P99 relative to its bound (lower): the trade-off between serving more and
     keeping latency headroom. One trial per config, largest load factor first."""
     points = {}
     for t in passing(study):
-        points.setdefault(t.user_attrs["label"], (t, t.value, worst_p99_ratio(mix_result(t))))
+        points.setdefault(t.user_attrs["label"], (t, t.value, mix_result(t).worst_p99_ratio))
     front = [(t, lf, r) for t, lf, r in points.values()
              if not any(lf2 >= lf and r2 <= r and (lf2 > lf or r2 < r) for _, lf2, r2 in points.values())]
     return [t for t, _, _ in sorted(front, key=lambda p: (-p[1], p[0].number))]
@@ -80,13 +77,40 @@ def recommended_trial(study: optuna.Study, best: Frozen, race: dict | None) -> F
     return max(chosen, key=lambda t: (t.value, -t.number), default=best)
 
 
-def study_document(study: optuna.Study) -> dict | None:
-    """The study's best-config document (``placetune-deployment/1``, tuner.mix.document): the
-    config the race recommends, with the race; None when no config passed."""
-    from tuner.mix.document import deployment_document
-
+def study_document(study: optuna.Study) -> DeploymentDocument | None:
+    """The study's best-config document: the config the race recommends, with the race; None when
+    no config passed."""
     best, baselines = best_and_baselines(study)
     if best is None:
         return None
     race = race_of(study, best)
     return deployment_document(study, recommended_trial(study, best, race), baselines, race)
+
+
+def deployment_document(study: optuna.Study, chosen: Frozen, baselines: dict[str, Frozen],
+                        race: dict | None) -> DeploymentDocument:
+    """The document for the trial ``chosen``: each model's own config document (what ``measure
+    --config``, ``tuner.deploy.apply`` and the exporters read) inside the deployment's."""
+    result = mix_result(chosen)
+    deployment = Deployment.from_dict(study.user_attrs["deployment"])
+    identity = study.user_attrs["mix_identity"]
+    shas = {n: sha for n, sha, *_ in identity["deployment"]}
+    paths = study.user_attrs.get("model_paths", {})
+    models = {}
+    for entry in deployment.models:
+        m = result.models[entry.name]
+        params = m.plan.params
+        models[entry.name] = ConfigDocument(
+            study=study.study_name, trial=chosen.number, label=f"{entry.name}: {params.label()}",
+            params=params, plan=m.plan, scenario="server", p99_bound_ms=entry.p99_bound_s * 1000,
+            share=entry.share, throughput=m.throughput, p50_ms=m.p50_ms, p99_ms=m.p99_ms, p99_ci_ms=m.p99_ci_ms,
+            offered_rate=m.offered_rate, interference=m.interference,
+            model=ModelRef(entry.name, paths.get(entry.name, entry.model), shas.get(entry.name, "")),
+            topology_fingerprint=identity["topology"], machine=result.machine)
+    return DeploymentDocument(
+        study=study.study_name, trial=chosen.number, label=chosen.user_attrs["label"],
+        baseline=chosen.user_attrs.get("baseline", ""), division=result.config.division,
+        load_factor=result.load_factor, load_factor_ci=result.load_factor_ci,
+        baselines={name: BaselineFigure(t.user_attrs["label"], mix_result(t).load_factor)
+                   for name, t in baselines.items()},
+        race=race, deployment=deployment, topology_fingerprint=identity["topology"], models=models)
