@@ -95,7 +95,7 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     Exit codes: 0 found a feasible config, 1 runtime error, 2 usage error, 3 no config met the bound
     (with --deployment: no config served a load factor within every model's bound).
 
-    Example: $ placetune optimize --model onnx:squeezenet --p99 100ms --n-trials 8 --window 1s --race-timeout 90s
+    Example: $ placetune optimize --model onnx:squeezenet --p99 100ms --n-trials 8 --window 1s --race-timeout 2m
 
     Example: $ placetune optimize --deployment mix.yaml --n-trials 8 --out best_deployment.json
     """
