@@ -80,6 +80,20 @@ def test_the_gap_between_an_extension_and_its_window_does_not_count_against_keep
     assert kept and achieved == pytest.approx(RATE, rel=0.01)
 
 
+def test_a_settled_queue_whose_latency_is_long_against_the_window_kept_up():
+    """Every request waits 0.5 s (a steady queue) in a 2 s window: the last completes 0.5 s after
+    the last arrival, as the first half's requests did; the queue held."""
+    kept, achieved = keep_up([segment(arrivals(200), 0.5)], RATE, SERVICE_S)
+    assert kept
+
+
+def test_a_queue_that_grows_slowly_did_not_keep_up():
+    """Latency grows by 5% of each gap (served at 1/1.05 of the arrival rate): the end drains far
+    later than the first half's latency says."""
+    kept, _ = keep_up([segment(arrivals(2000), 0.05 * np.arange(2000) / RATE)], RATE, SERVICE_S)
+    assert not kept
+
+
 def test_a_short_schedule_is_judged_against_the_rate_it_really_offered():
     """Poisson arrivals can bunch: achieved is compared with min(offered, what the schedule offered)."""
     sparse = segment(arrivals(50, rate=RATE / 2), SERVICE_S)

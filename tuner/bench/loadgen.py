@@ -221,15 +221,27 @@ def latencies(segments: list[Segment]) -> np.ndarray:
                            for s in segments])
 
 
+def _drain_s(segment: Segment) -> float:
+    """How long a settled queue takes to drain after its last arrival: the P99 latency of the
+    segment's first half. A queue that holds keeps its latency, so its last completion comes about
+    that long after its last arrival; one that grows ends far later and fails keeping up."""
+    half = segment.scheduled.size // 2
+    first = segment.completed[:half] - segment.scheduled[:half]
+    first = first[~np.isnan(first)]
+    return float(np.quantile(first, 0.99)) if first.size else 0.0
+
+
 def keep_up(segments: list[Segment], offered_rate: float, unloaded_service_s: float) -> tuple[bool, float]:
     """(kept up, achieved rate): completions over the segments' own spans (gaps between extension
-    segments do not count), against the offered rate."""
+    segments do not count), against the offered rate. The span a segment offered its requests over
+    ends with a settled queue's drain (its first half's P99 latency, at least the unloaded service
+    time), so a queue that holds a steady latency long against the window still keeps up."""
     claimed = sum(s.scheduled.size for s in segments)
     n_done = sum(int(np.count_nonzero(~np.isnan(s.completed))) for s in segments)
     elapsed = sum(float(np.nanmax(s.completed) - np.nanmin(s.scheduled)) for s in segments
                   if np.any(~np.isnan(s.completed)))
     achieved = n_done / elapsed if elapsed > 0 else 0.0
-    span = sum(float(np.nanmax(s.scheduled) - np.nanmin(s.scheduled)) + max(unloaded_service_s, 0.0)
+    span = sum(float(np.nanmax(s.scheduled) - np.nanmin(s.scheduled)) + max(unloaded_service_s, _drain_s(s))
                for s in segments)
     effective_offered = claimed / span if span > 0 else offered_rate
     backlog = any(s.abort == Abort.BACKLOG for s in segments)
