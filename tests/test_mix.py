@@ -31,7 +31,7 @@ from tuner.mix.division import (
     proportional_sizes,
     suggest_config,
 )
-from tuner.mix.loadfactor import MixWindow, combined_verdict, search_load_factor
+from tuner.mix.loadfactor import MixWindow, combined_verdict, estimate_load_factor, mix_point
 from tuner.results.records import WindowResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,21 +169,30 @@ def test_a_load_factor_passes_only_when_every_model_passes():
 
 
 @pytest.mark.parametrize("limits", [(70.0, 130.0), (130.0, 42.0)])
-def test_load_factor_search_converges_below_the_first_model_to_fail(limits):
-    def run(lf: float) -> MixWindow:  # model i passes up to its limit, fails (proven) above it
+def test_the_load_factor_estimate_closes_in_below_the_first_model_to_fail(limits):
+    def run(lf: float) -> MixWindow:  # model i holds its bound up to its limit, 50 of 400 over above it
         return MixWindow(lf, {f"m{i}": _window(stats.PASS) if lf <= limit else _window(stats.FAIL, over=50)
                               for i, limit in enumerate(limits)})
 
-    outcome = search_load_factor(run, capacity_lf=150.0, steps=12)
+    outcome = estimate_load_factor(run, capacity_lf=150.0, max_runs=12)
     low, high = outcome.interval
-    assert outcome.verdict == stats.PASS and low <= min(limits) < high
-    assert high - low <= 0.02 * 150.0
-    assert all(r.verdict == stats.FAIL for r in outcome.runs if r.load_factor > min(limits))
+    assert outcome.verdict == stats.PASS and low <= outcome.load_factor <= high
+    assert low <= min(limits) < high and (high - low) / 2 <= 0.1 * outcome.load_factor
+    assert outcome.best.load_factor <= outcome.load_factor and outcome.best.verdict == stats.PASS
 
 
-def test_load_factor_search_with_nothing_passing_is_undecided_not_zero():
-    outcome = search_load_factor(lambda lf: MixWindow(lf, {"a": _window(stats.UNDECIDED)}), 10.0, 4)
-    assert outcome.best is None and outcome.verdict == stats.UNDECIDED
+def test_a_run_is_read_as_its_binding_model():
+    both = MixWindow(10.0, {"a": _window(stats.PASS), "b": _window(stats.FAIL, over=50)})
+    point = mix_point(both)
+    assert (point.rate, point.n, point.over) == (10.0, 400, 50)
+    assert not point.usable  # b's window did not keep up (_window): the run is over, whatever a's
+    short = MixWindow(10.0, {"a": _window(stats.PASS), "b": _window(stats.UNDECIDED)})
+    assert mix_point(short).n == 100  # none over either: the one with fewer requests binds
+
+
+def test_no_run_holding_every_bound_is_undecided_not_an_extrapolated_load_factor():
+    outcome = estimate_load_factor(lambda lf: MixWindow(lf, {"a": _window(stats.FAIL, over=50)}), 10.0, 4)
+    assert outcome.best is None and outcome.verdict == stats.UNDECIDED and outcome.load_factor == 0.0
 
 
 # ---- real processes ---------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def next_rate(points: Sequence[Point], current: RateEstimate, capacity: float,
 @dataclass(frozen=True)
 class EstimateOutcome:
     estimate: RateEstimate
-    windows: list[WindowResult]
+    windows: list  # what ``run`` returned (WindowResult; a deployment's MixWindow), in order
     stopped: str  # "precise", "windows", "below incumbent", "capacity", "floor"
 
 
@@ -222,10 +222,12 @@ RunWindow = Callable[[float], WindowResult]
 def estimate_rate(run: RunWindow, capacity: float, max_windows: int, quantile: float = stats.DEFAULT_QUANTILE,
                   start_rate: float | None = None,
                   incumbent: float | None = None, rel_tol: float = 0.1, min_windows: int = 2,
-                  say: Callable[[str], None] = lambda _m: None) -> EstimateOutcome:
+                  say: Callable[[str], None] = lambda _m: None, point: Callable[[object], Point] = point_of,
+                  unit: str = "req/s") -> EstimateOutcome:
     """Measure windows until the answer is within ``rel_tol`` (after ``min_windows``), at most
-    ``max_windows`` (see the module's docstring)."""
-    windows: list[WindowResult] = []
+    ``max_windows`` (see the module's docstring). ``point`` reads a window's evidence (a deployment's
+    windows of every model at one load factor: tuner.mix.loadfactor.mix_point), ``unit`` names the rate."""
+    windows: list = []
     points: list[Point] = []
     compare_first = start_rate is None and incumbent is not None and 0 < incumbent < capacity * MAX_OVER_CAPACITY
     rate = start_rate if start_rate else incumbent if compare_first else 0.8 * capacity
@@ -234,10 +236,10 @@ def estimate_rate(run: RunWindow, capacity: float, max_windows: int, quantile: f
     stopped = "windows"
     for step in range(max_windows):
         label = "at the incumbent's rate" if compare_first and step == 0 else f"window {step + 1}/{max_windows}"
-        say(f"{label}: {rate:.1f} req/s")
+        say(f"{label}: {rate:.3g} {unit}" if unit != "req/s" else f"{label}: {rate:.1f} req/s")
         window = run(rate)
         windows.append(window)
-        points.append(point_of(window))
+        points.append(point(window))
         current = estimate(points, capacity, quantile)
         if compare_first and step == 0 and window.verdict == stats.FAIL:
             stopped = "below incumbent"

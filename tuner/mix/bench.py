@@ -27,7 +27,7 @@ import numpy as np
 from tuner.bench import stats
 from tuner.bench.fleet import Fleet
 from tuner.bench.launcher import Launcher
-from tuner.bench.loadgen import START_DELAY_S, VerdictSettings, run_offline_window, run_server_window
+from tuner.bench.loadgen import START_DELAY_S, VerdictSettings, run_offline_window, run_server_window, settle_s
 from tuner.bench.measure import MeasureSettings
 from tuner.bench.model import ModelInfo
 from tuner.machine.placement import Plan
@@ -89,16 +89,20 @@ class MixFleet:
         return VerdictSettings(confidence=self.settings.confidence, max_extensions=0)
 
     def server(self, load_factor: float, shares: dict[str, float], bounds_s: dict[str, float],
-               service_s: dict[str, float], rngs: dict[str, np.random.Generator]) -> MixWindow:
-        """One window of every model at once: model i at ``load_factor x shares[i]`` req/s."""
+               service_s: dict[str, float], rngs: dict[str, np.random.Generator],
+               capacity: dict[str, float] | None = None) -> MixWindow:
+        """One window of every model at once: model i at ``load_factor x shares[i]`` req/s, after one
+        common lead (the longest any model's queue needs to settle at its rate, given its
+        ``capacity``: tuner.bench.loadgen.settle_s), left out of the windows."""
         rates = {n: load_factor * shares[n] for n in self.fleets}
         duration_s = common_duration(rates, self.settings.window_s, self.verdicts)
+        lead_s = max((settle_s(rates[n], capacity[n], duration_s) for n in self.fleets if capacity), default=0.0)
         # one instant on every fleet's clock (the real fleets' is time.monotonic; a simulated one has its own)
         start = {n: f.clock() + START_DELAY_S * (1 + len(self.fleets)) for n, f in self.fleets.items()}
 
         def one(name: str, fleet: Fleet) -> WindowResult:
             return run_server_window(fleet, rates[name], duration_s, 0, bounds_s[name], service_s[name],
-                                     rngs[name], start_time=start[name], verdicts=self.verdicts)
+                                     rngs[name], start_time=start[name], verdicts=self.verdicts, lead_s=lead_s)
 
         return MixWindow(load_factor, self.concurrently(one))
 

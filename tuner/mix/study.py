@@ -23,7 +23,7 @@ from tuner.mix.division import even_split, ort_defaults, suggest_config
 from tuner.mix.measure import measure_mix
 from tuner.results.mixrecords import Deployment, MixConfig, MixResult
 from tuner.results.mixtrials import DEPLOYMENT_KIND, best_and_baselines, mix_result
-from tuner.search.race import Entrant
+from tuner.search.race import Entrant, dithered
 from tuner.search.storage import engine_kwargs, quiet_optuna
 
 Say = Callable[[str], None]
@@ -113,16 +113,22 @@ class DeploymentSubject:
         return race_entrants(*best_and_baselines(study))
 
     def race_value(self, entrant: Entrant, seed: int) -> float:
-        quick = replace(self.cfg.settings, seed=seed, search_steps=min(3, self.cfg.settings.search_steps))
+        """Three runs at most, the first near the entrant's load factor in the study (dithered), as a
+        single model's race measures (tuner.search.subject.ModelSubject.race_value)."""
+        quick = replace(self.cfg.settings, seed=seed, search_steps=min(2, self.cfg.settings.search_steps),
+                        start_rate=dithered(entrant.rate, seed) or None)
         return self.measure(entrant.params, quick, lambda _m: None).load_factor
 
 
 def race_entrants(best, baselines: dict) -> list[Entrant]:
     """The best config (a baseline's name when it is one), then every baseline that served a load
     factor (one that served none has nothing to race); each entrant's ``params`` is its MixConfig."""
-    entrants = {best.user_attrs["label"]: Entrant(best.user_attrs["label"], mix_result(best).config,
-                                                  best.user_attrs.get("baseline", ""))}
+    def entrant(t, name: str) -> Entrant:
+        result = mix_result(t)
+        return Entrant(t.user_attrs["label"], result.config, name, result.load_factor)
+
+    entrants = {best.user_attrs["label"]: entrant(best, best.user_attrs.get("baseline", ""))}
     for name, t in sorted(baselines.items()):
         if mix_result(t).feasible:
-            entrants.setdefault(t.user_attrs["label"], Entrant(t.user_attrs["label"], mix_result(t).config, name))
+            entrants.setdefault(t.user_attrs["label"], entrant(t, name))
     return list(entrants.values())

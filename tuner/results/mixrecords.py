@@ -175,9 +175,10 @@ class MixResult:
 
     config: MixConfig
     label: str
-    load_factor: float  # the largest passing L (0 when none passed)
-    load_factor_ci: tuple[float, float]
-    verdict: str  # pass | undecided (no load factor tried passed; a lower one might)
+    load_factor: float  # the estimated largest L every model serves within its bound (0: none)
+    load_factor_ci: tuple[float, float]  # the estimate's interval (written before 2026-12-06: the
+    # bisection's [highest passing L, lowest not proven to pass], the figure its low end)
+    verdict: str  # pass (L above 0) | undecided (no load factor was estimated to hold every bound)
     reason: str
     models: dict[str, ModelFigures]  # per model at the best L
     runs: tuple[MixWindow, ...] = ()  # every run of the load-factor search, in order
