@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6, help="measured configs, both baselines included")
     parser.add_argument("--rounds", type=int, default=3, help="final race rounds")
     parser.add_argument("--window", type=float, default=2.0, help="minimum window seconds")
-    parser.add_argument("--steps", type=int, default=4, help="load-factor search runs per measurement")
+    parser.add_argument("--steps", type=int, default=4, help="load-factor runs per measurement, less one")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or HERE / "results" / f"mix-{platform.node() or 'host'}-{date.today().isoformat()}.json"

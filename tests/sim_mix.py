@@ -1,5 +1,5 @@
 """Deployments on the simulated fleet (experiments/sim): every model's fleet a ``SimFleet`` on its
-own ``SimMachine`` (its own clock and noise), so the real division, load-factor search, study loop,
+own ``SimMachine`` (its own clock and noise), so the real division, load-factor estimate, study loop,
 race, document and export run in simulated time, deterministically, with no process. The models do
 not slow each other down here (each has its own simulated machine): what is tested is the logic,
 not the co-load (tests/test_mix.py runs real processes for that)."""

@@ -1,5 +1,5 @@
 """Several models sharing one server (issue 16): the deployment file, the division of the machine,
-all models measured at once, the load-factor search, the CLI, export and deploy per model."""
+all models measured at once, the load-factor estimate, the CLI, export and deploy per model."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_deploy_apply_picks_one_model_of_a_deployment_document():
         deploy.load_config(document, model="nope")
 
 
-# ---- the load-factor search (pure) ----------------------------------------------------------------
+# ---- the load-factor estimate (pure) --------------------------------------------------------------
 def _window(verdict: str, over: int = 0) -> WindowResult:
     """A judged window whose counts agree with its verdict (the search re-judges pooled counts):
     400 requests decide (0 over: pass, 50 over: fail), 100 with none over cannot."""

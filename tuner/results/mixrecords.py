@@ -181,7 +181,7 @@ class MixResult:
     verdict: str  # pass (L above 0) | undecided (no load factor was estimated to hold every bound)
     reason: str
     models: dict[str, ModelFigures]  # per model at the best L
-    runs: tuple[MixWindow, ...] = ()  # every run of the load-factor search, in order
+    runs: tuple[MixWindow, ...] = ()  # every run of the load-factor estimate, in order
     machine: MachineInfo | None = None
     duration_s: float = 0.0
 
