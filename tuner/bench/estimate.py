@@ -236,7 +236,7 @@ def estimate_rate(run: RunWindow, capacity: float, max_windows: int, quantile: f
     stopped = "windows"
     for step in range(max_windows):
         label = "at the incumbent's rate" if compare_first and step == 0 else f"window {step + 1}/{max_windows}"
-        say(f"{label}: {rate:.3g} {unit}" if unit != "req/s" else f"{label}: {rate:.1f} req/s")
+        say(f"{label}: {unit} {rate:.3g}" if unit != "req/s" else f"{label}: {rate:.1f} req/s")
         window = run(rate)
         windows.append(window)
         points.append(point(window))
