@@ -13,7 +13,8 @@ from experiments.sim.fleet import SimFleet
 from experiments.sim.machine import SimMachine
 from experiments.sim.machines import vm16
 from experiments.sim.presets import QUIET
-from tuner.app.deployment import DeploymentRequest, run_deployment
+from tuner.app.deployment import DeploymentTuning
+from tuner.app.optimize import OptimizeRequest, run_optimize
 from tuner.bench.measure import MeasureSettings
 from tuner.bench.model import ModelInfo
 from tuner.machine.topology import Topology
@@ -44,12 +45,13 @@ def sim_fleets(topology: Topology, seed: int = 0) -> FleetFactory:
 
 def sim_study(tmp_path: Path, topology: Topology | None = None, n_trials: int = 4, race_rounds: int = 2,
               name: str = "mix", models: dict[str, ModelInfo] | None = None, shared_cores: bool = False):
-    """A whole deployment study (optimize --deployment's service) on the simulated fleet: the study
+    """A whole deployment study (optimize's service, tuner.app.optimize.run_optimize) on the simulated fleet: the study
     config, its best-config document (also written to tmp_path/best.json) and the storage URL."""
     topology = topology or vm16()
     storage = f"sqlite:///{tmp_path / 'placetune.db'}"
     spec = deployment(shared_cores)
     cfg = MixStudyConfig(spec, models or {n: SIM_MODEL for n in spec.names}, topology, SETTINGS, storage, name,
                          seed=1, n_trials=n_trials, race_rounds=race_rounds)
-    document = run_deployment(DeploymentRequest(cfg, tmp_path / "best.json", fleet_factory=sim_fleets(topology)))
-    return cfg, document, storage
+    outcome = run_optimize(OptimizeRequest(cfg, tmp_path / "best.json", race_k=race_rounds,
+                                           tuning=DeploymentTuning(cfg, fleet_factory=sim_fleets(topology))))
+    return cfg, outcome.document, storage

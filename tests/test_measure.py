@@ -140,10 +140,12 @@ def test_measure_gives_a_full_result(model, topo):
     result = measure(the_plan, model, MeasureSettings(p99_bound_s=1.0, window_s=0.3, min_requests=100,
                                                       warmup_s=0.1, search_steps=5))
     assert result.feasible and result.throughput > 0, (result.reason, result.windows)
-    # an estimate: "pass" when some window proved its P99 under the bound (a clustered tail on a busy
-    # machine may prove none: then "undecided", and the estimate stands)
+    # an estimate: "pass" when some window it rests on proved its P99 under the bound (a clustered tail
+    # on a busy machine may prove none: then "undecided", and the estimate stands; a disturbed window
+    # that was re-run is in ``windows`` but not among those the estimate rests on)
     assert result.estimator == "estimate" and result.confidence == 0.95
-    assert result.verdict == ("pass" if any(w.verdict == "pass" for w in result.windows[1:]) else "undecided")
+    assert result.verdict in ("pass", "undecided")
+    assert result.verdict == "undecided" or any(w.verdict == "pass" for w in result.windows[1:])
     lo, hi = result.throughput_ci
     assert lo <= result.throughput <= hi
     # the shown window (the nearest at or under the estimate) bounds its P99; unbounded above when

@@ -237,8 +237,6 @@ def _cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     (["optimize", "--model", "m.onnx", "--deployment", "mix.yaml"], "exclude each other"),
     (["optimize", "--deployment", "mix.yaml", "--sampler", "random", "--batch", "4"],
      "--sampler, --batch do not apply to --deployment"),
-    (["optimize", "--deployment", "mix.yaml", "--race-timeout", "2m"],
-     "--race-timeout does not apply to --deployment (a deployment's race runs --revalidate rounds)"),
     (["optimize", "--deployment", "mix.yaml", "--no-screening"],
      "--no-screening does not apply to --deployment (a deployment study does not screen)"),
 ])

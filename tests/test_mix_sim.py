@@ -13,6 +13,7 @@ import pytest
 from experiments.sim.calibration import SIM_MODEL
 from experiments.sim.machines import vm16
 from tests.sim_mix import SETTINGS, SHARES, deployment, sim_fleets, sim_study
+from tuner.app.deployment import DeploymentTuning
 from tuner.bench import stats
 from tuner.mix.division import division_choices, even_split, plans
 from tuner.mix.measure import measure_mix
@@ -69,6 +70,17 @@ def test_a_deployment_study_measures_the_baselines_first_then_new_configs_then_r
     assert all(len(v) == 2 for v in race["load_factors"].values())
     assert set(document.baselines) == {"ort_default", "even_split"} and document.load_factor > 0
     assert json.loads((tmp_path / "best.json").read_text()) == study_document(study).to_dict() == document.to_dict()
+
+
+def test_a_deployment_race_stops_at_its_time_limit_after_its_first_round(tmp_path):
+    """--race-timeout limits a deployment's race as it does a model's (tuner.search.race_subject)."""
+    cfg, _document, storage = sim_study(tmp_path, n_trials=3, race_rounds=0)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert "race" not in study.user_attrs  # race_k 0: no race
+    result = DeploymentTuning(cfg, fleet_factory=sim_fleets(TOPOLOGY)).race(study, 4, 0.0, lambda _m: None)
+    assert all(len(v) == 1 for v in result.throughputs.values()) and len(result.throughputs) >= 2
+    assert study.user_attrs["race"]["load_factors"] == result.throughputs
 
 
 def test_a_deployment_document_exports_one_file_per_model_in_every_format(tmp_path):

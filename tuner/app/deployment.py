@@ -1,10 +1,10 @@
-"""The optimize service for a deployment (``placetune optimize --deployment``), as tuner.app.optimize
-is for one model: open the study (tuner.mix.study), run its trials with the study loop every
+"""A deployment as the optimize service (tuner.app.optimize.run_optimize) runs it:
+``DeploymentTuning`` opens the study (tuner.mix.study), runs its trials with the study loop every
 study runs (tuner.search.study.run_trials, the strategy tuner.search.strategy.Sampled over the
-deployment's space), race the best config against the baselines (tuner.search.race), write the
-best-config document (tuner.results.mixtrials) and track it all in MLflow (tuner.results.mixtracking).
-Before the study, ``check_bounds_alone`` refuses a bound no config can meet. No argument parsing,
-no rendering.
+deployment's space), races the best config against the baselines (tuner.search.race.race_subject),
+writes the best-config document (tuner.results.mixtrials) and tracks it in MLflow
+(tuner.results.mixtracking). Before the study, ``check_bounds_alone`` refuses a bound no config can
+meet. No argument parsing, no rendering.
 """
 
 from __future__ import annotations
@@ -18,48 +18,31 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from tuner.app.optimize import OptimizeOutcome, OptimizeStart, TrackingRequest
 from tuner.bench import stats
 from tuner.bench.launcher import Launcher
 from tuner.bench.loadgen import run_offline_window
 from tuner.bench.measure import MeasureSettings
 from tuner.bench.model import ModelInfo
-from tuner.errors import PlacetuneError, UsageError
+from tuner.errors import UsageError
 from tuner.machine.placement import Params, plan
 from tuner.machine.topology import Topology
 from tuner.mix.bench import FleetFactory, launch
 from tuner.mix.study import DeploymentSubject, MixStudyConfig, open_mix_study, race_entrants
 from tuner.outputs import write_atomic
-from tuner.results.documents import DeploymentDocument
-from tuner.results.mixrecords import Deployment, MixConfig
-from tuner.results.mixtrials import best_and_baselines, mix_result, study_document
+from tuner.results.mixrecords import Deployment, MixConfig, MixResult
+from tuner.results.mixtracking import MixTracker
+from tuner.results.mixtrials import best_and_baselines, measured, mix_result, study_document
+from tuner.results.tracking import default_uri
 from tuner.search.locks import HostLock, StudyMutex
 from tuner.search.objective import make_subject_objective
-from tuner.search.race import race, race_subject
+from tuner.search.race import RaceResult, race, race_subject
 from tuner.search.storage import quiet_optuna
 from tuner.search.strategy import MAX_SAMPLER_RETRIES, Sampled
 from tuner.search.study import enqueue_baselines, run_trials
 
 Say = Callable[[str], None]
 Frozen = optuna.trial.FrozenTrial
-
-
-class NoFeasibleMix(PlacetuneError):
-    """No config met every model's bound (the CLI exits 3)."""
-
-    exit_code = 3
-
-
-@dataclass(frozen=True)
-class DeploymentRequest:
-    """Everything ``run_deployment`` needs: the study, where the best config goes, how long the host
-    lock is waited for (None: not taken), the MLflow tracker (tuner.results.mixtracking.MixTracker;
-    None: no tracking), and each model's workers (``fleet_factory``: a simulated fleet in tests)."""
-
-    study: MixStudyConfig
-    out: Path | None = None
-    lock_wait_s: float | None = None
-    tracker: object | None = None
-    fleet_factory: FleetFactory = launch
 
 
 def check_bounds_alone(topology: Topology, deployment: Deployment, models: dict[str, ModelInfo],
@@ -83,54 +66,100 @@ def check_bounds_alone(topology: Topology, deployment: Deployment, models: dict[
     return unloaded
 
 
-def run_deployment(request: DeploymentRequest, say: Say = lambda _m: None) -> DeploymentDocument:
-    """The whole study: baselines, trials, the final race; writes and returns the best-config
-    document (raises NoFeasibleMix when no config served a load factor within every bound)."""
-    cfg, tracker = request.study, request.tracker
-    study = open_mix_study(cfg)
-    if tracker is not None:
-        tracker.start(cfg.study_name, cfg.deployment)
-    lock = HostLock(cfg.topology, wait_s=request.lock_wait_s) if request.lock_wait_s is not None else nullcontext()
-    with lock:
-        run_deployment_trials(study, cfg, say, HostLock(cfg.topology).key, tracker, request.fleet_factory)
+@dataclass(frozen=True)
+class DeploymentTuning:
+    """A deployment study for ``run_optimize`` (tuner.app.optimize.Tuning): its study, trials, race
+    (``race_k`` is its rounds, at least 2), document and MLflow runs; the host lock is waited for
+    ``lock_wait_s`` (None: not taken); each model's workers come from ``fleet_factory`` (a simulated
+    fleet in tests)."""
+
+    cfg: MixStudyConfig
+    lock_wait_s: float | None = None
+    fleet_factory: FleetFactory = launch
+
+    @property
+    def storage(self) -> str:
+        return self.cfg.storage
+
+    @property
+    def study_name(self) -> str:
+        return self.cfg.study_name
+
+    def open(self) -> optuna.Study:
+        return open_mix_study(self.cfg)
+
+    def tracker(self, tracking: TrackingRequest, warn: Say) -> MixTracker:
+        return MixTracker(tracking.uri or default_uri(self.cfg.storage), tracking.experiment, warn=warn)
+
+    def started(self, study: optuna.Study, target: int, mlflow_uri: str | None, experiment: str) -> OptimizeStart:
+        return OptimizeStart(study_name=self.cfg.study_name, storage=self.cfg.storage,
+                             already_measured=len(measured(study)), target_measured=target, space_name=self.cfg.space,
+                             space_size=0, space_fixed={}, mlflow_uri=mlflow_uri, mlflow_experiment=experiment)
+
+    def _lock(self):
+        return HostLock(self.cfg.topology, wait_s=self.lock_wait_s) if self.lock_wait_s is not None else nullcontext()
+
+    def run_trials(self, study: optuna.Study, on_trial: Callable, say: Say) -> optuna.Study:
+        with self._lock():
+            run_deployment_trials(study, self.cfg, say, HostLock(self.cfg.topology).key, self.fleet_factory, on_trial)
+        return study
+
+    def value(self, info: MixResult | None) -> float | None:
+        return info.load_factor if info is not None and info.feasible else None
+
+    def outcome(self, study: optuna.Study, target: int, config_path: Path | None,
+                mlflow_uri: str | None) -> OptimizeOutcome:
+        best, _ = best_and_baselines(study)
+        return OptimizeOutcome(
+            study=study, measured=len(measured(study)), target_measured=target,
+            space_exhausted=bool(study.user_attrs.get("space_exhausted")), p99_bound_s=None, best=best, front=[],
+            baselines={}, lowest_p99=None, config_path=config_path, mlflow_uri=mlflow_uri,
+            document=study_document(study))
+
+    def race(self, study: optuna.Study, k: int, time_limit_s: float | None, say: Say) -> RaceResult:
+        """``k`` rounds (at least 2) of the best config against every baseline that served a load
+        factor, stopped early by ``time_limit_s``; stored as the study's ``race`` (``race_document``)."""
+        rounds = max(2, k)
+        with self._lock():
+            result = race_subject(study, DeploymentSubject(self.cfg, self.fleet_factory), 1, rounds, rounds,
+                                  self.cfg.settings.confidence, say, time_limit_s=time_limit_s, first_seed=10_000)
         best, baselines = best_and_baselines(study)
-        if best is None:
-            if tracker is not None:
-                tracker.finish(None, "FAILED")
-            raise NoFeasibleMix(f"no config of study {cfg.study_name!r} served any load factor within every "
-                                "model's bound")
-        if cfg.race_rounds > 0:
-            study.set_user_attr("race", final_race(cfg, study, say, request.fleet_factory))
-    document = study_document(study)  # the config the race recommends, with the race
-    if request.out is not None:
-        write_atomic(request.out, json.dumps(document.to_dict(), indent=1) + "\n")
-    if tracker is not None:
-        tracker.finish(document)
-    return document
+        study.set_user_attr("race", race_document(result, best.user_attrs["label"], _raced_labels(baselines)))
+        return result
+
+    def save(self, study: optuna.Study, out: Path | None, race: RaceResult | None = None) -> bool:
+        """Write the best-config document (the config the race recommends, with the race, once run)."""
+        document = study_document(study) if out is not None else None
+        if document is None:
+            return False
+        write_atomic(out, json.dumps(document.to_dict(), indent=1) + "\n")
+        return True
+
+
+def _say_trial(say: Say) -> Callable[[Frozen, MixResult | None], None]:
+    def on_trial(trial: Frozen, result: MixResult | None) -> None:
+        if result is not None:
+            say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
+        if trial.state == optuna.trial.TrialState.FAIL:
+            say(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}")
+    return on_trial
 
 
 def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = lambda _m: None,
-                          host_key: str = "", tracker=None, fleet_factory: FleetFactory = launch) -> None:
+                          host_key: str = "", fleet_factory: FleetFactory = launch,
+                          on_trial: Callable[[Frozen, MixResult | None], None] | None = None) -> None:
     """The baselines not yet measured, then what the sampler proposes, up to ``n_trials`` measured
-    configs (tuner.search.study.run_trials)."""
+    configs (tuner.search.study.run_trials); ``on_trial`` hears each trial with its result (None:
+    none; by default a line to ``say``)."""
     subject = DeploymentSubject(cfg, fleet_factory)
     objective = make_subject_objective(subject, cfg.settings, say, host_key, cfg.topology.fingerprint())
-
-    def on_trial(trial: Frozen, _summary: object) -> None:
-        if "result" in trial.user_attrs:
-            result = mix_result(trial)
-            say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
-            if tracker is not None:
-                tracker.log_trial(trial.number, result, trial.user_attrs.get("baseline", ""))
-        if trial.state == optuna.trial.TrialState.FAIL:
-            say(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}")
-
     with quiet_optuna():
         with StudyMutex(cfg.storage, cfg.study_name):
             enqueue_baselines(study, cfg.topology, entries=subject.baselines())
         study.set_user_attr("space_exhausted", False)
-        run_trials(study, cfg, Sampled(subject, "tpe", cfg.seed), objective, on_trial, say,
-                   mutex=lambda: StudyMutex(cfg.storage, cfg.study_name), summarize=lambda t: t)
+        run_trials(study, cfg, Sampled(subject, "tpe", cfg.seed), objective, on_trial or _say_trial(say), say,
+                   mutex=lambda: StudyMutex(cfg.storage, cfg.study_name),
+                   summarize=lambda t: mix_result(t) if "result" in t.user_attrs else None)
     if study.user_attrs.get("space_exhausted"):
         say(f"the sampler proposed only measured configs {MAX_SAMPLER_RETRIES} times in a row: the space is "
             "exhausted")
@@ -138,13 +167,10 @@ def run_deployment_trials(study: optuna.Study, cfg: MixStudyConfig, say: Say = l
 
 def final_race(cfg: MixStudyConfig, study: optuna.Study, say: Say = lambda _m: None,
                fleet_factory: FleetFactory = launch) -> dict:
-    """The final race of a finished study (tuner.search.race.race_subject over the deployment:
-    ``cfg.race_rounds`` rounds, at least 2), as the study stores it (``race_document``)."""
-    rounds = max(2, cfg.race_rounds)
-    result = race_subject(study, DeploymentSubject(cfg, fleet_factory), 1, rounds, rounds, cfg.settings.confidence,
-                          say, first_seed=10_000)
-    best, baselines = best_and_baselines(study)
-    return race_document(result, best.user_attrs["label"], _raced_labels(baselines))
+    """The final race of a finished study (``DeploymentTuning.race``: ``cfg.race_rounds`` rounds, at
+    least 2), as the study stores it (``race_document``)."""
+    DeploymentTuning(cfg, fleet_factory=fleet_factory).race(study, cfg.race_rounds, None, say)
+    return study.user_attrs["race"]
 
 
 def race_trials(best: Frozen, baselines: dict[str, Frozen], measure_load_factor: Callable[[MixConfig], float],

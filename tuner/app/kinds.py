@@ -1,19 +1,23 @@
-"""What a study tuned, for every command that reads a study (``report``, ``log``, ``export --study``,
-``fleet status``): one ``StudyKind`` per kind of study, a single model's or a deployment's, chosen
-by the study's ``kind`` attribute in ``kind_of`` (the one place that tells them apart). Each kind
+"""What a study tuned, for every command that reads a study or its best config (``report``, ``log``,
+``export``, ``fleet status``): one ``StudyKind`` per kind of study, a single model's or a
+deployment's, chosen by the study's ``kind`` attribute in ``kind_of`` (a best-config file's format
+in ``kind_of_file``: the two places that tell them apart). Each kind
 says how its best config's document is built, how its study goes to MLflow and what its best so
 far is; the commands call these and never test the kind themselves. Light: reads results only.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 
 from tuner.errors import UsageError
 from tuner.results import mixtrials, trials
+from tuner.results.documents import DeploymentDocument, is_deployment
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class StudyKind:
     document: Callable[[optuna.Study, str | None], object]  # export --study: the config (a bound for --p99)
     sync: Callable[[optuna.Study, str, str], tuple[int, int]]  # log: MLflow runs added, runs in all
     best_so_far: Callable[[optuna.Study], BestSoFar | None]  # fleet status
+    load: Callable[[Path], object]  # export --config: a best-config file of this kind, checked
+    model_documents: Callable[[object], dict[str, dict] | None]  # its models' config documents (None: one model's)
 
 
 def _model_document(study: optuna.Study, p99: str | None) -> dict:
@@ -108,12 +114,47 @@ def _deployment_best(study: optuna.Study) -> BestSoFar | None:
                      sum(m[1] for m in models), max(m[2] for m in models), result.load_factor, models)
 
 
-MODEL = StudyKind("model", "study", _model_document, _model_sync, _model_best)
+def _model_load(path: Path) -> dict:
+    from tuner.deploy import load_config
+
+    return load_config(path)
+
+
+def _deployment_load(path: Path) -> dict[str, dict]:
+    """Each model's config document in a deployment's best-config file, checked as
+    ``tuner.deploy.load_config`` checks a config (a bad one is a usage error naming the model)."""
+    from tuner.deploy import load_config
+
+    document = json.loads(Path(path).read_text())
+    models = document.get("models")
+    if not isinstance(models, dict) or not models:
+        raise UsageError(f"--config {path} is a deployment's config without a 'models' mapping; export it again "
+                         "with 'placetune export --study NAME'")
+    return {name: load_config(document, model=name) for name in models}
+
+
+def _deployment_models(document) -> dict[str, dict]:
+    """A deployment's models' config documents, from its study's document or its file's."""
+    if isinstance(document, DeploymentDocument):
+        return {name: m.to_dict() for name, m in document.models.items()}
+    return document
+
+
+MODEL = StudyKind("model", "study", _model_document, _model_sync, _model_best, _model_load, lambda _d: None)
 DEPLOYMENT = StudyKind(mixtrials.DEPLOYMENT_KIND, "deployment study", _deployment_document, _deployment_sync,
-                       _deployment_best)
+                       _deployment_best, _deployment_load, _deployment_models)
 KINDS = {k.name: k for k in (MODEL, DEPLOYMENT)}
 
 
 def kind_of(study: optuna.Study) -> StudyKind:
     """The kind of ``study`` (a study made before kinds existed is a single model's)."""
     return KINDS.get(study.user_attrs.get("kind", MODEL.name), MODEL)
+
+
+def kind_of_file(path: Path) -> StudyKind:
+    """The kind of a best-config file: a deployment's (JSON, format placetune-deployment/1), else a
+    single model's (JSON or YAML; ``load`` says what is wrong with it)."""
+    try:
+        return DEPLOYMENT if is_deployment(json.loads(Path(path).read_text())) else MODEL
+    except (OSError, ValueError):
+        return MODEL

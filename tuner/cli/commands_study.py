@@ -99,30 +99,47 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
 
     Example: $ placetune optimize --deployment mix.yaml --n-trials 8 --out best_deployment.json
     """
-    # ---- several models sharing the server (issue 16): tuner/cli/mix.py
+    from tuner.app.optimize import run_optimize
     from tuner.cli import mix as mix_cli
+    from tuner.cli.optimize_view import OptimizeView
 
-    if mix_cli.check_model_or_deployment(model, deployment):
+    if mix_cli.check_model_or_deployment(model, deployment):  # what is tuned: its inputs differ, the service not
         mix_cli.refuse_single_model_options({
             "--sampler": sampler != "tpe", "--shape": bool(shape), "--batch": batch is not None,
             "--inputs": inputs is not None, "--force": force, "--allow-heterogeneous": allow_heterogeneous,
-            "--heartbeat": heartbeat != "10s", "--no-screening": no_screening,
-            "--race-timeout": race_timeout is not None})
-        code = mix_cli.optimize_deployment(
-            deployment, console=console, warn=warn, p99=p99, n_trials=n_trials, timeout=timeout, space=space,
-            seed=seed, scenario=scenario, window=window, storage=storage, study_name=study_name,
-            revalidate=revalidate, out=out, mlflow_uri=mlflow_uri, no_mlflow=no_mlflow, experiment=experiment,
+            "--heartbeat": heartbeat != "10s", "--no-screening": no_screening})
+        view = mix_cli.DeploymentView(console, warn)
+        request = mix_cli.deployment_request(
+            deployment, say=view.say, p99=p99, n_trials=n_trials, timeout=timeout, space=space, seed=seed,
+            scenario=scenario, window=window, storage=storage, study_name=study_name, revalidate=revalidate,
+            race_timeout=race_timeout, out=out, mlflow_uri=mlflow_uri, no_mlflow=no_mlflow, experiment=experiment,
             lock_wait_s=lock_wait_s(lock_wait), topology=get_topology(fsroot, topology_file),
             settings=measure_settings("server", None, window, worker_memory_limit, hang_timeout, seed or 0,
                                       confidence))
-        if code:
-            raise typer.Exit(code)
-        return
-    # ---- end of issue 16
-    from tuner.app.optimize import OptimizeRequest, TrackingRequest, run_optimize
+    else:
+        request = _model_request(**{k: v for k, v in locals().items() if k in _MODEL_REQUEST_ARGS})
+        view = OptimizeView(console)
+    with view:
+        outcome = run_optimize(request, view)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+    view.done(outcome, out)
+
+
+_MODEL_REQUEST_ARGS = ("model", "p99", "n_trials", "timeout", "space", "sampler", "seed", "scenario", "window",
+                       "storage", "study_name", "force", "revalidate", "race_timeout", "out", "mlflow_uri",
+                       "no_mlflow", "experiment", "allow_heterogeneous", "heartbeat", "lock_wait",
+                       "worker_memory_limit", "hang_timeout", "confidence", "estimator", "shape", "batch", "inputs",
+                       "fsroot", "topology_file", "no_screening")
+
+
+def _model_request(*, model, p99, n_trials, timeout, space, sampler, seed, scenario, window, storage, study_name,
+                   force, revalidate, race_timeout, out, mlflow_uri, no_mlflow, experiment, allow_heterogeneous,
+                   heartbeat, lock_wait, worker_memory_limit, hang_timeout, confidence, estimator, shape, batch,
+                   inputs, fsroot, topology_file, no_screening):
+    """The optimize request of one model, once its options are checked and the model is read."""
+    from tuner.app.optimize import OptimizeRequest, TrackingRequest
     from tuner.bench.model import inspect_model, parse_shapes
-    from tuner.cli.optimize_view import OptimizeView
-    from tuner.cli.render_study import next_steps
     from tuner.outputs import check_writable
     from tuner.search.batching import fit_to_model
     from tuner.search.space import load_space
@@ -153,12 +170,7 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
                       lock_wait_s=wait_s, allow_heterogeneous=allow_heterogeneous,
                       heartbeat_s=parse_duration(heartbeat, "--heartbeat"), screening=not no_screening)
     tracking = None if no_mlflow else TrackingRequest(mlflow_uri, experiment)
-    with OptimizeView(console) as view:
-        outcome = run_optimize(OptimizeRequest(cfg, out, race_k=revalidate, tracking=tracking,
-                                               race_time_limit_s=race_time_limit_s), view)
-    if outcome.exit_code:
-        raise typer.Exit(outcome.exit_code)
-    console.print(next_steps(out, outcome.mlflow_uri), highlight=False)
+    return OptimizeRequest(cfg, out, race_k=revalidate, tracking=tracking, race_time_limit_s=race_time_limit_s)
 
 
 def export(
@@ -189,8 +201,7 @@ def export(
 
     Example: $ placetune export --study mix --format systemd --out deploy/
     """
-    from tuner.app.kinds import kind_of
-    from tuner.deploy import load_config
+    from tuner.app.kinds import kind_of, kind_of_file
     from tuner.outputs import check_writable
     from tuner.results import export as exporter
     from tuner.search.storage import load_study
@@ -200,34 +211,30 @@ def export(
     if config is not None:
         if study is not None or p99 is not None:
             raise UsageError("--config exports a file as it is; it does not take --study or --p99")
-        from tuner.cli import mix as mix_cli
-
-        document = mix_cli.model_documents(config) if mix_cli.is_deployment_file(config) else load_config(config)
+        kind = kind_of_file(config)
+        document = kind.load(config)
         source = str(config)
     else:
         if out is not None:  # before the study is read: a file, or a folder for a deployment's files
             check_writable(out, "--out", folder_ok=True)
         the_study = load_study(storage, study)
-        document = kind_of(the_study).document(the_study, p99)
+        kind = kind_of(the_study)
+        document = kind.document(the_study, p99)
         source = f"study {the_study.study_name!r}"
-    _write_export(document, source, fmt, out, config_path)
-
-
-def _write_export(document, source: str, fmt: str, out: Path | None, config_path: str) -> None:
-    """Write one config document's export (to ``out`` or stdout), or a deployment's (a
-    DeploymentDocument, or its models' documents by name), one file per model into the folder
-    ``out`` (tuner.cli.mix.export_deployment)."""
-    from tuner.outputs import check_writable, write_atomic
-    from tuner.results import export as exporter
-    from tuner.results.documents import CONFIG_FORMAT, DeploymentDocument
-
-    models = ({n: m.to_dict() for n, m in document.models.items()} if isinstance(document, DeploymentDocument)
-              else None if document.get("format") == CONFIG_FORMAT else document)
+    models = kind.model_documents(document)  # several models: one file each, into the folder --out
     if models is not None:
         from tuner.cli import mix as mix_cli
 
         config_dir = config_path if config_path != "best_config.json" else None
         return mix_cli.export_deployment(models, source, fmt, out, config_dir)
+    _write_export(document, fmt, out, config_path)
+
+
+def _write_export(document: dict, fmt: str, out: Path | None, config_path: str) -> None:
+    """Write one model's config document's export (to ``out`` or stdout)."""
+    from tuner.outputs import check_writable, write_atomic
+    from tuner.results import export as exporter
+
     if document.get("envelope_note"):
         warn(document["envelope_note"])
     if out is not None:

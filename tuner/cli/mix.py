@@ -1,9 +1,10 @@
-"""``placetune optimize --deployment FILE`` and ``placetune export --config DEPLOYMENT.json``: several
-models sharing one server (tuner.mix). cli/main.py's optimize and export commands dispatch here."""
+"""What the command line needs of a deployment (several models sharing one server, tuner.mix): its
+optimize request (``deployment_request``: the optimize service is tuner.app.optimize's, as for one
+model) and what is shown while it runs (``DeploymentView``), the options a deployment refuses, and
+the folder of one file per model its export writes (``export_deployment``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -31,8 +32,7 @@ def refuse_single_model_options(given: dict[str, bool]) -> None:
     ``given`` maps each such flag to whether it was given (differs from its default)."""
     used = [flag for flag, is_given in given.items() if is_given]
     if used:
-        why = {"--no-screening": "a deployment study does not screen",
-               "--race-timeout": "a deployment's race runs --revalidate rounds"}
+        why = {"--no-screening": "a deployment study does not screen"}
         reasons = [why[flag] for flag in used if flag in why]
         if any(flag not in why for flag in used):
             reasons.insert(0, "each model of a deployment is tuned with its own random inputs and the "
@@ -55,17 +55,20 @@ def check_model_or_deployment(model: str | None, deployment: Path | None) -> boo
     return deployment is not None
 
 
-def optimize_deployment(deployment: Path, *, console, warn: Callable[[str], None], p99: str | None,
-                        n_trials: int | None, timeout: str | None, space: str, seed: int | None, scenario: str,
-                        window: str, storage: str | None, study_name: str | None, revalidate: int, out: Path,
-                        mlflow_uri: str | None, no_mlflow: bool, experiment: str, lock_wait_s: float,
-                        settings, topology) -> int:
-    """Tune a deployment: check it, run the study, write the best config; the exit code (3: none met
-    every bound)."""
-    from tuner.app.deployment import DeploymentRequest, NoFeasibleMix, check_bounds_alone, run_deployment
+def deployment_request(deployment: Path, *, say: Callable[[str], None], p99: str | None, n_trials: int | None,
+                       timeout: str | None, space: str, seed: int | None, scenario: str, window: str,
+                       storage: str | None, study_name: str | None, revalidate: int, race_timeout: str | None,
+                       out: Path, mlflow_uri: str | None, no_mlflow: bool, experiment: str, lock_wait_s: float,
+                       settings, topology):
+    """The optimize request of a deployment (tuner.app.optimize.run_optimize with
+    tuner.app.deployment.DeploymentTuning), once the file, its models and the options are checked
+    and no model's bound is out of reach alone (``check_bounds_alone`` measures each model)."""
+    from tuner.app.deployment import DeploymentTuning, check_bounds_alone
+    from tuner.app.optimize import OptimizeRequest, TrackingRequest
     from tuner.mix.deployment import check_fits, load_deployment, resolve_models
     from tuner.mix.study import MixStudyConfig, default_study_name
     from tuner.outputs import check_writable
+    from tuner.search.space import load_space
     from tuner.search.storage import storage_url as study_storage_url
     from tuner.units import parse_duration
 
@@ -76,32 +79,73 @@ def optimize_deployment(deployment: Path, *, console, warn: Callable[[str], None
     if n_trials is not None and n_trials < 1:
         raise UsageError("--n-trials must be at least 1")
     timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    race_time_limit_s = parse_duration(race_timeout, "--race-timeout") if race_timeout is not None else None
     check_writable(out, "--out")
     spec = load_deployment(deployment)
     check_fits(spec, len(topology.cores()))
-    from tuner.search.space import load_space
-
     load_space(space, topology)  # a bad --space is a usage error before anything runs
     models = resolve_models(spec)
-    say = _progress(console)
     check_bounds_alone(topology, spec, models, settings, say)
     url = study_storage_url(storage)
     name = study_name or default_study_name(spec, models)
     cfg = MixStudyConfig(spec, models, topology, settings, url, name, space, seed, n_trials, timeout_s, revalidate)
-    tracker = None
-    if not no_mlflow:
-        from tuner.results.mixtracking import MixTracker
-        from tuner.results.tracking import default_uri
+    return OptimizeRequest(cfg, out, race_k=revalidate, race_time_limit_s=race_time_limit_s,
+                           tracking=None if no_mlflow else TrackingRequest(mlflow_uri, experiment),
+                           tuning=DeploymentTuning(cfg, lock_wait_s))
 
-        tracker = MixTracker(mlflow_uri or default_uri(url), experiment, warn=warn)
-    try:
-        document = run_deployment(DeploymentRequest(cfg, out, lock_wait_s, tracker), say)
-    except NoFeasibleMix as exc:
-        warn(str(exc))
-        return 3
-    console.print(summary(document), highlight=False)
-    console.print(f"best deployment config written to {out}", highlight=False)
-    return 0
+
+class DeploymentView:
+    """What ``placetune optimize --deployment`` shows while the optimize service runs (an
+    ``OptimizeListener``): each step and trial as a line on stderr, then the recommended config's
+    figures, the baselines and the race (``summary``)."""
+
+    def __init__(self, console, warn: Callable[[str], None]):
+        self.console, self.warn = console, warn
+        self.say = _progress(console)
+
+    def __enter__(self) -> DeploymentView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def started(self, start) -> None:
+        if start.mlflow_uri is not None:
+            self.say(f"MLflow: {start.mlflow_uri} (experiment {start.mlflow_experiment})")
+        self.say(f"deployment study {start.study_name} in {start.storage} "
+                 f"({start.already_measured} config(s) already measured)")
+
+    def progress(self, message: str) -> None:
+        self.say(message)
+
+    def trial_done(self, event) -> None:
+        trial, result = event.trial, event.info
+        if result is not None:
+            self.say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
+        elif trial.user_attrs.get("fail_reason"):
+            self.say(f"trial {trial.number} failed: {trial.user_attrs['fail_reason']}")
+
+    def search_done(self, outcome) -> None:
+        if outcome.best is None:
+            self.warn(f"no config of study {outcome.study.study_name!r} served any load factor within every "
+                      "model's bound")
+
+    def race_started(self, k: int) -> None:
+        self.say(f"final race: {max(2, k)} rounds")
+
+    def race_progress(self, message: str) -> None:
+        self.say(message)
+
+    def race_done(self, race) -> None:
+        return None
+
+    def warning(self, message: str) -> None:
+        self.warn(message)
+
+    def done(self, outcome, out: Path) -> None:
+        """The closing lines of a run that found a config."""
+        self.console.print(summary(outcome.document), highlight=False)
+        self.console.print(f"best deployment config written to {out}", highlight=False)
 
 
 def _progress(console) -> Callable[[str], None]:
@@ -137,29 +181,6 @@ def _interference(figures: dict) -> str:
     from tuner.bench.interference import describe
 
     return describe(figures)
-
-
-def is_deployment_file(path: Path) -> bool:
-    """A best-config file written by ``optimize --deployment`` (JSON, format placetune-deployment/1)."""
-    from tuner.results.documents import is_deployment
-
-    try:
-        return is_deployment(json.loads(Path(path).read_text()))
-    except (OSError, ValueError):
-        return False
-
-
-def model_documents(path: Path) -> dict[str, dict]:
-    """Each model's config document in a deployment's best-config file, checked as
-    ``tuner.deploy.load_config`` checks a config (a bad one is a usage error naming the model)."""
-    from tuner.deploy import load_config
-
-    document = json.loads(Path(path).read_text())
-    models = document.get("models")
-    if not isinstance(models, dict) or not models:
-        raise UsageError(f"--config {path} is a deployment's config without a 'models' mapping; export it again "
-                         "with 'placetune export --study NAME'")
-    return {name: load_config(document, model=name) for name in models}
 
 
 def export_deployment(models: dict, source: str, fmt: str, out: Path | None, config_dir: str | None) -> None:

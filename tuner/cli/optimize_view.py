@@ -86,6 +86,10 @@ class OptimizeView(OptimizeListener):
     def warning(self, message: str) -> None:
         warn(message)
 
+    def done(self, outcome: OptimizeOutcome, out) -> None:
+        """The closing lines of a run that found a config: where it is, what to do next."""
+        self.console.print(render_study.next_steps(out, outcome.mlflow_uri), highlight=False)
+
     def _stop_progress(self) -> None:
         if self._progress is not None:
             self._progress.stop()

@@ -40,9 +40,13 @@ class MixTracker:
             self.warn(f"MLflow at {self.uri} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                       "the study goes on without tracking")
 
-    def start(self, study_name: str, deployment: Deployment) -> None:
-        """Create the study's parent run."""
-        self._safe(self._start, study_name, deployment)
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment
+
+    def start(self, study) -> None:
+        """Find or create the study's parent run."""
+        self._safe(self._start, study.study_name, Deployment.from_dict(study.user_attrs["deployment"]))
 
     def _start(self, study_name: str, deployment: Deployment) -> None:
         from mlflow.tracking import MlflowClient
@@ -67,9 +71,12 @@ class MixTracker:
             self._client.log_param(self.parent, f"{m.name}.p99_bound_ms", m.p99_bound_s * 1000)
             self._client.log_param(self.parent, f"{m.name}.share", m.share)
 
-    def log_trial(self, number: int, result: MixResult, baseline: str = "") -> None:
-        """One child run: the trial's config, its load factor and every model's metrics."""
-        self._safe(self._log_trial, number, result, baseline)
+    def log_trial(self, study, trial) -> None:
+        """One child run (a measured trial): its config, its load factor and every model's metrics."""
+        from tuner.results.mixtrials import mix_result
+
+        if "result" in trial.user_attrs and trial.number not in self.children:
+            self._safe(self._log_trial, trial.number, mix_result(trial), trial.user_attrs.get("baseline", ""))
 
     def _log_trial(self, number: int, result: MixResult, baseline: str) -> None:
         from mlflow.entities import Metric, Param
@@ -88,9 +95,13 @@ class MixTracker:
         self._client.set_terminated(run.info.run_id, "FINISHED" if result.feasible else "KILLED")
         self.children[number] = run.info.run_id
 
-    def finish(self, best: DeploymentDocument | None, status: str = "FINISHED") -> None:
-        """Close the parent run with the best load factor (and its models' metrics)."""
-        self._safe(self._finish, best, status)
+    def finish(self, study, status: str = "FINISHED") -> None:
+        """Close the parent run with the best load factor (and its models' metrics); FAILED when no
+        config served a load factor within every bound."""
+        from tuner.results.mixtrials import study_document
+
+        document = study_document(study)
+        self._safe(self._finish, document, status if document is not None or status != "FINISHED" else "FAILED")
 
     def _finish(self, best: DeploymentDocument | None, status: str) -> None:
         if best is not None:
