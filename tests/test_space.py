@@ -93,3 +93,14 @@ def test_a_yaml_list_is_kept_as_the_only_allowed_values():
         params = space.suggest(study.ask())
         assert (params.workers, params.cores_per_worker) in seen and params.intra_op_threads in (1, 3)
     assert Params(workers=4, cores_per_worker=4, intra_op_threads=3) in {p for _, p in space.configurations()}
+
+
+def test_the_dimension_orders_come_from_params_each_searched_dimension_once():
+    """A new dimension is one field of Params (its metadata: where a trial decides it, where a
+    neighbour changes it) plus its use: both orders list every searched dimension once."""
+    from tuner.machine.placement import NEIGHBOUR_ORDER, SEARCH_ORDER, SEARCHED
+
+    assert sorted(NEIGHBOUR_ORDER) == sorted(SEARCH_ORDER) == sorted(SEARCHED)
+    # a neighbour changes how the CPUs are used first, then how requests are batched
+    assert NEIGHBOUR_ORDER[:2] == ("smt", "intra_op_threads")
+    assert NEIGHBOUR_ORDER[-2:] == ("max_batch", "batch_timeout_ms")

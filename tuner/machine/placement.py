@@ -38,8 +38,8 @@ NUMA_POLICIES = ("none", "bind", "interleave", "preferred")
 EXECUTION_MODES = ("sequential", "parallel")
 
 
-def _searched(order: int) -> dict:
-    return {"searched": order}
+def _searched(order: int, neighbour: int) -> dict:
+    return {"searched": order, "neighbour": neighbour}
 
 
 @dataclass(frozen=True)
@@ -51,24 +51,26 @@ class Params:
     exist for the "ORT defaults" baseline; tuned configs always pin and set counts.
     """
 
-    # A searched dimension carries ``_searched(k)``: a search space may vary it (``search_spaces/*.yaml``),
-    # and k is its place in the order a trial decides them (each one's choices depend on the ones
-    # before: ``tuner.search.space.ORDER``). A new dimension is one field here plus its use.
-    workers: int = field(default=1, metadata=_searched(2))
-    cores_per_worker: int = field(default=1, metadata=_searched(3))
-    smt: bool = field(default=False, metadata=_searched(4))
-    numa_policy: str = field(default="none", metadata=_searched(1))
-    io_cores: int = field(default=0, metadata=_searched(0))
-    intra_op_threads: int = field(default=1, metadata=_searched(5))
-    inter_op_threads: int = field(default=1, metadata=_searched(7))
-    execution_mode: str = field(default="sequential", metadata=_searched(6))
-    spinning: bool = field(default=True, metadata=_searched(8))
+    # A searched dimension carries ``_searched(k, j)``: a search space may vary it (``search_spaces/*.yaml``),
+    # k is its place in the order a trial decides them (each one's choices depend on the ones before:
+    # ``SEARCH_ORDER``) and j in the order a config's neighbours change them (how the CPUs are used
+    # first, then how requests are batched: ``NEIGHBOUR_ORDER``, tuner.search.strategy.neighbours).
+    # A new dimension is one field here plus its use.
+    workers: int = field(default=1, metadata=_searched(2, 3))
+    cores_per_worker: int = field(default=1, metadata=_searched(3, 2))
+    smt: bool = field(default=False, metadata=_searched(4, 0))
+    numa_policy: str = field(default="none", metadata=_searched(1, 4))
+    io_cores: int = field(default=0, metadata=_searched(0, 8))
+    intra_op_threads: int = field(default=1, metadata=_searched(5, 1))
+    inter_op_threads: int = field(default=1, metadata=_searched(7, 7))
+    execution_mode: str = field(default="sequential", metadata=_searched(6, 6))
+    spinning: bool = field(default=True, metadata=_searched(8, 5))
     graph_optimization: str = "all"
     pin: bool = True
     # requests a worker runs in one session.run (1: one at a time, no batching)
-    max_batch: int = field(default=1, metadata=_searched(9))
+    max_batch: int = field(default=1, metadata=_searched(9, 9))
     # how long a worker holding fewer than max_batch requests waits for more
-    batch_timeout_ms: float = field(default=0.0, metadata=_searched(10))
+    batch_timeout_ms: float = field(default=0.0, metadata=_searched(10, 10))
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -147,6 +149,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Params))  # the one 
 SEARCHED: tuple[str, ...] = tuple(f.name for f in fields(Params) if "searched" in f.metadata)
 _ORDER_OF = {f.name: f.metadata["searched"] for f in fields(Params) if "searched" in f.metadata}
 SEARCH_ORDER: tuple[str, ...] = tuple(sorted(SEARCHED, key=_ORDER_OF.__getitem__))
+_NEIGHBOUR_OF = {f.name: f.metadata["neighbour"] for f in fields(Params) if "searched" in f.metadata}
+NEIGHBOUR_ORDER: tuple[str, ...] = tuple(sorted(SEARCHED, key=_NEIGHBOUR_OF.__getitem__))
 INT_SEARCHED: frozenset[str] = frozenset(f.name for f in fields(Params) if "searched" in f.metadata and f.type == "int")
 
 

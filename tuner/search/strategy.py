@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import optuna
 
-from tuner.machine.placement import Params
+from tuner.machine.placement import NEIGHBOUR_ORDER, Params
 from tuner.search import screening
 from tuner.search.space import INT_DIMS, ORDER, SearchSpace
 
@@ -225,9 +225,7 @@ def neighbours(space: SearchSpace, params: Params) -> list[Params]:
     down, and a batch size that starts batching starts with the shortest timeout)."""
     d = params.to_dict()
     out = []
-    for dim in ("smt", "intra_op_threads", "cores_per_worker", "workers", "numa_policy", "spinning",
-                "execution_mode", "inter_op_threads", "io_cores", "max_batch", "batch_timeout_ms"):
-        # how the CPUs are used first, then how requests are batched
+    for dim in NEIGHBOUR_ORDER:  # how the CPUs are used first, then how requests are batched (Params)
         choices = space.choices[dim]
         if dim in INT_DIMS or dim == "batch_timeout_ms":
             i = choices.index(d[dim]) if d[dim] in choices else None
