@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -57,11 +57,11 @@ def _model_document(study: optuna.Study, p99: str | None) -> dict:
     from tuner.results.envelope import best_for_bound
 
     choice = best_for_bound(study, parse_duration(p99, "--p99") * 1000)
-    document = trials.best_config_document(study, study.trials[choice.point.trial])
-    document.update(p99_bound_ms=choice.bound_ms, throughput=choice.point.throughput,
-                    p50_ms=choice.point.p50_ms, p99_ms=choice.point.p99_ms,
-                    selected_from="envelope", envelope_note=choice.note)
-    return document
+    document = replace(trials.config_document(study, study.trials[choice.point.trial]),
+                       p99_bound_ms=choice.bound_ms, throughput=choice.point.throughput,
+                       p50_ms=choice.point.p50_ms, p99_ms=choice.point.p99_ms,
+                       selected_from="envelope", envelope_note=choice.note)
+    return document.to_dict()
 
 
 def _deployment_document(study: optuna.Study, p99: str | None):

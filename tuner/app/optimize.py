@@ -29,8 +29,8 @@ from tuner.results.trials import (
     BaselineRow,
     TrialSummary,
     baseline_results,
-    best_config_document,
     best_trial,
+    config_document,
     feasible_trials,
     measured_trials,
     pareto_front,
@@ -279,10 +279,8 @@ def save_best_config(study: optuna.Study, out: Path, race: dict | None = None) -
     if race is not None and race.get("recommended"):
         raced = [t for t in feasible_trials(study) if t.user_attrs.get("label") == race["recommended"]]
         best = max(raced, key=lambda t: t.values[0], default=best)
-    document = best_config_document(study, best)
-    if race is not None:
-        document["race"] = race
-    write_atomic(out, json.dumps(document, indent=1) + "\n")
+    document = replace(config_document(study, best), race=race)
+    write_atomic(out, json.dumps(document.to_dict(), indent=1) + "\n")
     return True
 
 

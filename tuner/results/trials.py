@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import optuna
 
 from tuner.machine.placement import Params
+from tuner.results.documents import ConfigDocument, ModelRef
 from tuner.results.records import TrialResult
 
 
@@ -140,24 +141,20 @@ def baseline_results(study: optuna.Study) -> dict[str, BaselineRow]:
     return out
 
 
-def best_config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
-    """The file ``measure --config`` and the exporters read (``placetune-config/1``)."""
+def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> ConfigDocument:
+    """The best-config document of ``trial`` (``placetune-config/1``), typed."""
     result = result_of(trial)
     if result is None:
         raise ValueError(f"trial {trial.number} has no result")
-    return {
-        "format": "placetune-config/1",
-        "study": study.study_name,
-        "trial": trial.number,
-        "label": trial.user_attrs.get("label"),
-        "params": result.params.to_dict(),
-        "plan": result.plan.to_dict(),
-        "scenario": result.scenario,
-        "p99_bound_ms": result.p99_bound_ms,
-        "throughput": result.throughput,
-        "p50_ms": result.p50_ms,
-        "p99_ms": result.p99_ms,
-        "model": {"name": result.model.name, "path": result.model.path, "sha256": result.model.sha256},
-        "topology_fingerprint": study.user_attrs.get("topology_fingerprint"),
-        "machine": result.machine.to_dict(),
-    }
+    return ConfigDocument(
+        study=study.study_name, trial=trial.number, label=trial.user_attrs.get("label"), params=result.params,
+        plan=result.plan, scenario=result.scenario, p99_bound_ms=result.p99_bound_ms, throughput=result.throughput,
+        p50_ms=result.p50_ms, p99_ms=result.p99_ms,
+        model=ModelRef(result.model.name, result.model.path, result.model.sha256),
+        topology_fingerprint=study.user_attrs.get("topology_fingerprint"), machine=result.machine)
+
+
+def best_config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+    """The file ``measure --config`` and the exporters read (``placetune-config/1``; its JSON form
+    of ``config_document``)."""
+    return config_document(study, trial).to_dict()
