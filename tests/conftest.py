@@ -130,16 +130,39 @@ def _pg_up(url: str) -> bool:
         return False
 
 
+def _pg_started_mark() -> Path:
+    """Set while a server this test run started is up: the run stops it when it ends."""
+    return Path(os.environ.get("PLACETUNE_PG_DIR", "/tmp/placetune-pg") + ".started-by-pytest")
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    """The PostgreSQL server .ci/system-deps started (or $PLACETUNE_TEST_POSTGRES); started here
-    with .ci/postgres when it is not up."""
+    """The PostgreSQL server the test command started (.ci/with-postgres, or $PLACETUNE_TEST_POSTGRES);
+    started here with .ci/postgres when it is not up, and then stopped when the test run ends
+    (``pytest_sessionfinish``: a plain ``pytest`` leaves no server behind)."""
     url = os.environ.get("PLACETUNE_TEST_POSTGRES", PG_DEFAULT)
     if not _pg_up(url):
         done = subprocess.run(["bash", str(REPO / ".ci" / "postgres"), "start"], capture_output=True, text=True)
-        assert done.returncode == 0, f"cannot start PostgreSQL: {done.stderr} (run bash .ci/system-deps)"
-        assert _pg_up(url), f"PostgreSQL at {url} does not answer"
+        if done.returncode == 0:
+            _pg_started_mark().touch()
+        else:  # another xdist worker may be starting it at the same moment: give it a while
+            for _ in range(30):
+                if _pg_up(url):
+                    break
+                time.sleep(1)
+        assert _pg_up(url), f"cannot start PostgreSQL at {url}: {done.stderr.strip()} (run bash .ci/system-deps)"
     return url
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop the PostgreSQL server ``postgres_server`` started, once every test is done: in the main
+    process (xdist's workers finish before it), never in a worker, whose siblings may still use it."""
+    if hasattr(session.config, "workerinput"):
+        return
+    mark = _pg_started_mark()
+    if mark.exists():
+        subprocess.run(["bash", str(REPO / ".ci" / "postgres"), "stop"], capture_output=True, timeout=120)
+        mark.unlink(missing_ok=True)
 
 
 @pytest.fixture
