@@ -77,14 +77,6 @@ class DeploymentTuning:
     lock_wait_s: float | None = None
     fleet_factory: FleetFactory = launch
 
-    @property
-    def storage(self) -> str:
-        return self.cfg.storage
-
-    @property
-    def study_name(self) -> str:
-        return self.cfg.study_name
-
     def open(self) -> optuna.Study:
         return open_mix_study(self.cfg)
 
@@ -136,12 +128,19 @@ class DeploymentTuning:
         return True
 
 
+def trial_line(trial: Frozen, result: MixResult | None) -> str | None:
+    """What a finished deployment trial says (None: nothing)."""
+    if result is not None:
+        return f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})"
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}"
+    return None
+
+
 def _say_trial(say: Say) -> Callable[[Frozen, MixResult | None], None]:
     def on_trial(trial: Frozen, result: MixResult | None) -> None:
-        if result is not None:
-            say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
-        if trial.state == optuna.trial.TrialState.FAIL:
-            say(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}")
+        if (line := trial_line(trial, result)) is not None:
+            say(line)
     return on_trial
 
 

@@ -153,9 +153,6 @@ class Tuning(Protocol):
     tuner.app.deployment.DeploymentTuning). The study loop, the strategy and the race behind it are
     the same for both (tuner.search.study.run_trials, tuner.search.race.race_subject)."""
 
-    storage: str
-    study_name: str
-
     def open(self) -> optuna.Study: ...
 
     def tracker(self, tracking: TrackingRequest, warn: Callable[[str], None]): ...
@@ -184,7 +181,7 @@ def run_optimize(request: OptimizeRequest, listener: OptimizeListener | None = N
     tuning = request.tuned()
     study = tuning.open()
     tracker = tuning.tracker(request.tracking, listener.warning) if request.tracking is not None else None
-    _tracked(tuning, tracker, lambda t: t.start(study))
+    _tracked(request.study, tracker, lambda t: t.start(study))
     already = len(measured_trials(study))
     target = request.study.n_trials or max(already + 1, 1)
     uri = _tracking_uri(tracker)
@@ -203,9 +200,9 @@ def run_optimize(request: OptimizeRequest, listener: OptimizeListener | None = N
             outcome = replace(tuning.outcome(study, target, config_path, uri), race=race)
             listener.race_done(race)
     except BaseException:
-        _tracked(tuning, tracker, lambda t: t.finish(study, "KILLED"))
+        _tracked(request.study, tracker, lambda t: t.finish(study, "KILLED"))
         raise
-    _tracked(tuning, tracker, lambda t: t.finish(study, "FINISHED"))
+    _tracked(request.study, tracker, lambda t: t.finish(study, "FINISHED"))
     return outcome
 
 
@@ -216,14 +213,6 @@ class ModelTuning:
 
     cfg: StudyConfig
     measure_fn: MeasureFn = measure
-
-    @property
-    def storage(self) -> str:
-        return self.cfg.storage
-
-    @property
-    def study_name(self) -> str:
-        return self.cfg.study_name
 
     def open(self) -> optuna.Study:
         return open_study(self.cfg)
@@ -300,14 +289,14 @@ class _TrialReporter:
         trials = self.study.get_trials(deepcopy=False)
         self.listener.trial_done(TrialEvent(trial, info, self.best, len(measured_trials(self.study)),
                                             screening.budget_spent(trials)))
-        _tracked(self.tuning, self.tracker, lambda t: t.log_trial(self.study, trial))
+        _tracked(self.request.study, self.tracker, lambda t: t.log_trial(self.study, trial))
 
 
 def _tracking_uri(tracker: Tracker | None) -> str | None:
     return tracker.uri if tracker is not None and tracker.enabled else None
 
 
-def _tracked(tuning: Tuning, tracker, call: Callable) -> None:
+def _tracked(cfg, tracker, call: Callable) -> None:
     """Call the tracker under the study mutex, the one place optimize takes it. Each of them
     looks for a run in MLflow (the study's parent run, a trial's child run) and creates it when it is
     missing, and MLflow cannot refuse a duplicate: the tuners of a fleet, each logging its trials
@@ -315,5 +304,5 @@ def _tracked(tuning: Tuning, tracker, call: Callable) -> None:
     (Opening the study and queueing trials take the mutex themselves, in tuner.search.study.)"""
     if tracker is None or not tracker.enabled:
         return
-    with StudyMutex(tuning.storage, tuning.study_name):
+    with StudyMutex(cfg.storage, cfg.study_name):  # a StudyConfig's or a MixStudyConfig's
         call(tracker)

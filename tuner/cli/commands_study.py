@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -117,20 +118,14 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
             settings=measure_settings("server", None, window, worker_memory_limit, hang_timeout, seed or 0,
                                       confidence))
     else:
-        request = _model_request(**{k: v for k, v in locals().items() if k in _MODEL_REQUEST_ARGS})
+        wanted = inspect.signature(_model_request).parameters  # its options, by name
+        request = _model_request(**{k: v for k, v in locals().items() if k in wanted})
         view = OptimizeView(console)
     with view:
         outcome = run_optimize(request, view)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
     view.done(outcome, out)
-
-
-_MODEL_REQUEST_ARGS = ("model", "p99", "n_trials", "timeout", "space", "sampler", "seed", "scenario", "window",
-                       "storage", "study_name", "force", "revalidate", "race_timeout", "out", "mlflow_uri",
-                       "no_mlflow", "experiment", "allow_heterogeneous", "heartbeat", "lock_wait",
-                       "worker_memory_limit", "hang_timeout", "confidence", "estimator", "shape", "batch", "inputs",
-                       "fsroot", "topology_file", "no_screening")
 
 
 def _model_request(*, model, p99, n_trials, timeout, space, sampler, seed, scenario, window, storage, study_name,

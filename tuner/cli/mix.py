@@ -119,11 +119,10 @@ class DeploymentView:
         self.say(message)
 
     def trial_done(self, event) -> None:
-        trial, result = event.trial, event.info
-        if result is not None:
-            self.say(f"trial {trial.number}: load factor {result.load_factor:.3g} ({result.verdict})")
-        elif trial.user_attrs.get("fail_reason"):
-            self.say(f"trial {trial.number} failed: {trial.user_attrs['fail_reason']}")
+        from tuner.app.deployment import trial_line
+
+        if (line := trial_line(event.trial, event.info)) is not None:
+            self.say(line)
 
     def search_done(self, outcome) -> None:
         if outcome.best is None:
