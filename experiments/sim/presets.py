@@ -19,4 +19,7 @@ VM = Noise("vm", hiccup_rate=3.5, hiccup_ms=20.0, neighbour_rate=0.1, neighbour_
            neighbour_share=0.65, steal_rate=0.01, steal_s=3.0, steal_fraction=0.25)
 HEAVY = Noise("heavy", hiccup_rate=3.5, hiccup_ms=20.0, neighbour_rate=0.2, neighbour_s=20.0, neighbour_cores=1.0,
               neighbour_share=0.75, steal_rate=0.03, steal_s=3.0, steal_fraction=0.4)
-PRESETS = {n.name: n for n in (QUIET, VM, HEAVY)}
+# the ``vm`` machine without its neighbour and steal episodes (hiccups kept): what the simulator's truth is
+# computed on; a diagnostic that tells the estimator's own bias from the interference's
+VM_UNDISTURBED = VM.without_episodes()
+PRESETS = {n.name: n for n in (QUIET, VM, HEAVY, VM_UNDISTURBED)}

@@ -7,8 +7,12 @@ jitter (the VM's hiccups included), no neighbour and no steal. Interference is w
 disturbance checks and re-runs try to see through, so a measurement disturbed by it is an error
 of measurement, not a property of the config. It is computed by bisection over the rate
 (``BISECTION_STEPS``, to 0.1% of the capacity) on one long simulation per rate of
-``TRUTH_REQUESTS`` requests with common random numbers (the same gaps and work at every rate, so
-the P99 is monotone in the rate); configs whose workers are modelled alike share it.
+``truth_requests(workers)`` requests with common random numbers (the same gaps and work at every
+rate, so the P99 is monotone in the rate); configs whose workers are modelled alike share it.
+Fewer workers need longer runs: one worker's late requests come in clusters (a stalled request
+holds up the queue behind it), so 30,000 requests hold a few dozen of them and a one-worker
+config's truth moved by +-13% with the random draw (241-316 req/s on the ``vm`` preset, 16 cores)
+and sat 6% over the 480,000-request figure (292 vs 269-282); with 16 workers it moved by 1%.
 
 A window's **true P99** is then the long-run P99 at its offered rate on that machine: it is over
 the bound exactly when the offered rate is over the config's true throughput, which is how the
@@ -27,7 +31,8 @@ from tuner.errors import Infeasible
 from tuner.machine.placement import Params, plan
 from tuner.machine.topology import Topology
 
-TRUTH_REQUESTS = 30_000
+TRUTH_REQUESTS = 30_000  # with 64 workers or more; more with fewer (``truth_requests``)
+MAX_TRUTH_REQUESTS = 1_920_000
 BISECTION_STEPS = 10
 TRUTH_SEED = 20261203
 
@@ -46,11 +51,16 @@ def _draws(models, noise: Noise, service: ServiceModel, n: int) -> tuple[np.ndar
     return gaps, work, stall, [kinds.index((w.base_s, w.exposure)) for w in models]
 
 
+def truth_requests(workers: int) -> int:
+    """Requests of one truth run: ``TRUTH_REQUESTS`` x 64 / workers, at most ``MAX_TRUTH_REQUESTS``."""
+    return min(MAX_TRUTH_REQUESTS, TRUTH_REQUESTS * max(1, round(64 / max(1, workers))))
+
+
 def long_run_p99(params: Params, topology: Topology, noise: Noise, rate: float,
-                 service: ServiceModel = ServiceModel(), n: int = TRUTH_REQUESTS) -> float:
+                 service: ServiceModel = ServiceModel(), n: int | None = None) -> float:
     """The P99 latency (s) of a long open-loop run at ``rate`` without interference episodes."""
     models = worker_models(plan(topology, params), topology, noise.without_episodes(), service)
-    gaps, work, stall, group = _draws(models, noise.without_episodes(), service, n)
+    gaps, work, stall, group = _draws(models, noise.without_episodes(), service, n or truth_requests(len(models)))
     return _p99(np.cumsum(gaps) / rate, work, stall, group)
 
 
@@ -78,7 +88,7 @@ def true_throughput(params: Params, topology: Topology, noise: Noise, bound_s: f
 def _truth_of(kinds: tuple[tuple[float, float], ...], quiet: Noise, bound_s: float, service: ServiceModel) -> float:
     """Bisection over the rate for workers of these (median body, exposure) kinds."""
     models = [WorkerModel(base, 1, exposure, ()) for base, exposure in kinds]
-    gaps, work, stall, group = _draws(models, quiet, service, TRUTH_REQUESTS)
+    gaps, work, stall, group = _draws(models, quiet, service, truth_requests(len(kinds)))
     arrivals = np.cumsum(gaps)
     lo, hi = 0.0, capacity(models, quiet, service)
     for _ in range(BISECTION_STEPS):

@@ -13,11 +13,13 @@ The answer is bracketed (``estimate``): the *floor* is the highest rate whose po
 under the target, the *ceiling* the lowest rate above it whose share is over it (or whose window
 did not keep up, or was cut once its failure was certain). The point estimate interpolates the
 log share linearly in log rate between the two (a queue's tail share grows about exponentially
-in the load near its knee), and the interval is the bracket itself. The search (``next_rate``)
-is regula falsi with the Illinois rule: the next window goes to the interpolated rate, or to the
-bracket's geometric middle when the last two windows landed on the same side, so the bracket
-closes from both ends. While every window is on one side, it steps up (past the closed-loop
-capacity too: one short probe on a noisy machine can say too little) or down.
+in the load near its knee); when the ceiling's windows did not keep up or were cut, their share is
+a transient's and the estimate is the bracket's geometric middle. The interval is the bracket
+itself. The search (``next_rate``) is regula falsi with the Illinois rule: the next window goes
+to the interpolated rate, or to the bracket's geometric middle when the last two windows landed
+on the same side, so the bracket closes from both ends. While every window is on one side, it
+steps up (past the closed-loop capacity too: one short probe on a noisy machine can say too
+little) or down.
 
 ``estimate_rate`` runs it: the first window at ``start_rate`` (the config's known answer, in a
 race), else at the study's incumbent rate (*compare, do not characterize*: a config whose window
@@ -105,6 +107,7 @@ class _Rate:
     over: int
     side: str  # "under", "over" or "unsure" (stats verdict of the pooled effective sample)
     windows: int
+    usable: bool = True  # every window kept up and ran to its end: the pooled share is unbiased
 
     @property
     def share(self) -> float:
@@ -131,7 +134,7 @@ def _pooled(points: Sequence[Point], quantile: float) -> list[_Rate]:
             d = max(p.inflation for p in ps)
             word = stats.verdict_from_counts(math.ceil(over / d), max(1, int(n / d)), quantile, SIDE_CONFIDENCE)
             side = {stats.PASS: "under", stats.FAIL: "over"}.get(word, "unsure")
-        out.append(_Rate(rate, n, over, side, len(ps)))
+        out.append(_Rate(rate, n, over, side, len(ps), all(p.usable for p in ps)))
     return out
 
 
@@ -168,13 +171,21 @@ def estimate(points: Sequence[Point], capacity: float, quantile: float = stats.D
         return RateEstimate(rate, 0.0, ceiling.rate if ceiling else math.inf, "upper", len(points))
     low = low_pt[-1]
     lo, hi = _logit(low.share), _logit(max(high_pt.share, target))
-    if high_pt.over <= target * high_pt.n:
-        # over only because a window there did not keep up (or was cut): its share says nothing of
-        # where the answer lies under it (a backlog that had not yet reached the bound): the middle
+    if not high_pt.usable:
+        # a window there did not keep up (its queue grew: the rate is past the capacity) or was cut
+        # once its failure was certain: its share is a transient's, not the long-run share at that
+        # rate (a backlog that had not yet reached the bound, or one that made nearly every request
+        # late), so it says nothing of where the answer lies under it: the bracket's middle. (Its
+        # share put the answer near the floor: on a capacity-bound config, whose share stays flat
+        # under the target up to a cliff at its capacity, the estimate sat 7% under the truth.)
+        # (under the probe's closed-loop capacity, where that lies inside the bracket: no rate over
+        # it is sustained)
         frac = 0.5
+        top = capacity if low.rate < capacity < high_pt.rate else high_pt.rate
     else:
         frac = 0.5 if hi <= lo else min(1.0, max(0.0, (_logit(target) - lo) / (hi - lo)))
-    rate = math.exp(math.log(low.rate) + frac * (math.log(high_pt.rate) - math.log(low.rate)))
+        top = high_pt.rate
+    rate = math.exp(math.log(low.rate) + frac * (math.log(top) - math.log(low.rate)))
     interval_low = floor.rate if floor is not None and floor.rate <= rate else 0.0
     interval_high = ceiling.rate if ceiling is not None and ceiling.rate >= rate else math.inf
     return RateEstimate(rate, interval_low, interval_high, "bracket", len(points))
