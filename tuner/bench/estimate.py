@@ -13,13 +13,11 @@ The answer is bracketed (``estimate``): the *floor* is the highest rate whose po
 under the target, the *ceiling* the lowest rate above it whose share is over it (or whose window
 did not keep up, or was cut once its failure was certain). The point estimate interpolates the
 log share linearly in log rate between the two (a queue's tail share grows about exponentially
-in the load near its knee); when the ceiling's windows did not keep up or were cut, their share is
-a transient's and the estimate is the bracket's geometric middle. The interval is the bracket
-itself. The search (``next_rate``) is regula falsi with the Illinois rule: the next window goes
-to the interpolated rate, or to the bracket's geometric middle when the last two windows landed
-on the same side, so the bracket closes from both ends. While every window is on one side, it
-steps up (past the closed-loop capacity too: one short probe on a noisy machine can say too
-little) or down.
+in the load near its knee), and the interval is the bracket itself. The search (``next_rate``)
+is regula falsi with the Illinois rule: the next window goes to the interpolated rate, or to the
+bracket's geometric middle when the last two windows landed on the same side, so the bracket
+closes from both ends. While every window is on one side, it steps up (past the closed-loop
+capacity too: one short probe on a noisy machine can say too little) or down.
 
 ``estimate_rate`` runs it: the first window at ``start_rate`` (the config's known answer, in a
 race), else at the study's incumbent rate (*compare, do not characterize*: a config whose window
@@ -107,7 +105,6 @@ class _Rate:
     over: int
     side: str  # "under", "over" or "unsure" (stats verdict of the pooled effective sample)
     windows: int
-    usable: bool = True  # every window kept up and ran to its end: the pooled share is unbiased
 
     @property
     def share(self) -> float:
@@ -134,7 +131,7 @@ def _pooled(points: Sequence[Point], quantile: float) -> list[_Rate]:
             d = max(p.inflation for p in ps)
             word = stats.verdict_from_counts(math.ceil(over / d), max(1, int(n / d)), quantile, SIDE_CONFIDENCE)
             side = {stats.PASS: "under", stats.FAIL: "over"}.get(word, "unsure")
-        out.append(_Rate(rate, n, over, side, len(ps), all(p.usable for p in ps)))
+        out.append(_Rate(rate, n, over, side, len(ps)))
     return out
 
 
@@ -171,15 +168,9 @@ def estimate(points: Sequence[Point], capacity: float, quantile: float = stats.D
         return RateEstimate(rate, 0.0, ceiling.rate if ceiling else math.inf, "upper", len(points))
     low = low_pt[-1]
     lo, hi = _logit(low.share), _logit(max(high_pt.share, target))
-    if not high_pt.usable:
-        # a window there did not keep up (its queue grew: the rate is past the capacity) or was cut
-        # once its failure was certain: its share is a transient's, not the long-run share at that
-        # rate (a backlog that had not yet reached the bound, or one that made nearly every request
-        # late), so it says nothing of where the answer lies under it: the bracket's middle. (Its
-        # share put the answer near the floor: on a capacity-bound config, whose share stays flat
-        # under the target up to a cliff at its capacity, the estimate sat 7% under the truth.)
-        # (not capped at the probe's closed-loop capacity: a probe in a busy moment is low; capped,
-        # one worker per core on the simulated ``vm`` machine reported 0.76 of its truth, uncapped 0.90)
+    if high_pt.over <= target * high_pt.n:
+        # over only because a window there did not keep up (or was cut): its share says nothing of
+        # where the answer lies under it (a backlog that had not yet reached the bound): the middle
         frac = 0.5
     else:
         frac = 0.5 if hi <= lo else min(1.0, max(0.0, (_logit(target) - lo) / (hi - lo)))
