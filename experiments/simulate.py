@@ -22,6 +22,9 @@ clock and interference run through the whole study). What is true is defined in
   ``screen_false_pass_rate``);
 - ``false_passes``: where they are (per config: [false passes, passed windows]; the quartiles
   of their offered rate over the true throughput; how many were extended or disturbed windows);
+- ``interval_misses``: which race intervals miss their true ratio, per pair of classes
+  ("searched" for a searched config): [misses, intervals, misses lying under the true ratio]
+  (each race's intervals are in ``per_seed[i].race.claims``);
 - ``reported_over_true``: per class of config (the study's baselines: ORT default, one worker
   with all cores (or one per NUMA node), one worker per core, Intel's 4-core instances: the
   middle), the median over seeds of the throughput the study reported for it (its full-fidelity
@@ -197,13 +200,17 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     claims = [(*c, truth(params[c[0]]) / max(truth(params[c[1]]), 1e-9)) for c in claims]
     decisive = claims[0] if claims else None  # searched vs best baseline, else winner vs the next baseline
     facts["race"] = {
-        "rounds": len(next(iter(race.throughputs.values()))), "recommended": race.recommended,
+        "rounds": race.to_dict()["rounds"], "dropped": len(race.dropped), "recommended": race.recommended,
         "recommended_truth": truth(params[race.recommended]), "searched": race.searched,
         "decisive": list(decisive) if decisive else None,
         "covered": bool(decisive[4][0] <= decisive[5] <= decisive[4][1]) if decisive else None,
         "intervals_covered": [bool(c[4][0] <= c[5] <= c[4][1]) for c in claims],
         "wrong_significant": any(sig and (lo > 1.0 or hi < 1.0) and (lo > 1.0) != (true > 1.0)
                                  for _a, _b, sig, _r, (lo, hi), true in claims),
+        "claims": [{"label": a, "other": b, "classes": [classes.get(params[a], "searched"),
+                                                        classes.get(params[b], "searched")],
+                    "significant": bool(sig), "ratio": float(r), "ci": [float(lo), float(hi)], "true": float(t)}
+                   for a, b, sig, r, (lo, hi), t in claims],
     }
     return facts
 
@@ -262,8 +269,23 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
         "median_simulated_s": float(np.median([f["simulated_s"] for f in facts])),
         "median_phase_s": {k: float(np.median([f["phase_s"].get(k, 0.0) for f in facts]))
                            for k in sorted({k for f in facts for k in f["phase_s"]})},
-        "false_passes": _false_pass_breakdown(facts), "seconds": seconds, "per_seed": facts,
+        "false_passes": _false_pass_breakdown(facts), "interval_misses": _interval_misses(races),
+        "seconds": seconds, "per_seed": facts,
     }
+
+
+def _interval_misses(races: list[dict]) -> dict:
+    """Which race intervals miss the true ratio: per pair of classes ("searched" for a searched
+    config), [intervals that miss, intervals, misses whose interval lies under the true ratio]."""
+    out: dict[str, list[int]] = {}
+    for r in races:
+        for c in r.get("claims", []):
+            row = out.setdefault(" / ".join(c["classes"]), [0, 0, 0])
+            lo, hi = c["ci"]
+            row[0] += int(not lo <= c["true"] <= hi)
+            row[1] += 1
+            row[2] += int(hi < c["true"])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
 
 
 def _false_pass_breakdown(facts: list[dict]) -> dict:
