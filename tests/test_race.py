@@ -99,3 +99,35 @@ def test_a_race_says_why_it_stopped():
     assert race([BEST, DEFAULT, HEURISTIC], measure, min_rounds=3, max_rounds=8).stopped == "settled"
     measure, _ = fake_machine({BEST.label: 100.0, DEFAULT.label: 100.0}, seed=4)
     assert race([BEST, DEFAULT], measure, min_rounds=3, max_rounds=5).stopped == "max_rounds"
+
+
+def test_a_time_limit_too_short_for_every_entrant_races_the_deciding_pair_for_an_interval():
+    """Six entrants of 10 s each and 120 s: every entrant gets two rounds (no interval). After the
+    first round the race keeps the best searched config and the best baseline, then what still
+    fits three rounds (here the next baseline), and those get three rounds and intervals."""
+    second = Entrant("w1xc2-intra1-nospin", Params(workers=3), rate=250.0)
+    third = Entrant("w2xc1-intra1-nospin", Params(workers=4), rate=240.0)
+    best = Entrant(BEST.label, BEST.params, rate=300.0)
+    default = Entrant(DEFAULT.label, DEFAULT.params, "ORT default", rate=100.0)
+    heuristic = Entrant(HEURISTIC.label, HEURISTIC.params, "Intel heuristic", rate=200.0)
+    one_per = Entrant("w2xc1-intra2", Params(workers=2, intra_op_threads=2), "one per core", rate=150.0)
+    entrants = [best, second, third, default, heuristic, one_per]
+    measure, _ = fake_machine({best.label: 300.0, second.label: 250.0, third.label: 240.0,
+                               default.label: 100.0, heuristic.label: 200.0, one_per.label: 150.0}, seed=2)
+    said: list[str] = []
+    clock = FakeClock(step_s=10.0)
+    result = race(entrants, clock.measuring(measure), min_rounds=3, max_rounds=4, time_limit_s=120.0, clock=clock,
+                  say=said.append)
+    assert clock.now <= 120.0
+    assert set(result.dropped) == {second.label, third.label, default.label}
+    assert any("3 of 6 entrants go on" in line for line in said)
+    assert all(len(result.throughputs[label]) == 1 for label in result.dropped)
+    assert len(result.throughputs[best.label]) == len(result.throughputs[heuristic.label]) == 3
+    assert result.winner == best.label and result.searched["baseline_label"] == heuristic.label
+    assert result.searched["ci"][0] > 0 and result.searched["ci"][1] < float("inf")
+    by = {c["label"]: c for c in result.comparisons}
+    assert by[one_per.label]["ci"][1] < float("inf")  # the next baseline: raced three rounds
+    assert by[default.label]["ci"] == [0.0, float("inf")]  # raced one: no interval, still listed
+    assert result.to_dict()["rounds"] == 3 and result.to_dict()["dropped"] == result.dropped
+    unlimited = race(entrants, fake_machine({e.label: 100.0 for e in entrants})[0], min_rounds=3, max_rounds=3)
+    assert unlimited.dropped == []  # without a limit every entrant races

@@ -36,7 +36,7 @@ from tuner.results.mixtrials import best_and_baselines, measured, mix_result, st
 from tuner.results.tracking import default_uri
 from tuner.search.locks import HostLock, StudyMutex
 from tuner.search.objective import make_subject_objective
-from tuner.search.race import RaceResult, race, race_subject
+from tuner.search.race import RaceResult, paired_ratio, race, race_subject
 from tuner.search.storage import quiet_optuna
 from tuner.search.strategy import MAX_SAMPLER_RETRIES, Sampled
 from tuner.search.study import enqueue_baselines, run_trials
@@ -199,8 +199,8 @@ def race_document(result, best_label: str, baseline_labels: dict[str, str]) -> d
     ratios = {}
     for name, label in baseline_labels.items():
         if label != best_label:
-            ratio, low, high = stats.ratio_ci(lf[best_label], lf[label], result.confidence)
-            ratios[name] = {"ratio": ratio, "ci": [low, high], "rounds": len(lf[best_label])}
+            ratio, low, high = paired_ratio(lf, best_label, label, result.confidence)
+            ratios[name] = {"ratio": ratio, "ci": [low, high], "rounds": min(len(lf[best_label]), len(lf[label]))}
     return {**out, "best_label": best_label, "load_factors": lf, "vs_baselines": ratios,
             "mean": {k: float(np.mean(v)) for k, v in lf.items()},
             "entrants": [{"label": e.label, "baseline": e.baseline} for e in result.entrants]}

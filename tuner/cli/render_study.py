@@ -97,6 +97,8 @@ def ratios_table(outcome: OptimizeOutcome) -> Table:
 def race_table(race: RaceResult) -> Table:
     """Each entrant of the final race: mean, CV and every round's throughput."""
     cut = ", stopped at --race-timeout" if race.stopped == "time_limit" else ""
+    if race.dropped:
+        cut += f"; {len(race.dropped)} of {len(race.entrants)} entrants raced one round to fit it"
     table = Table(title=f"final race ({len(race.throughputs[race.winner])} interleaved rounds in "
                   f"{race.seconds:.0f} s{cut})")
     for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):

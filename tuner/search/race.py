@@ -6,7 +6,14 @@ stops once the best config's advantage over the best baseline has a paired inter
 ``tuner.bench.stats.ratio_ci``) that excludes 1 and is narrow enough (``rel_width``), at
 ``max_rounds``, or, with a time limit, before a measurement that would end after it (judged by
 the longest measurement so far; a round the limit cuts short is dropped, its pairs incomplete),
-so the race ends within about one measurement's time of the limit. Pairing by round
+so the race ends within about one measurement's time of the limit. A limit too short for every
+entrant's ``min_rounds`` is met by racing fewer: after the first round, only the entrants whose
+measurements (timed in that round) fit the remaining rounds go on, the best searched config and
+the best baseline first (ranked by their study estimate and first-round figure), then the other
+baselines, then the other searched configs; the rest keep their first round, and a comparison
+with them has no interval. An interval needs at least two rounds: a race of six entrants that fits
+two rounds in its limit says nothing about any ratio, one of two entrants that fits three does
+(the README's first command on a slow 2-core moment got 2 rounds of 6 and intervals 0-inf). Pairing by round
 cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
 entrant of a round alike. When the interval includes 1 there is no significant difference and
 the simpler config (the baseline) is recommended; when it lies below 1 the best baseline is
@@ -46,13 +53,14 @@ class RaceResult:
     searched: dict = field(default_factory=dict)  # the best searched config vs the best baseline
     unit: str = "req/s"  # what ``throughputs`` holds (a deployment's race: "load factor")
     stopped: str = ""  # why the race ended: "settled", "max_rounds" or "time_limit"
+    dropped: list[str] = field(default_factory=list)  # entrants raced for the first round only (the time limit)
     seconds: float = 0.0  # how long it ran (on the race's clock)
 
     def to_dict(self) -> dict:
-        return {"rounds": len(next(iter(self.throughputs.values()), [])), "confidence": self.confidence,
+        return {"rounds": max((len(v) for v in self.throughputs.values()), default=0), "confidence": self.confidence,
                 "throughputs": self.throughputs, "winner": self.winner, "recommended": self.recommended,
                 "significant": self.significant, "comparisons": self.comparisons, "summary": self.summary,
-                "searched": self.searched, "stopped": self.stopped, "seconds": self.seconds,
+                "searched": self.searched, "stopped": self.stopped, "seconds": self.seconds, "dropped": self.dropped,
                 "entrants": [{"label": e.label, "baseline": e.baseline, "params": e.params.to_dict()}
                              for e in self.entrants]}
 
@@ -61,15 +69,25 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def paired_ratio(throughputs: dict[str, list[float]], a: str, b: str,
+                 confidence: float = stats.DEFAULT_CONFIDENCE) -> tuple[float, float, float]:
+    """``a`` over ``b`` on the rounds both ran (an entrant dropped after the first round has one:
+    no interval), Fieller's interval (``tuner.bench.stats.ratio_ci``)."""
+    n = min(len(throughputs[a]), len(throughputs[b]))
+    return stats.ratio_ci(throughputs[a][:n], throughputs[b][:n], confidence)
+
+
 def compare(result: RaceResult) -> RaceResult:
-    """Fill winner, comparisons, significance, recommendation and summary from the throughputs."""
+    """Fill winner, comparisons, significance, recommendation and summary from the throughputs;
+    the winner is chosen among the entrants still racing (not ``dropped``)."""
     th = result.throughputs
-    candidates = [e for e in result.entrants if not e.baseline]
-    baselines = sorted((e for e in result.entrants if e.baseline), key=lambda e: -_mean(th[e.label]))
-    best_searched = max(candidates or result.entrants, key=lambda e: _mean(th[e.label]))
+    racing = [e for e in result.entrants if e.label not in result.dropped]
+    candidates = [e for e in racing if not e.baseline]
+    baselines = sorted((e for e in racing if e.baseline), key=lambda e: -_mean(th[e.label]))
+    best_searched = max(candidates or racing, key=lambda e: _mean(th[e.label]))
     result.searched, winner = {}, best_searched
     if candidates and baselines:
-        ratio, lo, hi = stats.ratio_ci(th[best_searched.label], th[baselines[0].label], result.confidence)
+        ratio, lo, hi = paired_ratio(th, best_searched.label, baselines[0].label, result.confidence)
         result.searched = {"label": best_searched.label, "baseline": baselines[0].baseline,
                            "baseline_label": baselines[0].label, "ratio": ratio, "ci": [lo, hi],
                            "outcome": "faster" if lo > 1.0 else "slower" if hi < 1.0 else "no difference"}
@@ -77,9 +95,11 @@ def compare(result: RaceResult) -> RaceResult:
             winner = baselines[0]
     result.winner = result.recommended = winner.label
     result.comparisons = []
-    for b in baselines:
+    dropped = sorted((e for e in result.entrants if e.baseline and e.label in result.dropped),
+                     key=lambda e: -_mean(th[e.label]))
+    for b in baselines + dropped:
         if b.label != winner.label:
-            ratio, lo, hi = stats.ratio_ci(th[winner.label], th[b.label], result.confidence)
+            ratio, lo, hi = paired_ratio(th, winner.label, b.label, result.confidence)
             result.comparisons.append({"baseline": b.baseline, "label": b.label, "ratio": ratio, "ci": [lo, hi],
                                        "significant": lo > 1.0})
     result.significant = not result.searched or result.searched["outcome"] != "no difference"
@@ -112,6 +132,30 @@ def summary_text(result: RaceResult) -> str:
     return f"{head}; {text}" if head else text
 
 
+def keep_racing(entrants: list[Entrant], first: dict[str, float], seconds: dict[str, float],
+                budget_s: float, rounds: int) -> list[Entrant]:
+    """Which entrants go on after the first round so that ``rounds`` more rounds of them fit in
+    ``budget_s`` (each entrant's measurement taking what it took in the first round, and the
+    race's start rule judging the last one by the longest): the best searched config and the best
+    baseline always (by the geometric mean of the study's estimate and the first round's figure),
+    then the other baselines, then the other searched configs, each while it fits."""
+    def score(e: Entrant) -> float:
+        return math.sqrt(max(e.rate, 0.0) * first[e.label]) if e.rate > 0 else first[e.label]
+
+    searched = sorted((e for e in entrants if not e.baseline), key=lambda e: -score(e))
+    baselines = sorted((e for e in entrants if e.baseline), key=lambda e: -score(e))
+    order = searched[:1] + baselines[:1]
+    order += [e for e in baselines + searched if e not in order]
+    keep: list[Entrant] = []
+    longest = max(seconds.values(), default=0.0)
+    for e in order:
+        trial = keep + [e]
+        need = rounds * sum(seconds[x.label] for x in trial) + longest - min(seconds[x.label] for x in trial)
+        if len(keep) < 2 or need <= budget_s:
+            keep.append(e)
+    return [e for e in entrants if e in keep]  # the race's own order
+
+
 TIE_WIDTH = 0.1  # an interval that holds 1 and is at most this wide (relative) settles a tie
 
 
@@ -138,16 +182,26 @@ def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float]
     (seconds from the start, on ``clock``), no measurement starts that would end after the limit,
     judged by the longest one so far, once the first round is complete (a limit shorter than one
     round still gets one round, without an interval); the round it would have belonged to is
-    dropped."""
+    dropped. When ``min_rounds`` rounds of every entrant do not fit the limit (timed on the first
+    round), only those that fit go on after it (``keep_racing``; the others are ``dropped``)."""
     if not entrants:
         raise ValueError("a race needs at least one entrant")
     result = RaceResult(entrants, {e.label: [] for e in entrants}, confidence, unit=unit, stopped="max_rounds")
     began = clock()
     longest_s = 0.0
+    took: dict[str, float] = {}
+    racing = list(entrants)
     for round_no in range(max_rounds):
-        shift = round_no % len(entrants)
+        if round_no == 1 and time_limit_s is not None and len(racing) > 2:
+            racing = keep_racing(racing, {e.label: result.throughputs[e.label][0] for e in racing}, took,
+                                 time_limit_s - (clock() - began), min_rounds - 1)
+            result.dropped = [e.label for e in entrants if e not in racing]
+            if result.dropped:
+                say(f"race: {len(racing)} of {len(entrants)} entrants go on ({', '.join(result.dropped)} "
+                    f"raced one round: {min_rounds} rounds of every entrant do not fit the time limit)")
+        shift = round_no % len(racing)
         done: list[str] = []
-        for e in entrants[shift:] + entrants[:shift]:
+        for e in racing[shift:] + racing[:shift]:
             if time_limit_s is not None and round_no >= 1 and clock() - began + longest_s > time_limit_s:
                 result.stopped = "time_limit"
                 break
@@ -155,7 +209,8 @@ def race(entrants: list[Entrant], measure_throughput: Callable[[Entrant], float]
             measuring_began = clock()
             result.throughputs[e.label].append(float(measure_throughput(e)))
             done.append(e.label)
-            longest_s = max(longest_s, clock() - measuring_began)
+            took[e.label] = clock() - measuring_began
+            longest_s = max(longest_s, took[e.label])
         if result.stopped == "time_limit":
             for label in done:  # an incomplete round pairs nothing
                 result.throughputs[label].pop()
