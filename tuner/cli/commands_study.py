@@ -62,8 +62,10 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
                                          "every baseline re-measured in interleaved rounds.")] = 3,
     race_timeout: Annotated[str | None, typer.Option("--race-timeout", help="A limit on the final race, e.g. 2m: no "
                                                      "measurement starts that would end after it (the first round "
-                                                     "always runs; default: 3 to 4 rounds, until the ratio is "
-                                                     "settled).")] = None,
+                                                     "always runs; when 3 rounds of every entrant do not fit, only "
+                                                     "the best searched config, the best baseline and what else "
+                                                     "fits go on after it; default: 3 to 4 rounds, until the "
+                                                     "ratio is settled).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where to write the best config.")] = Path("best_config.json"),
     mlflow_uri: MlflowUriOpt = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
