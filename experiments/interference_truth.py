@@ -16,7 +16,9 @@ simulator's rules (a pinned worker at its slowest CPU's speed, an unpinned one a
   the states: what the machine delivers at a random moment.
 
 Each is printed over the simulator's quiet truth. The draws are seeded; fewer requests per state
-than the truth's 30,000 make the one-server configs' figures (rare clustered stalls) optimistic.
+than the truth's run make the few-worker configs' figures (rare clustered stalls) optimistic:
+``--long K`` runs each class's states for at least 1/K of its truth's run
+(``experiments.sim.truth.truth_requests``: 1.92 million requests for one worker).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from experiments.sim import machines
 from experiments.sim.model import ServiceModel, worker_models
 from experiments.sim.presets import PRESETS
 from experiments.sim.queue import Speeds, serve_server
-from experiments.sim.truth import _draws, capacity_of, true_throughput
+from experiments.sim.truth import _draws, capacity_of, true_throughput, truth_requests
 from tuner.machine.placement import plan
 
 BOUND_S = 0.05
@@ -90,14 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", default="vm", choices=sorted(PRESETS))
     parser.add_argument("--states", type=int, default=80)
     parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--long", type=int, default=0, metavar="K",
+                        help="requests per state: at least the truth's run for the class's worker count / K "
+                             "(one worker: 1.92M / K), so few-worker classes' clustered tails are seen")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     topology, noise = machines.load(args.machine), PRESETS[args.noise]
     moments = states(topology, noise, args.states)
     out = {"machine": args.machine, "noise": args.noise, "states": args.states, "requests": args.requests,
-           "classes": {}}
+           "long": args.long, "classes": {}}
     for params, label in _baseline_classes(topology).items():
-        out["classes"][label] = figures = class_figures(params, topology, noise, moments, args.requests)
+        requests = args.requests
+        if args.long:
+            requests = max(requests, truth_requests(len(plan(topology, params).workers)) // args.long)
+        out["classes"][label] = figures = class_figures(params, topology, noise, moments, requests)
+        figures["requests"] = requests
         if not args.json:
             print(f"{label:28s} quiet truth {figures['quiet_truth']:8.1f}  over it: long-run {figures['long_run']:.2f}"
                   f"  mean-state {figures['mean_state']:.2f}  median-state {figures['median_state']:.2f}", flush=True)
