@@ -13,8 +13,8 @@ the best baseline first (ranked by their study estimate and first-round figure),
 baselines, then the other searched configs; the rest keep their first round, and a comparison
 with them has no interval. An interval needs at least two rounds: a race of six entrants that fits
 two rounds in its limit says nothing about any ratio, one of two entrants that fits three does
-(the README's first command on a slow 2-core moment got 2 rounds of 6 and intervals 0-inf). Pairing by round
-cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
+(the README's first command on a slow 2-core moment got 2 rounds of 6 and intervals 0-inf).
+Pairing by round cancels the slow drifts of a noisy machine (a neighbour's load, thermal state) that hit every
 entrant of a round alike. When the interval includes 1 there is no significant difference and
 the simpler config (the baseline) is recommended; when it lies below 1 the best baseline is
 faster than anything the search found, and it is the winner.
@@ -94,10 +94,9 @@ def compare(result: RaceResult) -> RaceResult:
         if result.searched["outcome"] != "faster":  # the simpler config, or the faster one: the baseline
             winner = baselines[0]
     result.winner = result.recommended = winner.label
-    result.comparisons = []
-    dropped = sorted((e for e in result.entrants if e.baseline and e.label in result.dropped),
-                     key=lambda e: -_mean(th[e.label]))
-    for b in baselines + dropped:
+    result.comparisons = []  # the baselines still racing, then those dropped after one round
+    for b in sorted((e for e in result.entrants if e.baseline),
+                    key=lambda e: (e.label in result.dropped, -_mean(th[e.label]))):
         if b.label != winner.label:
             ratio, lo, hi = paired_ratio(th, winner.label, b.label, result.confidence)
             result.comparisons.append({"baseline": b.baseline, "label": b.label, "ratio": ratio, "ci": [lo, hi],
