@@ -4,6 +4,7 @@
         [--cases squeezenet:100ms,resnet50:1s | --model FILE_OR_onnx:NAME --p99 100ms]
         [--configs ort_default,both_cores,one_per_core] [--run-s 20] [--warmup-s 2] [--max-rates 6]
         [--capacity-s 5] [--drain-s S] [--rel-tol 0.05] [--seed 0] [--placetune-args '--window 2s']
+        [--also-placetune-args '--estimator replay']
         [--dry-run]
 
 It shares no code with placetune: it imports nothing from ``tuner``. It is plain ``multiprocessing``
@@ -670,6 +671,13 @@ def print_table(rows: list[dict]) -> None:
         ratio = f"{r['ratio']:.3f}" if isinstance(r.get("ratio"), float) else "-"
         print(f"{r['case']:<12} {r['config']:<14} {_num(h['rate'] if h else None, 10)} {bracket:>20} "
               f"{_num(p.get('throughput'), 12)} {ci_text:>22} {ratio:>7}")
+        also = r.get("placetune_also")
+        if also:
+            ci = also.get("throughput_ci")
+            ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if isinstance(ci, list | tuple) and len(ci) == 2 else "-"
+            ratio = f"{r['ratio_also']:.3f}" if isinstance(r.get("ratio_also"), float) else "-"
+            print(f"{'':<12} {'  (also)':<14} {'':>10} {'':>20} {_num(also.get('throughput'), 12)} {ci_text:>22} "
+                  f"{ratio:>7}")
 
 
 def _terminate(signum, _frame) -> None:
@@ -694,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", action="store_true", help="also run 'placetune measure' per config")
     ap.add_argument("--placetune", help="the placetune command (default: the one next to this Python)")
     ap.add_argument("--placetune-args", default="", help="extra 'placetune measure' arguments, e.g. '--window 5s'")
+    ap.add_argument("--also-placetune-args", default="",
+                    help="a second placetune run per config right after the first, with these arguments added "
+                         "(e.g. '--estimator replay'): two estimators side by side in one run")
     ap.add_argument("--placetune-guess-s", type=float, default=60.0,
                     help="assumed seconds per placetune measure, for the time estimate only (default 60)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default experiments/results/harness-DATE)")
@@ -759,20 +770,24 @@ def main(argv: list[str] | None = None) -> int:
                 row["order"].append("harness")
 
             def placetune_run(tag=tag, model_spec=model_spec, config=config, bound_s=bound_s, row=row):
-                print("  placetune:", flush=True)
-                extra = config.placetune_args(out / f"placetune-{tag}.config.json")
-                cmd = [*placetune, "measure", "--model", model_spec, "--p99", f"{bound_s * 1e3:g}ms", *extra,
-                       *args.placetune_args.split(), "--json"]
-                result = run_placetune(cmd)
-                (out / f"placetune-{tag}.stdout.json").write_text(result.pop("stdout"))  # verbatim
-                _write(out / f"placetune-{tag}.json", result)
-                if result["problem"]:
-                    print(f"    placetune: {result['problem']}", flush=True)
-                print(f"    placetune: throughput {result['throughput']} interval {result['throughput_ci']} "
-                      f"(rc {result['returncode']}, {result['wall_s']} s)", flush=True)
-                row["placetune"] = {k: result[k] for k in ("throughput", "throughput_ci", "returncode", "problem",
-                                                           "wall_s")}
-                row["order"].append("placetune")
+                variants = [("placetune", "", args.placetune_args)]
+                if args.also_placetune_args:  # the second variant, right after the first
+                    variants.append(("placetune_also", "-also", f"{args.placetune_args} {args.also_placetune_args}"))
+                for key, suffix, options in variants:
+                    print(f"  {key}: {options}", flush=True)
+                    extra = config.placetune_args(out / f"placetune-{tag}.config.json")
+                    cmd = [*placetune, "measure", "--model", model_spec, "--p99", f"{bound_s * 1e3:g}ms", *extra,
+                           *options.split(), "--json"]
+                    result = run_placetune(cmd)
+                    (out / f"placetune-{tag}{suffix}.stdout.json").write_text(result.pop("stdout"))  # verbatim
+                    _write(out / f"placetune-{tag}{suffix}.json", result)
+                    if result["problem"]:
+                        print(f"    placetune: {result['problem']}", flush=True)
+                    print(f"    placetune: throughput {result['throughput']} interval {result['throughput_ci']} "
+                          f"(rc {result['returncode']}, {result['wall_s']} s)", flush=True)
+                    row[key] = {k: result[k] for k in ("throughput", "throughput_ci", "returncode", "problem",
+                                                       "wall_s")}
+                    row["order"].append(key)
 
             steps = [harness] if not args.compare else ([placetune_run, harness] if k % 2 == 0
                                                          else [harness, placetune_run])
@@ -781,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
             if row["placetune"] and row["harness"]:
                 row["ratio"] = _ratio(row["placetune"]["throughput"], row["harness"]["rate"])
                 row["ratio_vs_highest_held"] = _ratio(row["placetune"]["throughput"], row["harness"]["highest_held"])
+            if row.get("placetune_also") and row["harness"]:
+                row["ratio_also"] = _ratio(row["placetune_also"]["throughput"], row["harness"]["rate"])
             rows.append(row)
             summary["elapsed_s"] = round(time.monotonic() - began, 1)
             _write(out / "summary.json", summary)

@@ -76,6 +76,7 @@ class Setup:
     dependence: str = "clusters"  # MeasureSettings.dependence: how a pass accounts for correlated latencies
     estimator: str = "estimate"  # MeasureSettings.estimator: what a measurement reports
     calm_wait_s: float | None = None  # MeasureSettings.calm_wait_s (None: its default)
+    replay: bool = False  # MeasureSettings.replay: figures from a replay of calm service times
 
 
 def sim_space(topology: Topology):
@@ -109,6 +110,7 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
         try:
             settings = MeasureSettings(p99_bound_s=BOUND_S, window_s=setup.window_s, seed=seed,
                                        dependence=setup.dependence, estimator=setup.estimator,
+                                       replay=setup.replay,
                                        **({} if setup.calm_wait_s is None else {"calm_wait_s": setup.calm_wait_s}))
             cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=sim_space(topology),
                               settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
@@ -253,7 +255,7 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     return {
         "machine": setup.machine, "noise": setup.noise, "seeds": len(facts), "n_trials": setup.n_trials,
         "window_s": setup.window_s, "dependence": setup.dependence, "estimator": setup.estimator,
-        "calm_wait_s": setup.calm_wait_s,
+        "calm_wait_s": setup.calm_wait_s, "replay": setup.replay,
         "bound_ms": BOUND_S * 1000, "true_best": best,
         "reported_over_true": _median_by_class(facts, "reported_over_true"),
         "race_over_true": _median_by_class(facts, "race_over_true"),
@@ -355,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calm-wait", type=float, default=None,
                         help="MeasureSettings.calm_wait_s: seconds per measurement a disturbed window's re-run "
                              "may wait for calm CPUs (default: the tuner's)")
+    parser.add_argument("--replay", action="store_true",
+                        help="MeasureSettings.replay: figures from a replay of the calm windows' service times "
+                             "(tuner.bench.replay) where there are enough")
     parser.add_argument("--json", action="store_true", help="print the whole JSON object (else a summary)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.n_trials < 1 or args.window <= 0:
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     estimators = ("estimate", "bound") if args.estimator == "both" else (args.estimator,)
     try:
         outs = {e: simulate(Setup(args.machine, args.noise, args.n_trials, args.window, dependence=args.dependence,
-                                  estimator=e, calm_wait_s=args.calm_wait), args.seeds, args.jobs) for e in estimators}
+                                  estimator=e, calm_wait_s=args.calm_wait, replay=args.replay),
+                                  args.seeds, args.jobs) for e in estimators}
     except PlacetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

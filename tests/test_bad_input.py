@@ -109,6 +109,11 @@ def test_no_arguments_prints_the_help_and_version_prints_the_version(files):
     assert done.returncode == 0 and done.stdout.startswith("placetune "), done.stderr
 
 
+def test_an_unknown_estimator_is_a_one_line_usage_error(files):
+    done = run(["measure", "--model", str(files["conv"]), "--p99", "20ms", "--estimator", "fitted"], files["dir"])
+    assert_one_line(done, 2, "--estimator 'fitted' is not one of estimate, replay, bound")
+
+
 @pytest.mark.parametrize("args", [
     ["export", "--out", "/nonexistent/x"], ["export", "--out", "/proc/version"],
     ["report", "--html", "/nonexistent/x"],

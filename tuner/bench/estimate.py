@@ -213,7 +213,8 @@ def next_rate(points: Sequence[Point], current: RateEstimate, capacity: float,
 class EstimateOutcome:
     estimate: RateEstimate
     windows: list  # what ``run`` returned (WindowResult; a deployment's MixWindow), in order
-    stopped: str  # "precise", "windows", "below incumbent", "capacity", "floor"
+    stopped: str  # "precise", "windows", "below incumbent", "capacity", "floor" (measure: "replay")
+    replay_refuted: bool = False  # a calm window failed under the replay's figure (tuner.bench.measure)
 
 
 RunWindow = Callable[[float], WindowResult]

@@ -124,6 +124,13 @@ def window_interference(before: Snapshot, after: Snapshot, cpus: list[int], wall
     return out
 
 
+def worker_calm(before: Snapshot, after: Snapshot, cpus: list[int], wall_s: float, own_cpu_s: float,
+                clock_ticks: int = CLOCK_TICKS) -> bool:
+    """Whether one worker's CPUs were calm over a segment: ``window_interference`` on its CPUs alone
+    (``own_cpu_s``: the CPU time of the workers that run there) found no disturbance."""
+    return not window_interference(before, after, cpus, wall_s, own_cpu_s, clock_ticks)["disturbed"]
+
+
 def is_disturbed(figures: dict) -> bool:
     """Steal or foreign load over the thresholds (unknown figures never disturb)."""
     steal, foreign = figures.get("steal_pct", math.nan), figures.get("foreign_cpu", math.nan)

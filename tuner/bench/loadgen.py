@@ -77,6 +77,7 @@ class Segment:
     harness_cpu_s: float
     before: interference.Snapshot
     after: interference.Snapshot
+    worker: np.ndarray | None = None  # the worker that served each request (-1: none)
 
 
 def _run_segment(fleet: Fleet, count: int | None, run: Callable[[], None]) -> Segment:
@@ -90,7 +91,7 @@ def _run_segment(fleet: Fleet, count: int | None, run: Callable[[], None]) -> Se
     claimed = min(b.claimed() if count is None else count, fleet.max_requests)
     return Segment(b.scheduled[:claimed].copy(), b.started[:claimed].copy(), b.completed[:claimed].copy(),
                    b.abort_reason(), wall, [a - c for c, a in zip(cpu_before, cpu_after, strict=True)],
-                   own_after - own_before, snap_before, snap_after)
+                   own_after - own_before, snap_before, snap_after, b.worker[:claimed].copy())
 
 
 def _window_interference(fleet: Fleet, segments: list[Segment], own_cpu_s: float,
@@ -123,6 +124,7 @@ def _server_segment(fleet: Fleet, offered_rate: float, count: int, over_allowed:
     if lead and segment.abort == Abort.NONE:
         segment.scheduled, segment.started, segment.completed = (
             segment.scheduled[lead:], segment.started[lead:], segment.completed[lead:])
+        segment.worker = segment.worker[lead:] if segment.worker is not None else None
     return segment
 
 
@@ -212,6 +214,7 @@ def run_offline_window(fleet: Fleet, duration_s: float, bound_s: float | None = 
     done = ~np.isnan(segment.completed)  # offline: only what completed is part of the window
     segment.scheduled, segment.started, segment.completed = (
         segment.scheduled[done], segment.started[done], segment.completed[done])
+    segment.worker = segment.worker[done] if segment.worker is not None else None
     return summarise([segment], "offline", 0.0, bound_s, 0.0, verdicts or VerdictSettings(), fleet)
 
 
@@ -316,4 +319,29 @@ def summarise(segments: list[Segment], scenario: str, offered_rate: float, bound
         interference=_window_interference(fleet, segments, sum(cpu) + sum(s.harness_cpu_s for s in segments), wall),
         inflation=float(verdict.dependence) if verdict else 1.0,
         stopped_early=any(s.abort == Abort.OVER_BOUND for s in segments),
+        calm_service=calm_service(fleet, segments),
     )
+
+
+def calm_service(fleet: Fleet, segments: list[Segment]) -> tuple:
+    """Per worker, the service times (s) of the requests it served in these segments when its own
+    CPUs were calm (``interference.worker_calm``), else None: what ``tuner.bench.replay`` replays."""
+    n = len(fleet.plan.workers)
+    if any(s.worker is None for s in segments) or not n:
+        return ()
+    pinned = bool(fleet.plan.params.pin)
+    every = sorted(segments[0].before.cpu)
+    out = []
+    for w, spec in enumerate(fleet.plan.workers):
+        cpus = list(spec.cpus) if pinned and spec.cpus else every
+        mine = [w] if pinned and spec.cpus else list(range(n))  # an unpinned worker shares every CPU
+        calm = all(interference.worker_calm(s.before, s.after, cpus, s.wall_s,
+                                            sum(s.worker_cpu_s[i] for i in mine) + s.harness_cpu_s)
+                   for s in segments)
+        if not calm:
+            out.append(None)
+            continue
+        parts = [s.completed[s.worker == w] - s.started[s.worker == w] for s in segments]
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        out.append(values[np.isfinite(values)])
+    return tuple(out)

@@ -24,12 +24,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tuner.bench import interference, stats
-from tuner.bench.estimate import EstimateOutcome, estimate_rate
+from tuner.bench import interference, replay, stats
+from tuner.bench.estimate import EstimateOutcome, estimate, estimate_rate, point_of
 from tuner.bench.fleet import Fleet, FleetFactory
 from tuner.bench.launcher import Launcher
 from tuner.bench.launcher import machine_metadata as machine_metadata
@@ -75,6 +75,10 @@ class MeasureSettings:
     rel_tol: float = 0.1  # the estimate stops once its interval is within this share of it
     start_rate: float | None = None  # where the estimate's first window goes (a race: the known answer)
     incumbent_rate: float | None = None  # the study's best so far: a config failing there stops at once
+    # the figure from a replay of the calm windows' service times (tuner.bench.replay) where they
+    # are enough; experimental (2026-12-06): measured in the simulator, not yet on a real machine
+    replay: bool = False
+    replay_wait_s: float = 10.0  # seconds a measurement short of calm service times waits for calm CPUs
 
     @property
     def verdicts(self) -> VerdictSettings:
@@ -131,6 +135,11 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         run_log: list[WindowResult] = []
         outcome = (_server_search(fleet, settings, probe, rng, say, run_log) if settings.scenario == "server"
                    else None)
+        replayed = None
+        if (settings.replay and isinstance(outcome, EstimateOutcome) and outcome.estimate.rate > 0
+                and not outcome.replay_refuted):
+            replayed = _replay_with_top_up(fleet, plan, probe, run_log, settings, say,
+                                           top_up=outcome.stopped != "below incumbent")
         fleet.check_alive()
         machine = fleet.machine_info()
         inside = time.monotonic() - inside_began, fleet.clock() - fleet_began  # (real, fleet clock) seconds
@@ -141,6 +150,10 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
     if isinstance(outcome, EstimateOutcome):
         throughput = outcome.estimate.rate if feasible else 0.0
+        if feasible and replayed is not None:
+            throughput, throughput_ci = replayed.rate, (replayed.low, replayed.high)
+            notes.append(f"figure from a replay of {replayed.requests} calm service times "
+                         f"(the windows' own estimate: {outcome.estimate.rate:.1f} req/s)")
         if outcome.stopped == "below incumbent":
             notes.append(f"failed at the incumbent's rate {outcome.windows[0].offered_rate:.1f} req/s: "
                          "stopped there (its estimate rests on that window)")
@@ -163,6 +176,49 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     )
 
 
+def _replay_with_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
+                        settings: MeasureSettings, say: ProgressFn, top_up: bool = True):
+    """The replay's estimate; where some kind of worker was never calm long enough (and ``top_up``:
+    not for a config already shown under the incumbent), first one closed-loop window once the
+    CPUs are calm (waiting ``replay_wait_s`` at most; none if they never were), long enough for
+    twice the service times the replay needs at the probe's rate (``REPLAY_TOP_UP_S`` at most)."""
+    replayed = _replayed(plan, [probe, *run_log], settings.p99_bound_s, settings)
+    if replayed is not None or settings.replay_wait_s <= 0 or not top_up:
+        return replayed
+    waited, calm = _wait_for_calm(fleet, [settings.replay_wait_s])
+    if not calm:  # no calm look in the time allowed: a window now would be disturbed too
+        say(f"too few calm service times to replay, and no calm CPUs in {waited:.1f} s: the windows' estimate")
+        return None
+    need_s = 2 * replay.MIN_CALM_REQUESTS / max(probe.achieved_rate, 1e-9)
+    seconds = min(REPLAY_TOP_UP_S, max(settings.window_s, need_s))
+    say(f"too few calm service times to replay: {seconds:.1f} s closed loop after {waited:.1f} s waiting for calm CPUs")
+    run_log.append(run_offline_window(fleet, seconds, settings.p99_bound_s, settings.verdicts))
+    return _replayed(plan, [probe, *run_log], settings.p99_bound_s, settings)
+
+
+REPLAY_TOP_UP_S = 5.0
+REPLAY_CHECK = 0.9  # where the window checking a replayed probe goes, as a share of its rate
+
+
+def _replayed(plan: Plan, windows: list[WindowResult], bound: float, settings: MeasureSettings):
+    """The replay's estimate (tuner.bench.replay) from every window's calm service times, or None
+    where some kind of worker has too few, or a worker batches (one run serves several requests:
+    the replay's queue serves one at a time)."""
+    if (getattr(plan.params, "max_batch", 1) or 1) > 1:
+        return None
+    calm: dict[int, list[np.ndarray]] = {}
+    for w in windows:
+        for i, values in enumerate(w.calm_service):
+            if values is not None and values.size:
+                calm.setdefault(i, []).append(values)
+    kinds = [len(spec.cpus) for spec in plan.workers]
+    samples = replay.worker_samples(calm, kinds)
+    if samples is None:
+        return None
+    answer = replay.estimate(samples, bound, stats.DEFAULT_QUANTILE, seed=settings.seed)
+    return replace(answer, requests=sum(v.size for parts in calm.values() for v in parts))
+
+
 def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult, rng: np.random.Generator,
                    say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | EstimateOutcome | None:
     """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
@@ -172,7 +228,9 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
     if probe.verdict == stats.FAIL:
         return None
     service_s = probe.mean_service_ms / 1000 if math.isfinite(probe.mean_service_ms) else 0.0
-    reruns_left = [settings.disturbed_reruns]
+    # with the replay a disturbed window is not re-run: the replay reads its calm workers, and a
+    # measurement short of calm service times waits for calm CPUs once, at its end
+    reruns_left = [0 if settings.replay else settings.disturbed_reruns]
     wait_left = [settings.calm_wait_s]
 
     def run(rate: float) -> WindowResult:
@@ -189,24 +247,43 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
                 return window
             reruns_left[0] -= 1
             seen = interference.describe(window.interference.to_dict())
-            waited = _wait_for_calm(fleet, wait_left)
+            waited, _calm = _wait_for_calm(fleet, wait_left)
             say(f"window at {rate:.1f} req/s disturbed ({seen}): re-run"
                 + (f" after {waited:.1f} s waiting for calm CPUs" if waited else ""))
 
+    refuted = False
+    if settings.estimator == ESTIMATE and settings.replay:
+        early = _replayed(fleet.plan, [probe], settings.p99_bound_s, settings)
+        if early is None and not probe.interference.disturbed and probe.achieved_rate > 0:
+            # too few calm service times: more closed loop now, while the CPUs are calm
+            seconds = min(REPLAY_TOP_UP_S, max(settings.window_s / 4, 2 * replay.MIN_CALM_REQUESTS / probe.achieved_rate
+                                               - probe.duration_s))
+            run_log.append(run_offline_window(fleet, seconds, settings.p99_bound_s, settings.verdicts))
+            early = _replayed(fleet.plan, [probe, run_log[-1]], settings.p99_bound_s, settings)
+        if early is not None and early.rate > 0:
+            # the probe's calm service times already say where the answer is: one window checks it,
+            # a little under it
+            say(f"replay of the probe's service times: {early.rate:.1f} req/s; checking {REPLAY_CHECK:g} of it")
+            check = run(REPLAY_CHECK * early.rate)
+            if check.verdict != stats.FAIL or check.interference.disturbed:
+                return EstimateOutcome(estimate([point_of(check)], probe.achieved_rate), [check], "replay")
+            say(f"a calm window at {check.offered_rate:.1f} req/s failed: the windows decide, not the replay")
+            refuted = True
     if settings.estimator == ESTIMATE:
-        return estimate_rate(run, probe.achieved_rate, settings.search_steps + 1,
-                             start_rate=settings.start_rate, incumbent=settings.incumbent_rate,
-                             rel_tol=settings.rel_tol, say=say)
+        outcome = estimate_rate(run, probe.achieved_rate, settings.search_steps + 1,
+                                start_rate=settings.start_rate, incumbent=settings.incumbent_rate,
+                                rel_tol=settings.rel_tol, say=say)
+        return replace(outcome, replay_refuted=refuted)
     return search_rate(run, probe.achieved_rate, settings.search_steps, say)
 
 
 CALM_POLL_S = 0.5  # how long each look for calm CPUs lasts
 
 
-def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> float:
+def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> tuple[float, bool]:
     """Idle in ``CALM_POLL_S`` looks until one finds the trial's CPUs calm (no steal or foreign load
     over ``tuner.bench.interference``'s thresholds) or ``wait_left[0]`` seconds are spent; the
-    seconds waited (taken from ``wait_left``)."""
+    seconds waited (taken from ``wait_left``), and whether a look found them calm."""
     cpus = sorted({c for w in fleet.plan.workers for c in w.cpus})
     waited = 0.0
     while wait_left[0] >= CALM_POLL_S:
@@ -220,8 +297,8 @@ def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> float:
         wait_left[0] -= elapsed
         waited += elapsed
         if not interference.window_interference(before, after, cpus, elapsed, own)["disturbed"]:
-            break
-    return waited
+            return waited, True
+    return waited, False
 
 
 def _conclude(settings: MeasureSettings, probe: WindowResult, outcome: SearchOutcome | EstimateOutcome | None

@@ -64,8 +64,11 @@ ConfidenceOpt = Annotated[float, typer.Option("--confidence", help="Confidence o
                                               "(pass / fail / undecided), between 0.5 and 1.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
 EstimatorOpt = Annotated[str, typer.Option("--estimator", help="estimate: the fitted highest rate at the bound "
-                                           "with its bracket (default) | bound: the highest rate proven to pass "
-                                           "(bisection on verdicts, the rule before 2026-12-05).")]
+                                           "with its bracket (default) | replay: the same windows, the figure "
+                                           "from a replay of the calm windows' service times through the "
+                                           "queue where there are enough (experimental, docs/measurement.md) "
+                                           "| bound: the highest rate proven to pass (bisection on verdicts, "
+                                           "the rule before 2026-12-05).")]
 StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name (default: the only study in the "
                                               "storage).")]
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file "
@@ -91,9 +94,12 @@ def measure_settings(scenario: str, bound: float | None, window: str, memory_lim
     from tuner.bench.measure import MeasureSettings
     from tuner.units import parse_duration, parse_size
 
+    if estimator not in ("estimate", "replay", "bound"):
+        raise UsageError(f"--estimator {estimator!r} is not one of estimate, replay, bound")
+    replay = estimator == "replay"  # an estimate whose figure comes from the replay (tuner.bench.replay)
     return MeasureSettings(scenario=scenario, p99_bound_s=bound, window_s=parse_duration(window, "--window"),
                            seed=seed, hang_grace_s=parse_duration(hang_timeout, "--hang-timeout"),
-                           confidence=confidence, estimator=estimator,
+                           confidence=confidence, estimator="estimate" if replay else estimator, replay=replay,
                            worker_memory_limit=parse_size(memory_limit, "--worker-memory-limit") if memory_limit else 0)
 
 

@@ -161,16 +161,19 @@ class WindowResult:
     interference: WindowInterference = field(default_factory=WindowInterference)
     inflation: float = 1.0  # requests per independent one (tuner.bench.stats.inflation; format 4)
     stopped_early: bool = False  # cut once its failure was certain: its over-bound share is biased up
+    # per worker, its service times (s) in this window when its CPUs were calm, else None; not stored
+    calm_service: tuple = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "worker_cpu": list(self.worker_cpu), "p99_ci_ms": list(self.p99_ci_ms),
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calm_service"}
+        return {**d, "worker_cpu": list(self.worker_cpu), "p99_ci_ms": list(self.p99_ci_ms),
                 "interference": self.interference.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping, version: int = FORMAT) -> WindowResult:
         """A window of a result stored in format ``version`` (format 1: its verdict follows ``passed``)."""
         optional = (_known(cls)[_known(cls).index("service_p50_ms"):] if version < 2
-                    else ("inflation", "stopped_early") if version < 4 else ())
+                    else ("inflation", "stopped_early", "calm_service") if version < 4 else ("calm_service",))
         d = _strict(data, cls, "a window", optional)
         if "verdict" not in d:
             d["verdict"] = verdicts.PASS if d["passed"] else verdicts.FAIL

@@ -1,0 +1,175 @@
+"""The rate at the bound from measured service times: a trace-driven replay of the shared queue.
+
+A window's over-bound share at one rate is unbiased, but it rests on the few slow moments that
+window happened to hold (one worker's tail comes in rare collapses: a 2-s window mostly shows
+none, now and then many), and on a noisy machine on whatever a neighbour took from the CPUs
+then. The replay asks the same question of the service times instead: every request a worker
+served while its CPUs were calm (no foreign load or steal over ``tuner.bench.interference``'s
+thresholds in that window) is a draw of what that worker takes per request; the workers' draws,
+replayed through the harness's own queue (Poisson arrivals, one FIFO, each request to the
+earliest free worker, latency from the scheduled arrival) over a run far longer than a window,
+give the long-run over-bound share at any rate, and the rate where it is ``1 - quantile`` is the
+estimate. The same arrivals and draws serve every rate tried (common random numbers), so the
+share grows with the rate and a bisection finds the root. The interval comes from replays of
+resampled service times (a block bootstrap: blocks of consecutive requests keep a worker's
+slow spells together) with fresh arrivals.
+
+What it assumes: a request's service time does not depend on the offered rate (the probe's
+closed loop and a window near the knee serve alike), and the calm windows' service times are
+the config's own. Both are checked against the windows: the P99 verdict at the measured rates
+keeps the last word on feasibility (``tuner.bench.measure``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_CALM_REQUESTS = 1500  # calm service times a worker kind needs before its replay is trusted
+BLOCK = 50  # requests per block of the bootstrap (a worker's slow spell stays together)
+ONE_WORKER_REQUESTS = 400_000  # replayed requests, one worker (a vectorised recursion: cheap)
+MANY_WORKER_REQUESTS = 20_000  # replayed requests, several workers (a Python loop over a heap)
+WARMUP_SHARE = 0.05  # of the replayed requests, left out: the queue starts empty
+BISECTIONS = 12  # over [0.01, 1.05] of the capacity: to 0.7%
+REPLICATE_BISECTIONS = 7  # a replicate's, over [0.6, 1.6] of the estimate: to 0.4%
+REPLICATES = 4  # bootstrap replicates of the interval (its ends: the lowest and highest of them and the estimate)
+
+
+@dataclass(frozen=True)
+class ReplayEstimate:
+    rate: float
+    low: float
+    high: float
+    requests: int  # calm service times it rests on
+
+
+def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool) -> np.ndarray:
+    """n service times: the sample cycled from a random start (its own order), or, bootstrapping,
+    blocks of ``BLOCK`` consecutive ones drawn with replacement; then the tail smoothed."""
+    if bootstrap:
+        block = min(BLOCK, sample.size)
+        starts = rng.integers(0, sample.size - block + 1, size=math.ceil(sample.size / block))
+        sample = sample[(starts[:, None] + np.arange(block)[None, :]).ravel()[: sample.size]]
+    start = int(rng.integers(sample.size))
+    out = np.resize(np.roll(sample, -start), n)
+    return _smooth_tail(rng, sample, out) if TAIL_SHARE > 0 else out
+
+
+TAIL_FROM_MEDIAN = 3.0  # the tail's threshold is at least this multiple of the median service time
+TAIL_SHARE = 0.01  # the slowest share of a sample whose excess over its threshold is fitted (0: none)
+
+
+def _smooth_tail(rng: np.random.Generator, sample: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Peaks over a threshold: the draws over the sample's (1 - ``TAIL_SHARE``) quantile u get
+    u plus an exponential excess whose mean is the sample's mean excess over u (its maximum
+    likelihood fit), so a replay far longer than the sample sees stalls longer than the sample's
+    few longest ones as often as their fitted tail says, and not only those few again and again."""
+    u = max(float(np.quantile(sample, 1 - TAIL_SHARE)), TAIL_FROM_MEDIAN * float(np.median(sample)))
+    excess = sample[sample > u] - u
+    if excess.size < 5:
+        return draws
+    high = draws > u
+    out = draws.copy()
+    out[high] = u + rng.exponential(float(excess.mean()), int(high.sum()))
+    return out
+
+
+def _share_one(gaps: np.ndarray, service: np.ndarray, rate: float, bound_s: float) -> float:
+    """Over-bound share of one worker's FIFO queue (Lindley's recursion, vectorised): waits
+    W_n = X_n - min_{k<=n} X_k with X the running sum of service minus inter-arrival."""
+    step = service[:-1] - gaps[1:] / rate
+    x = np.concatenate(([0.0], np.cumsum(step)))
+    wait = x - np.minimum.accumulate(np.minimum(x, 0.0))
+    latency = wait + service
+    skip = int(latency.size * WARMUP_SHARE)
+    return float(np.count_nonzero(latency[skip:] > bound_s)) / (latency.size - skip)
+
+
+def _share_many(gaps: np.ndarray, services: list[list[float]], rate: float, bound_s: float) -> float:
+    """Over-bound share of the workers' shared FIFO: each request to the earliest free worker,
+    which serves it with its own next service time."""
+    arrivals = (np.cumsum(gaps) / rate).tolist()
+    heap = [(0.0, w) for w in range(len(services))]
+    used = [0] * len(services)
+    skip = int(len(arrivals) * WARMUP_SHARE)
+    over = 0
+    for i, a in enumerate(arrivals):
+        free, w = heap[0]
+        mine = services[w]
+        s = mine[used[w] % len(mine)]
+        used[w] += 1
+        done = (a if a > free else free) + s
+        heapq.heapreplace(heap, (done, w))
+        if i >= skip and done - a > bound_s:
+            over += 1
+    return over / (len(arrivals) - skip)
+
+
+def _root(samples: Sequence[np.ndarray], bound_s: float, target: float, rng: np.random.Generator,
+          bootstrap: bool, near: float | None = None) -> float:
+    """The rate whose replayed over-bound share is ``target`` (bisection in log rate; ``near``: a
+    rate it lies within [0.6, 1.6] times of, found by fewer steps)."""
+    capacity = sum(1.0 / float(np.mean(s)) for s in samples)
+    one = len(samples) == 1
+    n = ONE_WORKER_REQUESTS if one else MANY_WORKER_REQUESTS
+    gaps = rng.exponential(1.0, n)
+    per = n if one else math.ceil(n / len(samples) * 2) + 16
+    draws = [_draw(rng, s, per, bootstrap) for s in samples]
+    if one:
+        def share(r: float) -> float:
+            return _share_one(gaps, draws[0], r, bound_s)
+    else:
+        lists = [d.tolist() for d in draws]
+
+        def share(r: float) -> float:
+            return _share_many(gaps, lists, r, bound_s)
+    lo, hi, steps = 0.01 * capacity, 1.05 * capacity, BISECTIONS
+    if near:
+        lo, hi, steps = 0.6 * near, min(1.6 * near, hi), REPLICATE_BISECTIONS
+        if share(lo) > target:
+            lo, hi, steps = 0.01 * capacity, lo, BISECTIONS
+    if share(lo) > target:
+        return 0.0
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        if share(mid) > target:
+            hi = mid
+        else:
+            lo = mid
+    return math.sqrt(lo * hi)
+
+
+def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, seed: int = 0,
+             replicates: int = REPLICATES) -> ReplayEstimate:
+    """The highest rate whose replayed long-run over-bound share is ``1 - quantile``, with the
+    range of ``replicates`` bootstrap replays as its interval; one sample per worker."""
+    rng = np.random.default_rng(seed)
+    target = 1 - quantile
+    rate = _root(samples, bound_s, target, rng, bootstrap=False)
+    roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None) for _ in range(replicates)]
+    distinct = {id(s): s.size for s in samples}  # workers of one kind share their pooled sample
+    return ReplayEstimate(rate, min([*roots, rate]), max([*roots, rate]), int(sum(distinct.values())))
+
+
+def worker_samples(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> list[np.ndarray] | None:
+    """One service-time sample per worker: its own calm service times when it has
+    ``MIN_CALM_REQUESTS``, else those of every worker of its kind (``kinds[w]``: workers of one
+    kind serve alike: the same CPUs and threads per worker); None when some kind has too few."""
+    by_kind: dict = {}
+    for w, parts in calm.items():
+        by_kind.setdefault(kinds[w], []).extend(parts)
+    pooled = {k: np.concatenate(parts) for k, parts in by_kind.items() if parts}
+    out = []
+    for w, kind in enumerate(kinds):
+        own = np.concatenate(calm[w]) if calm.get(w) else np.zeros(0)
+        if own.size >= MIN_CALM_REQUESTS:
+            out.append(own)
+            continue
+        if kind not in pooled or pooled[kind].size < MIN_CALM_REQUESTS:
+            return None
+        out.append(pooled[kind])
+    return out
