@@ -341,7 +341,7 @@ def calm_service(fleet: Fleet, segments: list[Segment]) -> tuple:
         if not calm:
             out.append(None)
             continue
-        parts = [s.completed[s.worker == w] - s.started[s.worker == w] for s in segments]
-        values = np.concatenate(parts) if parts else np.zeros(0)
+        served = [s.worker == w for s in segments]
+        values = np.concatenate([s.completed[m] - s.started[m] for s, m in zip(segments, served, strict=True)])
         out.append(values[np.isfinite(values)])
     return tuple(out)

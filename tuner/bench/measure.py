@@ -76,7 +76,7 @@ class MeasureSettings:
     start_rate: float | None = None  # where the estimate's first window goes (a race: the known answer)
     incumbent_rate: float | None = None  # the study's best so far: a config failing there stops at once
     # the figure from a replay of the calm windows' service times (tuner.bench.replay) where they
-    # are enough; experimental (2026-12-06): measured in the simulator, not yet on a real machine
+    # are enough; experimental (2026-12-06): simulated at 16 and 64 cores, one real-machine run
     replay: bool = False
     replay_wait_s: float = 10.0  # seconds a measurement short of calm service times waits for calm CPUs
 
@@ -182,25 +182,33 @@ def _replay_with_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: 
     not for a config already shown under the incumbent), first one closed-loop window once the
     CPUs are calm (waiting ``replay_wait_s`` at most; none if they never were), long enough for
     twice the service times the replay needs at the probe's rate (``REPLAY_TOP_UP_S`` at most)."""
-    replayed = _replayed(plan, [probe, *run_log], settings.p99_bound_s, settings)
+    replayed = _replayed(plan, [probe, *run_log], settings)
     if replayed is not None or settings.replay_wait_s <= 0 or not top_up:
         return replayed
     waited, calm = _wait_for_calm(fleet, [settings.replay_wait_s])
     if not calm:  # no calm look in the time allowed: a window now would be disturbed too
         say(f"too few calm service times to replay, and no calm CPUs in {waited:.1f} s: the windows' estimate")
         return None
-    need_s = 2 * replay.MIN_CALM_REQUESTS / max(probe.achieved_rate, 1e-9)
-    seconds = min(REPLAY_TOP_UP_S, max(settings.window_s, need_s))
-    say(f"too few calm service times to replay: {seconds:.1f} s closed loop after {waited:.1f} s waiting for calm CPUs")
-    run_log.append(run_offline_window(fleet, seconds, settings.p99_bound_s, settings.verdicts))
-    return _replayed(plan, [probe, *run_log], settings.p99_bound_s, settings)
+    say(f"too few calm service times to replay: closed loop after {waited:.1f} s waiting for calm CPUs")
+    _top_up(fleet, probe, run_log, settings, settings.window_s)
+    return _replayed(plan, [probe, *run_log], settings)
+
+
+def _top_up(fleet: Fleet, probe: WindowResult, run_log: list[WindowResult], settings: MeasureSettings,
+            shortest_s: float, have_s: float = 0.0) -> None:
+    """One closed-loop window (appended to ``run_log``) long enough, at the probe's rate, for twice
+    the calm service times a replay needs, less ``have_s`` seconds' worth already calm:
+    ``shortest_s`` to ``REPLAY_TOP_UP_S``."""
+    need_s = 2 * replay.MIN_CALM_REQUESTS / max(probe.achieved_rate, 1e-9) - have_s
+    run_log.append(run_offline_window(fleet, min(REPLAY_TOP_UP_S, max(shortest_s, need_s)),
+                                      settings.p99_bound_s, settings.verdicts))
 
 
 REPLAY_TOP_UP_S = 5.0
 REPLAY_CHECK = 0.9  # where the window checking a replayed probe goes, as a share of its rate
 
 
-def _replayed(plan: Plan, windows: list[WindowResult], bound: float, settings: MeasureSettings):
+def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings):
     """The replay's estimate (tuner.bench.replay) from every window's calm service times, or None
     where some kind of worker has too few, or a worker batches (one run serves several requests:
     the replay's queue serves one at a time)."""
@@ -215,7 +223,7 @@ def _replayed(plan: Plan, windows: list[WindowResult], bound: float, settings: M
     samples = replay.worker_samples(calm, kinds)
     if samples is None:
         return None
-    answer = replay.estimate(samples, bound, stats.DEFAULT_QUANTILE, seed=settings.seed)
+    answer = replay.estimate(samples, settings.p99_bound_s, stats.DEFAULT_QUANTILE, seed=settings.seed)
     return replace(answer, requests=sum(v.size for parts in calm.values() for v in parts))
 
 
@@ -253,13 +261,11 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
 
     refuted = False
     if settings.estimator == ESTIMATE and settings.replay:
-        early = _replayed(fleet.plan, [probe], settings.p99_bound_s, settings)
+        early = _replayed(fleet.plan, [probe], settings)
         if early is None and not probe.interference.disturbed and probe.achieved_rate > 0:
             # too few calm service times: more closed loop now, while the CPUs are calm
-            seconds = min(REPLAY_TOP_UP_S, max(settings.window_s / 4, 2 * replay.MIN_CALM_REQUESTS / probe.achieved_rate
-                                               - probe.duration_s))
-            run_log.append(run_offline_window(fleet, seconds, settings.p99_bound_s, settings.verdicts))
-            early = _replayed(fleet.plan, [probe, run_log[-1]], settings.p99_bound_s, settings)
+            _top_up(fleet, probe, run_log, settings, settings.window_s / 4, have_s=probe.duration_s)
+            early = _replayed(fleet.plan, [probe, run_log[-1]], settings)
         if early is not None and early.rate > 0:
             # the probe's calm service times already say where the answer is: one window checks it,
             # a little under it

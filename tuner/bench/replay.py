@@ -44,7 +44,7 @@ class ReplayEstimate:
     rate: float
     low: float
     high: float
-    requests: int  # calm service times it rests on
+    requests: int = 0  # calm service times it rests on (the caller's count: workers may share a sample)
 
 
 def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool) -> np.ndarray:
@@ -64,7 +64,8 @@ TAIL_SHARE = 0.01  # the slowest share of a sample whose excess over its thresho
 
 
 def _smooth_tail(rng: np.random.Generator, sample: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Peaks over a threshold: the draws over the sample's (1 - ``TAIL_SHARE``) quantile u get
+    """Peaks over a threshold: the draws over u, the sample's (1 - ``TAIL_SHARE``) quantile or
+    ``TAIL_FROM_MEDIAN`` times its median, whichever is higher (where stalls begin), get
     u plus an exponential excess whose mean is the sample's mean excess over u (its maximum
     likelihood fit), so a replay far longer than the sample sees stalls longer than the sample's
     few longest ones as often as their fitted tail says, and not only those few again and again."""
@@ -151,8 +152,7 @@ def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, see
     target = 1 - quantile
     rate = _root(samples, bound_s, target, rng, bootstrap=False)
     roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None) for _ in range(replicates)]
-    distinct = {id(s): s.size for s in samples}  # workers of one kind share their pooled sample
-    return ReplayEstimate(rate, min([*roots, rate]), max([*roots, rate]), int(sum(distinct.values())))
+    return ReplayEstimate(rate, min([*roots, rate]), max([*roots, rate]))
 
 
 def worker_samples(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> list[np.ndarray] | None:
