@@ -3,6 +3,7 @@ pooling of workers' samples, and its figure on the simulated fleet (simulated ti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -50,6 +51,30 @@ def test_a_worker_short_of_calm_samples_borrows_its_kinds_and_a_kind_with_none_i
     samples = replay.worker_samples({0: [a], 1: [b]}, kinds=[4, 4])
     assert samples is not None and samples[0].size == a.size and samples[1].size == a.size + b.size
     assert replay.worker_samples({0: [a]}, kinds=[4, 1]) is None  # no one-core worker was ever calm
+
+
+def test_the_tail_takes_the_pools_mean_excess_only_where_the_own_agrees_with_it():
+    rng = np.random.default_rng(5)
+    own = rng.exponential(0.020, 15)
+    agreeing = (0.020 * 1000, 1000)  # 1,000 excesses of mean 20 ms
+    expected = (own.sum() + agreeing[0]) / (own.size + agreeing[1])
+    assert replay.tail_mean(own, agreeing) == pytest.approx(expected)
+    assert replay.tail_mean(own, (0.2 * 1000, 1000)) == pytest.approx(own.mean())  # a pool 10x longer: own
+    assert replay.tail_mean(own, (0.020 * 10, 10)) == pytest.approx(own.mean())  # too few pooled
+
+
+def test_a_measurements_excesses_join_the_pool_once_and_count_for_the_others():
+    rng = np.random.default_rng(6)
+    pool = replay.TailPool()
+    sample = 0.002 + rng.exponential(0.0005, 3000) + (rng.random(3000) < 0.02) * rng.exponential(0.02, 3000)
+    replay.estimate([sample], 0.05, 0.99, seed=1, replicates=1, pool=pool, key="a")
+    replay.estimate([sample, sample], 0.05, 0.99, seed=1, replicates=1, pool=pool, key="a")  # the same measurement
+    count = replay.excesses(sample).size
+    assert pool.others("b") == (pytest.approx(replay.excesses(sample).sum()), count)
+    assert pool.others("a") == (0.0, 0)
+    settings = MeasureSettings(p99_bound_s=0.05)
+    assert dataclasses.replace(settings, seed=3).tails is settings.tails  # a study's measurements share one
+    assert MeasureSettings(p99_bound_s=0.05).tails is not settings.tails
 
 
 @pytest.mark.parametrize("noise", [QUIET, VM], ids=["quiet", "vm"])

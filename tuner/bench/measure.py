@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from tuner.bench.launcher import machine_metadata as machine_metadata
 from tuner.bench.loadgen import VerdictSettings, run_offline_window, run_server_window, settle_s
 from tuner.bench.model import ModelInfo
 from tuner.bench.ratesearch import SearchOutcome, search_rate
+from tuner.bench.replay import TailPool
 from tuner.errors import UsageError
 from tuner.machine.placement import Plan
 from tuner.results.records import Interference, TrialResult, WindowResult
@@ -79,6 +80,9 @@ class MeasureSettings:
     # are enough; experimental (2026-12-06): simulated at 16 and 64 cores, one real-machine run
     replay: bool = False
     replay_wait_s: float = 10.0  # seconds a measurement short of calm service times waits for calm CPUs
+    # the stalls seen by every measurement made with these settings or a replace() of them (a study's,
+    # its screening's and its race's): the replay's tails count them (tuner.bench.replay.TailPool)
+    tails: TailPool = field(default_factory=TailPool, compare=False, repr=False)
 
     @property
     def verdicts(self) -> VerdictSettings:
@@ -120,6 +124,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     bound = settings.p99_bound_s
     windows: list[WindowResult] = []
     notes: list[str] = []
+    key = object()  # this measurement's share of the replay's tail pool
     with (fleet_factory or launch)(plan, model, settings) as fleet:
         inside_began, fleet_began = time.monotonic(), fleet.clock()
         seen = fleet.placement_seen()
@@ -133,12 +138,12 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         windows.append(probe)
         capacity = probe.achieved_rate
         run_log: list[WindowResult] = []
-        outcome = (_server_search(fleet, settings, probe, rng, say, run_log) if settings.scenario == "server"
+        outcome = (_server_search(fleet, settings, probe, rng, say, run_log, key) if settings.scenario == "server"
                    else None)
         replayed = None
         if (settings.replay and isinstance(outcome, EstimateOutcome) and outcome.estimate.rate > 0
                 and not outcome.replay_refuted):
-            replayed = _replay_with_top_up(fleet, plan, probe, run_log, settings, say,
+            replayed = _replay_with_top_up(fleet, plan, probe, run_log, settings, say, key,
                                            top_up=outcome.stopped != "below incumbent")
         fleet.check_alive()
         machine = fleet.machine_info()
@@ -154,6 +159,11 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
             throughput, throughput_ci = replayed.rate, (replayed.low, replayed.high)
             notes.append(f"figure from a replay of {replayed.requests} calm service times "
                          f"(the windows' own estimate: {outcome.estimate.rate:.1f} req/s)")
+        elif feasible and settings.replay and (disturbed := sum(w.interference.disturbed for w in run_log)) \
+                and outcome.stopped != "below incumbent" and not outcome.replay_refuted:
+            notes.append(f"too few calm service times to replay: the figure is the windows' estimate, and {disturbed} "
+                         f"of {len(run_log)} windows were disturbed (other load or steal on its CPUs): on calm CPUs "
+                         "it is likely higher")
         if outcome.stopped == "below incumbent":
             notes.append(f"failed at the incumbent's rate {outcome.windows[0].offered_rate:.1f} req/s: "
                          "stopped there (its estimate rests on that window)")
@@ -177,21 +187,21 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
 
 
 def _replay_with_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
-                        settings: MeasureSettings, say: ProgressFn, top_up: bool = True):
+                        settings: MeasureSettings, say: ProgressFn, key: object, top_up: bool = True):
     """The replay's estimate; where some kind of worker was never calm long enough (and ``top_up``:
-    not for a config already shown under the incumbent), first one closed-loop window once the
-    CPUs are calm (waiting ``replay_wait_s`` at most; none if they never were), long enough for
+    not for a config already shown under the incumbent), first one closed-loop window once some
+    worker of each size has calm CPUs (waiting ``replay_wait_s`` at most; none if none had), long enough for
     twice the service times the replay needs at the probe's rate (``REPLAY_TOP_UP_S`` at most)."""
-    replayed = _replayed(plan, [probe, *run_log], settings)
+    replayed = _replayed(plan, [probe, *run_log], settings, key)
     if replayed is not None or settings.replay_wait_s <= 0 or not top_up:
         return replayed
-    waited, calm = _wait_for_calm(fleet, [settings.replay_wait_s])
+    waited, calm = _wait_for_calm(fleet, [settings.replay_wait_s], any_of_each=True)
     if not calm:  # no calm look in the time allowed: a window now would be disturbed too
         say(f"too few calm service times to replay, and no calm CPUs in {waited:.1f} s: the windows' estimate")
         return None
     say(f"too few calm service times to replay: closed loop after {waited:.1f} s waiting for calm CPUs")
     _top_up(fleet, probe, run_log, settings, settings.window_s)
-    return _replayed(plan, [probe, *run_log], settings)
+    return _replayed(plan, [probe, *run_log], settings, key)
 
 
 def _top_up(fleet: Fleet, probe: WindowResult, run_log: list[WindowResult], settings: MeasureSettings,
@@ -208,7 +218,7 @@ REPLAY_TOP_UP_S = 5.0
 REPLAY_CHECK = 0.9  # where the window checking a replayed probe goes, as a share of its rate
 
 
-def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings):
+def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings, key: object):
     """The replay's estimate (tuner.bench.replay) from every window's calm service times, or None
     where some kind of worker has too few, or a worker batches (one run serves several requests:
     the replay's queue serves one at a time)."""
@@ -223,12 +233,14 @@ def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings
     samples = replay.worker_samples(calm, kinds)
     if samples is None:
         return None
-    answer = replay.estimate(samples, settings.p99_bound_s, stats.DEFAULT_QUANTILE, seed=settings.seed)
+    answer = replay.estimate(samples, settings.p99_bound_s, stats.DEFAULT_QUANTILE, seed=settings.seed,
+                             pool=settings.tails, key=key)
     return replace(answer, requests=sum(v.size for parts in calm.values() for v in parts))
 
 
 def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult, rng: np.random.Generator,
-                   say: ProgressFn, run_log: list[WindowResult]) -> SearchOutcome | EstimateOutcome | None:
+                   say: ProgressFn, run_log: list[WindowResult], key: object = None
+                   ) -> SearchOutcome | EstimateOutcome | None:
     """The rate search, unless the unloaded P99 is proven over the bound (then None). Every window
     run, disturbed ones included, is appended to ``run_log``; a disturbed window (steal or foreign
     load over the thresholds of tuner.bench.interference) is re-run, ``disturbed_reruns`` times at most
@@ -261,11 +273,11 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
 
     refuted = False
     if settings.estimator == ESTIMATE and settings.replay:
-        early = _replayed(fleet.plan, [probe], settings)
+        early = _replayed(fleet.plan, [probe], settings, key)
         if early is None and not probe.interference.disturbed and probe.achieved_rate > 0:
             # too few calm service times: more closed loop now, while the CPUs are calm
             _top_up(fleet, probe, run_log, settings, settings.window_s / 4, have_s=probe.duration_s)
-            early = _replayed(fleet.plan, [probe, run_log[-1]], settings)
+            early = _replayed(fleet.plan, [probe, run_log[-1]], settings, key)
         if early is not None and early.rate > 0:
             # the probe's calm service times already say where the answer is: one window checks it,
             # a little under it
@@ -286,11 +298,17 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
 CALM_POLL_S = 0.5  # how long each look for calm CPUs lasts
 
 
-def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> tuple[float, bool]:
+def _wait_for_calm(fleet: Fleet, wait_left: list[float], any_of_each: bool = False) -> tuple[float, bool]:
     """Idle in ``CALM_POLL_S`` looks until one finds the trial's CPUs calm (no steal or foreign load
     over ``tuner.bench.interference``'s thresholds) or ``wait_left[0]`` seconds are spent; the
-    seconds waited (taken from ``wait_left``), and whether a look found them calm."""
-    cpus = sorted({c for w in fleet.plan.workers for c in w.cpus})
+    seconds waited (taken from ``wait_left``), and whether a look found them calm. With
+    ``any_of_each`` (what a replay needs) one calm worker of each size is enough: its service
+    times stand for its size's."""
+    workers = fleet.plan.workers
+    cpus = sorted({c for w in workers for c in w.cpus})
+    by_size: dict[int, list[list[int]]] = {}
+    for w in workers:
+        by_size.setdefault(len(w.cpus), []).append(sorted(w.cpus))
     waited = 0.0
     while wait_left[0] >= CALM_POLL_S:
         before, cpu_before = fleet.snapshot(), fleet.cpu_seconds()
@@ -302,7 +320,12 @@ def _wait_for_calm(fleet: Fleet, wait_left: list[float]) -> tuple[float, bool]:
         cpus = cpus or sorted(before.cpu)
         wait_left[0] -= elapsed
         waited += elapsed
-        if not interference.window_interference(before, after, cpus, elapsed, own)["disturbed"]:
+        if any_of_each and all(w.cpus for w in workers):  # (an unpinned worker's CPUs are the machine's)
+            share = own / max(1, len(cpus))  # the idle fleet's own CPU time, spread over its CPUs
+            if all(any(interference.worker_calm(before, after, group, elapsed, share * len(group))
+                       for group in groups) for groups in by_size.values()):
+                return waited, True
+        elif not interference.window_interference(before, after, cpus, elapsed, own)["disturbed"]:
             return waited, True
     return waited, False
 

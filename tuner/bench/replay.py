@@ -47,36 +47,91 @@ class ReplayEstimate:
     requests: int = 0  # calm service times it rests on (the caller's count: workers may share a sample)
 
 
-def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool) -> np.ndarray:
+def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool,
+          pooled: tuple[float, int] = (0.0, 0)) -> np.ndarray:
     """n service times: the sample cycled from a random start (its own order), or, bootstrapping,
-    blocks of ``BLOCK`` consecutive ones drawn with replacement; then the tail smoothed."""
+    blocks of ``BLOCK`` consecutive ones drawn with replacement; then the tail smoothed (``pooled``:
+    the other measurements' excesses, see ``TailPool``)."""
     if bootstrap:
         block = min(BLOCK, sample.size)
         starts = rng.integers(0, sample.size - block + 1, size=math.ceil(sample.size / block))
         sample = sample[(starts[:, None] + np.arange(block)[None, :]).ravel()[: sample.size]]
     start = int(rng.integers(sample.size))
     out = np.resize(np.roll(sample, -start), n)
-    return _smooth_tail(rng, sample, out) if TAIL_SHARE > 0 else out
+    return _smooth_tail(rng, sample, out, pooled) if TAIL_SHARE > 0 else out
 
 
 TAIL_FROM_MEDIAN = 3.0  # the tail's threshold is at least this multiple of the median service time
 TAIL_SHARE = 0.01  # the slowest share of a sample whose excess over its threshold is fitted (0: none)
 
 
-def _smooth_tail(rng: np.random.Generator, sample: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Peaks over a threshold: the draws over u, the sample's (1 - ``TAIL_SHARE``) quantile or
-    ``TAIL_FROM_MEDIAN`` times its median, whichever is higher (where stalls begin), get
-    u plus an exponential excess whose mean is the sample's mean excess over u (its maximum
-    likelihood fit), so a replay far longer than the sample sees stalls longer than the sample's
+def _threshold(sample: np.ndarray) -> float:
+    """Where a sample's tail begins: its (1 - ``TAIL_SHARE``) quantile or ``TAIL_FROM_MEDIAN`` times
+    its median, whichever is higher (where stalls begin)."""
+    return max(float(np.quantile(sample, 1 - TAIL_SHARE)), TAIL_FROM_MEDIAN * float(np.median(sample)))
+
+
+def excesses(sample: np.ndarray) -> np.ndarray:
+    """The sample's excesses over its threshold (``_threshold``)."""
+    u = _threshold(sample)
+    return sample[sample > u] - u
+
+
+POOL_AGREEMENT = 2.0  # the own mean excess may differ from the pool's by this many standard errors (log scale)
+MIN_POOLED = 50  # excesses the other measurements need before the pool counts
+
+
+def tail_mean(own: np.ndarray, pooled: tuple[float, int] = (0.0, 0)) -> float:
+    """The mean excess of the fitted exponential tail: the sample's own (its maximum likelihood
+    fit), or, where ``pooled`` (sum, count of the other measurements' excesses) holds
+    ``MIN_POOLED`` and the own mean agrees with the pool's (their log ratio within
+    ``POOL_AGREEMENT`` / sqrt(own count): the standard error of an exponential's log mean), the
+    mean of both together."""
+    total, count = pooled
+    mine = float(own.mean())
+    if count >= MIN_POOLED and total > 0:
+        theirs = total / count
+        if abs(math.log(mine / theirs)) <= POOL_AGREEMENT / math.sqrt(own.size):
+            return (float(own.sum()) + total) / (own.size + count)
+    return mine
+
+
+def _smooth_tail(rng: np.random.Generator, sample: np.ndarray, draws: np.ndarray,
+                 pooled: tuple[float, int] = (0.0, 0)) -> np.ndarray:
+    """Peaks over a threshold: the draws over u (``_threshold``) get u plus an exponential excess
+    whose mean is the sample's mean excess over u (``tail_mean``: with the other measurements'
+    where they agree), so a replay far longer than the sample sees stalls longer than the sample's
     few longest ones as often as their fitted tail says, and not only those few again and again."""
-    u = max(float(np.quantile(sample, 1 - TAIL_SHARE)), TAIL_FROM_MEDIAN * float(np.median(sample)))
+    u = _threshold(sample)
     excess = sample[sample > u] - u
-    if excess.size < 5:
+    if excess.size < 5 or excess.mean() <= 0:
         return draws
     high = draws > u
     out = draws.copy()
-    out[high] = u + rng.exponential(float(excess.mean()), int(high.sum()))
+    out[high] = u + rng.exponential(tail_mean(excess, pooled), int(high.sum()))
     return out
+
+
+class TailPool:
+    """The stalls a study has seen: per measurement, the sum and count of its calm samples'
+    excesses over their thresholds. How long a stall lasts is the machine's (a preempted vCPU, an
+    interrupt storm: every worker sees the same lengths), how often it comes is the config's; a
+    one-worker config's replay rests on the few dozen stalls of its own sample, and its rate at the
+    bound moves about 3.5x as much as the fitted mean excess (simulated: reported / true 0.54-1.54
+    from 1,500 service times, 0.80-1.21 with the pool's mean; ``experiments/results/sim-2026-12-06-pool``).
+    A measurement's own mean is kept where the pool's disagrees with it (``tail_mean``)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[object, tuple[float, int]] = {}
+
+    def put(self, key: object, values: np.ndarray) -> None:
+        """A measurement's excesses (its last call wins: a measurement replays more than once)."""
+        self._parts[key] = (float(values.sum()), int(values.size))
+
+    def others(self, key: object) -> tuple[float, int]:
+        """Sum and count of the excesses of every measurement but ``key``."""
+        parts = [v for k, v in self._parts.items() if k is not key]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
 def _share_one(gaps: np.ndarray, service: np.ndarray, rate: float, bound_s: float) -> float:
@@ -111,7 +166,7 @@ def _share_many(gaps: np.ndarray, services: list[list[float]], rate: float, boun
 
 
 def _root(samples: Sequence[np.ndarray], bound_s: float, target: float, rng: np.random.Generator,
-          bootstrap: bool, near: float | None = None) -> float:
+          bootstrap: bool, near: float | None = None, pooled: tuple[float, int] = (0.0, 0)) -> float:
     """The rate whose replayed over-bound share is ``target`` (bisection in log rate; ``near``: a
     rate it lies within [0.6, 1.6] times of, found by fewer steps)."""
     capacity = sum(1.0 / float(np.mean(s)) for s in samples)
@@ -119,7 +174,7 @@ def _root(samples: Sequence[np.ndarray], bound_s: float, target: float, rng: np.
     n = ONE_WORKER_REQUESTS if one else MANY_WORKER_REQUESTS
     gaps = rng.exponential(1.0, n)
     per = n if one else math.ceil(n / len(samples) * 2) + 16
-    draws = [_draw(rng, s, per, bootstrap) for s in samples]
+    draws = [_draw(rng, s, per, bootstrap, pooled) for s in samples]
     if one:
         def share(r: float) -> float:
             return _share_one(gaps, draws[0], r, bound_s)
@@ -145,13 +200,21 @@ def _root(samples: Sequence[np.ndarray], bound_s: float, target: float, rng: np.
 
 
 def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, seed: int = 0,
-             replicates: int = REPLICATES) -> ReplayEstimate:
+             replicates: int = REPLICATES, pool: TailPool | None = None, key: object = None) -> ReplayEstimate:
     """The highest rate whose replayed long-run over-bound share is ``1 - quantile``, with the
-    range of ``replicates`` bootstrap replays as its interval; one sample per worker."""
+    range of ``replicates`` bootstrap replays as its interval; one sample per worker. With a
+    ``pool``, the tails' mean excess counts the other measurements' stalls, and this one's
+    (``key``) are added to it."""
     rng = np.random.default_rng(seed)
     target = 1 - quantile
-    rate = _root(samples, bound_s, target, rng, bootstrap=False)
-    roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None) for _ in range(replicates)]
+    pooled = (0.0, 0)
+    if pool is not None:
+        pooled = pool.others(key)
+        distinct = {id(s): s for s in samples}.values()  # workers of a kind share their pooled sample
+        pool.put(key, np.concatenate([excesses(s) for s in distinct]))
+    rate = _root(samples, bound_s, target, rng, bootstrap=False, pooled=pooled)
+    roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None, pooled=pooled)
+             for _ in range(replicates)]
     return ReplayEstimate(rate, min([*roots, rate]), max([*roots, rate]))
 
 

@@ -49,13 +49,15 @@ def baselines(topology: Topology) -> list[tuple[str, Params]]:
     chunk = max(1, min(4, per_node))
     # bound to nodes, an instance never straddles two: 10-core nodes hold 2 instances of 4 each
     instances = sum(sum(1 for c in cores if c.node == n) // chunk for n in nodes) if multi else n_cores // chunk
+    # measured in this order: the many-worker configs first, so that the replay's tail pool
+    # (tuner.bench.replay.TailPool) holds their stalls when the one-worker configs come
     candidates = [
-        ("ort_default", Params(workers=1, pin=False, intra_op_threads=0)),
+        ("one_per_core", Params(workers=n_cores, cores_per_worker=1, intra_op_threads=1, numa_policy=policy)),
         ("intel_throughput", Params(workers=max(1, instances), cores_per_worker=chunk,
                                     intra_op_threads=chunk, numa_policy=policy)),
         ("intel_latency", Params(workers=len(nodes), cores_per_worker=max(1, per_node),
                                  intra_op_threads=max(1, per_node), numa_policy=policy)),
-        ("one_per_core", Params(workers=n_cores, cores_per_worker=1, intra_op_threads=1, numa_policy=policy)),
+        ("ort_default", Params(workers=1, pin=False, intra_op_threads=0)),
     ]
     merged: dict[Params, list[str]] = {}
     for name, params in candidates:
