@@ -36,7 +36,9 @@ MANY_WORKER_REQUESTS = 20_000  # replayed requests, several workers (a Python lo
 WARMUP_SHARE = 0.05  # of the replayed requests, left out: the queue starts empty
 BISECTIONS = 12  # over [0.01, 1.05] of the capacity: to 0.7%
 REPLICATE_BISECTIONS = 7  # a replicate's, over [0.6, 1.6] of the estimate: to 0.4%
-REPLICATES = 4  # bootstrap replicates of the interval (its ends: the lowest and highest of them and the estimate)
+REPLICATES = 4  # bootstrap replicates of the interval (``_interval``)
+# Student's t at 97.5% by degrees of freedom: 4 replicates' spread, stretched to a 95% interval
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,20 @@ def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, see
     rate = _root(samples, bound_s, target, rng, bootstrap=False, pooled=pooled)
     roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None, pooled=pooled)
              for _ in range(replicates)]
-    return ReplayEstimate(rate, min([*roots, rate]), max([*roots, rate]))
+    low, high = _interval(rate, roots)
+    return ReplayEstimate(rate, low, high)
+
+
+def _interval(rate: float, roots: Sequence[float]) -> tuple[float, float]:
+    """The estimate times exp(+-t x the replicates' standard deviation of log rate), and never
+    narrower than their range: 4 replicates' range alone held the truth in about 60% of replays
+    of simulated calm samples (``experiments/replay_tail.py``)."""
+    low, high = min([*roots, rate]), max([*roots, rate])
+    logs = np.log([r for r in roots if r > 0])
+    if rate <= 0 or logs.size < 2:
+        return low, high
+    half = T975.get(logs.size - 1, 1.96) * float(np.std(logs, ddof=1))
+    return min(low, rate * math.exp(-half)), max(high, rate * math.exp(half))
 
 
 def worker_samples(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> list[np.ndarray] | None:
