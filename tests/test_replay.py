@@ -95,3 +95,13 @@ def test_a_measurement_with_replay_reports_near_the_truth_for_one_worker_per_cor
         assert result.throughput_ci[0] <= result.throughput <= result.throughput_ci[1]
         ratios.append(result.throughput / truth)
     assert 0.9 <= float(np.median(ratios)) <= 1.1, ratios
+
+
+def test_the_interval_stretches_the_replicates_spread_to_95_percent_and_keeps_their_range():
+    low, high = replay._interval(100.0, [90.0, 95.0, 105.0, 110.0])
+    spread = float(np.std(np.log([90.0, 95.0, 105.0, 110.0]), ddof=1))
+    assert low == pytest.approx(100.0 * math.exp(-3.18 * spread))
+    assert high == pytest.approx(100.0 * math.exp(3.18 * spread))
+    assert low < 90.0 and high > 110.0
+    assert replay._interval(100.0, [100.0]) == (100.0, 100.0)  # one replicate: its range only
+    assert replay._interval(0.0, [0.0, 5.0]) == (0.0, 5.0)

@@ -103,7 +103,7 @@ def measure(  # over 60 lines: typer reads its 26 options from the signature
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
     confidence: ConfidenceOpt = 0.95,
-    estimator: EstimatorOpt = "estimate",
+    estimator: EstimatorOpt = "replay",
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,

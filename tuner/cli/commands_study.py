@@ -79,7 +79,7 @@ def optimize(  # over 60 lines: typer reads its 31 options from the signature; t
     worker_memory_limit: MemLimitOpt = None,
     hang_timeout: HangOpt = "30s",
     confidence: ConfidenceOpt = 0.95,
-    estimator: EstimatorOpt = "estimate",
+    estimator: EstimatorOpt = "replay",
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,

@@ -63,12 +63,13 @@ HangOpt = Annotated[str, typer.Option("--hang-timeout", help="A worker that has 
 ConfidenceOpt = Annotated[float, typer.Option("--confidence", help="Confidence of each window's P99 verdict "
                                               "(pass / fail / undecided), between 0.5 and 1.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Minimum duration of a measurement window.")]
-EstimatorOpt = Annotated[str, typer.Option("--estimator", help="estimate: the fitted highest rate at the bound "
-                                           "with its bracket (default) | replay: the same windows, the figure "
-                                           "from a replay of the calm windows' service times through the "
-                                           "queue where there are enough (experimental, docs/measurement.md) "
-                                           "| bound: the highest rate proven to pass (bisection on verdicts, "
-                                           "the rule before 2026-12-05).")]
+EstimatorOpt = Annotated[str, typer.Option("--estimator", help="replay (default): the windows' figure replaced by a "
+                                           "replay of the service times the workers served on calm CPUs, "
+                                           "through the harness's queue, where there are enough "
+                                           "(docs/measurement.md) | estimate: the highest rate at the bound "
+                                           "fitted to the windows' over-bound shares, with its bracket | bound: "
+                                           "the highest rate proven to pass (bisection on verdicts, the rule "
+                                           "before 2026-12-05).")]
 StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name (default: the only study in the "
                                               "storage).")]
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file "
