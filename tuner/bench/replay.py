@@ -119,8 +119,8 @@ class TailPool:
     excesses over their thresholds. How long a stall lasts is the machine's (a preempted vCPU, an
     interrupt storm: every worker sees the same lengths), how often it comes is the config's; a
     one-worker config's replay rests on the few dozen stalls of its own sample, and its rate at the
-    bound moves about 3.5x as much as the fitted mean excess (simulated: reported / true 0.54-1.54
-    from 1,500 service times, 0.80-1.21 with the pool's mean; ``experiments/results/sim-2026-12-06-pool``).
+    bound moves about 3.5x as much as the fitted mean excess (simulated, 10%-90% of replayed / true
+    from 1,500 service times: 0.52-1.68, with the pool 0.67-1.36; ``experiments/replay_tail.py``).
     A measurement's own mean is kept where the pool's disagrees with it (``tail_mean``)."""
 
     def __init__(self) -> None:
@@ -223,7 +223,7 @@ def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, see
 
 def _interval(rate: float, roots: Sequence[float]) -> tuple[float, float]:
     """The estimate times exp(+-t x the replicates' standard deviation of log rate), and never
-    narrower than their range: 4 replicates' range alone held the truth in about 60% of replays
+    narrower than their range: 4 replicates' range alone held the truth in 40-75% of replays
     of simulated calm samples (``experiments/replay_tail.py``)."""
     low, high = min([*roots, rate]), max([*roots, rate])
     logs = np.log([r for r in roots if r > 0])
