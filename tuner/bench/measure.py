@@ -141,7 +141,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         outcome = (_server_search(fleet, settings, probe, rng, say, run_log, key) if settings.scenario == "server"
                    else None)
         replayed = None
-        if (settings.replay and isinstance(outcome, EstimateOutcome) and outcome.estimate.rate > 0
+        if (_replayable(plan, settings) and isinstance(outcome, EstimateOutcome) and outcome.estimate.rate > 0
                 and not outcome.replay_refuted):
             replayed = _replay_with_top_up(fleet, plan, probe, run_log, settings, say, key,
                                            top_up=outcome.stopped != "below incumbent")
@@ -159,8 +159,9 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
             throughput, throughput_ci = replayed.rate, (replayed.low, replayed.high)
             notes.append(f"figure from a replay of {replayed.requests} calm service times "
                          f"(the windows' own estimate: {outcome.estimate.rate:.1f} req/s)")
-        elif feasible and settings.replay and (disturbed := sum(w.interference.disturbed for w in run_log)) \
-                and outcome.stopped != "below incumbent" and not outcome.replay_refuted:
+        elif (feasible and _replayable(plan, settings)
+              and (disturbed := sum(w.interference.disturbed for w in run_log))
+              and outcome.stopped != "below incumbent" and not outcome.replay_refuted):
             notes.append(f"too few calm service times to replay: the figure is the windows' estimate, and {disturbed} "
                          f"of {len(run_log)} windows were disturbed (other load or steal on its CPUs): on calm CPUs "
                          "it is likely higher")
@@ -222,6 +223,14 @@ TOP_UP_MARGIN = 1.5  # over what the replay needs: part of a top-up may be distu
 REPLAY_CHECK = 0.9  # where the window checking a replayed probe goes, as a share of its rate
 
 
+def _replayable(plan: Plan, settings: MeasureSettings) -> bool:
+    """Whether the replay may give this config's figure: asked for, and no worker batches (one run
+    serves several requests: the replay's queue serves one at a time). A batching config gets no
+    closed-loop top-up and no wait for calm CPUs either: in the README's first command two
+    batching entrants of the race spent them for nothing."""
+    return settings.replay and (getattr(plan.params, "max_batch", 1) or 1) <= 1
+
+
 def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings, key: object):
     """The replay's estimate (tuner.bench.replay) from every window's calm service times, or None
     where some kind of worker has too few, or a worker batches (one run serves several requests:
@@ -276,7 +285,7 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
                 + (f" after {waited:.1f} s waiting for calm CPUs" if waited else ""))
 
     refuted = False
-    if settings.estimator == ESTIMATE and settings.replay:
+    if settings.estimator == ESTIMATE and _replayable(fleet.plan, settings):
         early = _replayed(fleet.plan, [probe], settings, key)
         if early is None and not probe.interference.disturbed and probe.achieved_rate > 0:
             # too few calm service times: more closed loop now, while the CPUs are calm
