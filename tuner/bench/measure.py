@@ -77,7 +77,8 @@ class MeasureSettings:
     start_rate: float | None = None  # where the estimate's first window goes (a race: the known answer)
     incumbent_rate: float | None = None  # the study's best so far: a config failing there stops at once
     # the figure from a replay of the calm windows' service times (tuner.bench.replay) where they
-    # are enough; experimental (2026-12-06): simulated at 16 and 64 cores, one real-machine run
+    # are enough; the CLI's default since 2026-12-06 (--estimator replay), False here for callers
+    # that build their own settings (experiments, deployments)
     replay: bool = False
     replay_wait_s: float = 10.0  # seconds a measurement short of calm service times waits for calm CPUs
     # the stalls seen by every measurement made with these settings or a replace() of them (a study's,
@@ -233,10 +234,7 @@ def _replayable(plan: Plan, settings: MeasureSettings) -> bool:
 
 def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings, key: object):
     """The replay's estimate (tuner.bench.replay) from every window's calm service times, or None
-    where some kind of worker has too few, or a worker batches (one run serves several requests:
-    the replay's queue serves one at a time)."""
-    if (getattr(plan.params, "max_batch", 1) or 1) > 1:
-        return None
+    where some kind of worker has too few; callers ask ``_replayable`` first."""
     calm: dict[int, list[np.ndarray]] = {}
     for w in windows:
         for i, values in enumerate(w.calm_service):
