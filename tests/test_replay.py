@@ -105,3 +105,41 @@ def test_the_interval_stretches_the_replicates_spread_to_95_percent_and_keeps_th
     assert low < 90.0 and high > 110.0
     assert replay._interval(100.0, [100.0]) == (100.0, 100.0)  # one replicate: its range only
     assert replay._interval(0.0, [0.0, 5.0]) == (0.0, 5.0)
+
+
+def test_a_top_up_keeps_its_calm_chunks_when_a_neighbour_comes_back_midway():
+    """One worker on all 16 cores, a neighbour on every core until t=10 s and again over
+    [13, 16): the top-up waits for the calm, runs 2-s closed-loop chunks, waits again after the
+    chunk the neighbour disturbed, and replays once the calm chunks hold enough service times
+    (one 8-s window would have been disturbed as a whole and given nothing)."""
+    from tuner.bench import measure as m
+    from tuner.bench.loadgen import run_offline_window
+    from tuner.search.study import baselines
+
+    topology = vm16()
+    the_plan = plan(topology, dict(baselines(topology))["intel_latency"])
+    assert [len(w.cpus) for w in the_plan.workers] == [16]
+    machine = SimMachine(topology, VM, 0)
+    n = len(machine.cpu_ids)
+    machine.episodes = replace_episodes(machine, [(0.0, 10.0), (13.0, 16.0)], n)
+    settings = MeasureSettings(p99_bound_s=0.05, window_s=2.0, seed=0, replay=True, replay_wait_s=20.0)
+    said: list[str] = []
+    with SimFleet(machine, the_plan) as fleet:
+        probe = run_offline_window(fleet, 0.5, 0.05)
+        assert probe.calm_service[0] is None  # the neighbour was there
+        run_log: list = []
+        replayed = m._calm_top_up(fleet, the_plan, probe, run_log, settings, said.append, object(),
+                                  [settings.replay_wait_s], calm=False)
+    assert replayed is not None and replayed.rate > 0
+    calm = [w.calm_service[0] is not None for w in run_log]
+    assert calm[0] and not all(calm) and calm[-1], calm  # calm, disturbed (the neighbour's return), calm
+    assert sum("closed loop after" in s for s in said) == 2, said
+
+
+def replace_episodes(machine, spans, n):
+    """Neighbour episodes on every CPU over ``spans``, and no others ever (none drawn later)."""
+    from experiments.sim.machine import Episodes
+
+    machine.drawn_to = machine.neighbour_free = 1e9
+    return Episodes(np.array([a for a, _ in spans]), np.array([b for _, b in spans]),
+                    np.full(len(spans), VM.neighbour_share), np.zeros(len(spans), bool), np.ones((len(spans), n), bool))

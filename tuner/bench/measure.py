@@ -80,7 +80,7 @@ class MeasureSettings:
     # are enough; the CLI's default since 2026-12-06 (--estimator replay), False here for callers
     # that build their own settings (experiments, deployments)
     replay: bool = False
-    replay_wait_s: float = 10.0  # seconds a measurement short of calm service times waits for calm CPUs
+    replay_wait_s: float = 20.0  # seconds a measurement short of calm service times waits for calm CPUs
     # the stalls seen by every measurement made with these settings or a replace() of them (a study's,
     # its screening's and its race's): the replay's tails count them (tuner.bench.replay.TailPool)
     tails: TailPool = field(default_factory=TailPool, compare=False, repr=False)
@@ -188,40 +188,65 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     )
 
 
-def _replay_with_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
-                        settings: MeasureSettings, say: ProgressFn, key: object, top_up: bool = True):
-    """The replay's estimate; where some kind of worker was never calm long enough (and ``top_up``:
-    not for a config already shown under the incumbent), first one closed-loop window once some
-    worker of each size has calm CPUs (waiting ``replay_wait_s`` at most; none if none had), long enough for
-    what the replay needs at the probe's rate (``_top_up``)."""
-    replayed = _replayed(plan, [probe, *run_log], settings, key)
-    if replayed is not None or settings.replay_wait_s <= 0 or not top_up:
-        return replayed
-    waited, calm = _wait_for_calm(fleet, [settings.replay_wait_s], any_of_each=True)
-    if not calm:  # no calm look in the time allowed: a window now would be disturbed too
-        say(f"too few calm service times to replay, and no calm CPUs in {waited:.1f} s: the windows' estimate")
-        return None
-    say(f"too few calm service times to replay: closed loop after {waited:.1f} s waiting for calm CPUs")
-    _top_up(fleet, probe, run_log, settings, settings.window_s)
-    return _replayed(plan, [probe, *run_log], settings, key)
-
-
-def _top_up(fleet: Fleet, probe: WindowResult, run_log: list[WindowResult], settings: MeasureSettings,
-            shortest_s: float, have_s: float = 0.0) -> None:
-    """One closed-loop window (appended to ``run_log``) long enough, at the probe's rate, for
-    ``TOP_UP_MARGIN`` times the calm service times a replay needs, less ``have_s`` seconds' worth
-    already calm: ``shortest_s`` to ``REPLAY_TOP_UP_S``."""
-    need_s = TOP_UP_MARGIN * replay.MIN_CALM_REQUESTS / max(probe.achieved_rate, 1e-9) - have_s
-    run_log.append(run_offline_window(fleet, min(REPLAY_TOP_UP_S, max(shortest_s, need_s)),
-                                      settings.p99_bound_s, settings.verdicts))
-
-
 # 8 s at most: SqueezeNet on 2 cores serves about 250 req/s, and 5 s (the cap before 2026-12-07) left
 # a race's probe short of 1,500, so every race measurement ran the whole search and a wait as well
 # (the README's first command: one race round of 17 s per entrant in 102 s)
 REPLAY_TOP_UP_S = 8.0
+TOP_UP_CHUNK_S = 2.0  # the closed-loop windows a replay's top-up runs in (_replay_with_top_up)
 TOP_UP_MARGIN = 1.5  # over what the replay needs: part of a top-up may be disturbed
 REPLAY_CHECK = 0.9  # where the window checking a replayed probe goes, as a share of its rate
+
+
+def _replay_with_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
+                        settings: MeasureSettings, say: ProgressFn, key: object, top_up: bool = True):
+    """The replay's estimate from every window so far; where some kind of worker was never calm
+    long enough (and ``top_up``: not for a config already shown under the incumbent), first a
+    top-up (``_calm_top_up``) that waits ``replay_wait_s`` in all at most for calm CPUs."""
+    replayed = _replayed(plan, [probe, *run_log], settings, key)
+    if replayed is not None or settings.replay_wait_s <= 0 or not top_up:
+        return replayed
+    return _calm_top_up(fleet, plan, probe, run_log, settings, say, key, [settings.replay_wait_s], calm=False)
+
+
+def _calm_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
+                 settings: MeasureSettings, say: ProgressFn, key: object, wait_left: list[float],
+                 calm: bool, first_s: float = TOP_UP_CHUNK_S):
+    """Closed-loop windows (appended to ``run_log``; the first ``first_s``, then ``TOP_UP_CHUNK_S``)
+    until the replay of every window so far has what it needs (its estimate is returned) or
+    ``REPLAY_TOP_UP_S`` of them have run (None). A chunk starts at once where ``calm`` (the last
+    window had a calm worker of each size), else once a look finds such CPUs, waiting
+    ``wait_left[0]`` seconds at most (taken from it); no calm look in that time: None.
+
+    Chunks, not one window (2026-12-07): a window's service times count only where its worker's
+    CPUs were calm over the whole window, and a neighbour that came back 6 s into an 8-s top-up
+    threw all 8 s away. In the simulated 16-core VM one worker with all cores lost its replay so
+    in about half the seeds."""
+    closed_left, waited, length = REPLAY_TOP_UP_S, 0.0, first_s
+    while closed_left > 1e-9:
+        if not calm:
+            spent, calm = _wait_for_calm(fleet, wait_left, any_of_each=True)
+            waited += spent
+            if not calm:  # no calm look in the time allowed: a window now would be disturbed too
+                say(f"too few calm service times to replay, and no calm CPUs in {waited:.1f} s waiting")
+                return None
+            say(f"too few calm service times to replay: closed loop after {waited:.1f} s waiting for calm CPUs")
+        length = min(closed_left, length)
+        chunk = run_offline_window(fleet, length, settings.p99_bound_s, settings.verdicts)
+        run_log.append(chunk)
+        closed_left -= length
+        replayed = _replayed(plan, [probe, *run_log], settings, key)
+        if replayed is not None:
+            return replayed
+        calm, length = _calm_of_each_size(plan, chunk), TOP_UP_CHUNK_S
+    return None
+
+
+def _calm_of_each_size(plan: Plan, window: WindowResult) -> bool:
+    """Whether some worker of each size served calm in ``window`` (then its CPUs are calm still,
+    most likely, and the next top-up chunk need not wait)."""
+    calm = {len(spec.cpus) for spec, values in zip(plan.workers, window.calm_service, strict=False)
+            if values is not None and values.size}
+    return bool(window.calm_service) and calm >= {len(spec.cpus) for spec in plan.workers}
 
 
 def _replayable(plan: Plan, settings: MeasureSettings) -> bool:
@@ -285,10 +310,13 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
     refuted = False
     if settings.estimator == ESTIMATE and _replayable(fleet.plan, settings):
         early = _replayed(fleet.plan, [probe], settings, key)
-        if early is None and not probe.interference.disturbed and probe.achieved_rate > 0:
-            # too few calm service times: more closed loop now, while the CPUs are calm
-            _top_up(fleet, probe, run_log, settings, settings.window_s / 4, have_s=probe.duration_s)
-            early = _replayed(fleet.plan, [probe, run_log[-1]], settings, key)
+        if early is None and probe.achieved_rate > 0 and _calm_of_each_size(fleet.plan, probe):
+            # too few calm service times: more closed loop now, while the CPUs are calm (no wait:
+            # waiting here for a disturbed probe cost a simulated study 24 s, since a config
+            # under the incumbent stops at its first window, and bought no figure nearer the truth)
+            need_s = TOP_UP_MARGIN * replay.MIN_CALM_REQUESTS / probe.achieved_rate - probe.duration_s
+            early = _calm_top_up(fleet, fleet.plan, probe, run_log, settings, say, key, [0.0], calm=True,
+                                 first_s=min(TOP_UP_CHUNK_S, max(settings.window_s / 4, need_s)))
         if early is not None and early.rate > 0:
             # the probe's calm service times already say where the answer is: one window checks it,
             # a little under it

@@ -35,6 +35,10 @@ from tuner.results.records import TrialResult
 from tuner.search.race import Entrant, dithered, study_entrants
 from tuner.search.space import SearchSpace
 
+# a race measurement's wait for calm CPUs (MeasureSettings.replay_wait_s), at most: a round's figure
+# is one of several and the race has its time limit, while a study's figure stands alone
+RACE_REPLAY_WAIT_S = 10.0
+
 
 class Subject(Protocol):
     """What is being tuned (see the module docstring)."""
@@ -90,6 +94,7 @@ class ModelSubject:
         settings = self.settings
         steps = 2 if settings.estimator == "estimate" else 3
         quick = replace(settings, seed=seed, search_steps=min(steps, settings.search_steps),
-                        start_rate=dithered(entrant.rate, seed) or None, incumbent_rate=None)
+                        start_rate=dithered(entrant.rate, seed) or None, incumbent_rate=None,
+                        replay_wait_s=min(settings.replay_wait_s, RACE_REPLAY_WAIT_S))
         result = self.measure_fn(plan(self.topology, entrant.params), self.model, quick)
         return result.throughput if result.feasible else 0.0
