@@ -80,7 +80,9 @@ class MeasureSettings:
     # are enough; the CLI's default since 2026-12-06 (--estimator replay), False here for callers
     # that build their own settings (experiments, deployments)
     replay: bool = False
-    replay_wait_s: float = 20.0  # seconds a measurement short of calm service times waits for calm CPUs
+    # seconds in all a measurement short of calm service times waits for calm CPUs (10 s before
+    # 2026-12-07; a race's measurement waits tuner.search.subject.RACE_REPLAY_WAIT_S at most)
+    replay_wait_s: float = 20.0
     # the stalls seen by every measurement made with these settings or a replace() of them (a study's,
     # its screening's and its race's): the replay's tails count them (tuner.bench.replay.TailPool)
     tails: TailPool = field(default_factory=TailPool, compare=False, repr=False)
@@ -192,7 +194,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
 # a race's probe short of 1,500, so every race measurement ran the whole search and a wait as well
 # (the README's first command: one race round of 17 s per entrant in 102 s)
 REPLAY_TOP_UP_S = 8.0
-TOP_UP_CHUNK_S = 2.0  # the closed-loop windows a replay's top-up runs in (_replay_with_top_up)
+TOP_UP_CHUNK_S = 2.0  # the closed-loop windows a replay's top-up runs in (_calm_top_up)
 TOP_UP_MARGIN = 1.5  # over what the replay needs: part of a top-up may be disturbed
 REPLAY_CHECK = 0.9  # where the window checking a replayed probe goes, as a share of its rate
 
