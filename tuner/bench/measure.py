@@ -217,7 +217,8 @@ def _calm_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[Wi
     until the replay of every window so far has what it needs (its estimate is returned) or
     ``REPLAY_TOP_UP_S`` of them have run (None). A chunk starts at once where ``calm`` (the last
     window had a calm worker of each size), else once a look finds such CPUs, waiting
-    ``wait_left[0]`` seconds at most (taken from it); no calm look in that time: None.
+    ``wait_left[0]`` seconds at most (taken from it); no calm look in that time, or no time to
+    look at all: None.
 
     Chunks, not one window (2026-12-07): a window's service times count only where its worker's
     CPUs were calm over the whole window, and a neighbour that came back 6 s into an 8-s top-up
@@ -226,6 +227,8 @@ def _calm_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[Wi
     closed_left, waited, length = REPLAY_TOP_UP_S, 0.0, first_s
     while closed_left > 1e-9:
         if not calm:
+            if wait_left[0] < CALM_POLL_S and not waited:  # no wait allowed (a calm probe's top-up): done
+                return None
             spent, calm = _wait_for_calm(fleet, wait_left, any_of_each=True)
             waited += spent
             if not calm:  # no calm look in the time allowed: a window now would be disturbed too
