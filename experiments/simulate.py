@@ -55,7 +55,7 @@ from experiments.sim.calibration import SIM_MODEL
 from experiments.sim.fleet import SimFleet
 from experiments.sim.machine import SimMachine
 from experiments.sim.presets import PRESETS
-from experiments.sim.truth import best_of, true_throughput
+from experiments.sim.truth import PRECISE, best_of, true_throughput
 from tuner.bench import stats
 from tuner.errors import PlacetuneError
 from tuner.machine.placement import Params
@@ -151,13 +151,17 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     """Truth next to what the study and its race concluded."""
     noise = PRESETS[setup.noise]
 
-    def truth(params: Params) -> float:
-        if _SHARED_TRUTH is not None and params in _SHARED_TRUTH:
-            return _SHARED_TRUTH[params]
-        value = true_throughput(params, topology, noise, BOUND_S)
+    def truth(params: Params, precision: int = 1) -> float:
+        key = (params, precision)
+        if _SHARED_TRUTH is not None and key in _SHARED_TRUTH:
+            return _SHARED_TRUTH[key]
+        value = true_throughput(params, topology, noise, BOUND_S, precision=precision)
         if _SHARED_TRUTH is not None:
-            _SHARED_TRUTH[params] = value
+            _SHARED_TRUTH[key] = value
         return value
+
+    def precise(params: Params) -> float:  # what the race's intervals and reported / true are judged by
+        return truth(params, PRECISE)
 
     windows = {"full": [0, 0], "screen": [0, 0]}  # [passed, passed with a true P99 over the bound]
     passes: dict[str, int] = {}  # passed full windows per config
@@ -169,9 +173,9 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
         cls = classes.get(result.params)
         if cls is not None and truth(result.params) > 0 and confidence >= 0.95:
             if phase == "study":
-                reported.setdefault(cls, result.throughput / truth(result.params))
+                reported.setdefault(cls, result.throughput / precise(result.params))
             else:
-                raced.setdefault(cls, []).append(result.throughput / truth(result.params))
+                raced.setdefault(cls, []).append(result.throughput / precise(result.params))
     phase_s: dict[str, float] = {}
     for _c, result, phase in log:
         phase_s[phase] = phase_s.get(phase, 0.0) + result.duration_s
@@ -199,11 +203,11 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
         s = race.searched
         claims.append((s["label"], s["baseline_label"], s["outcome"] != "no difference", s["ratio"], s["ci"]))
     claims += [(race.winner, c["label"], c["significant"], c["ratio"], c["ci"]) for c in race.comparisons]
-    claims = [(*c, truth(params[c[0]]) / max(truth(params[c[1]]), 1e-9)) for c in claims]
+    claims = [(*c, precise(params[c[0]]) / max(precise(params[c[1]]), 1e-9)) for c in claims]
     decisive = claims[0] if claims else None  # searched vs best baseline, else winner vs the next baseline
     facts["race"] = {
         "rounds": race.to_dict()["rounds"], "dropped": len(race.dropped), "recommended": race.recommended,
-        "recommended_truth": truth(params[race.recommended]), "searched": race.searched,
+        "recommended_truth": precise(params[race.recommended]), "searched": race.searched,
         "decisive": list(decisive) if decisive else None,
         "covered": bool(decisive[4][0] <= decisive[5] <= decisive[4][1]) if decisive else None,
         "intervals_covered": [bool(c[4][0] <= c[5] <= c[4][1]) for c in claims],
@@ -330,7 +334,7 @@ def simulate(setup: Setup, seeds: int, jobs: int = 1) -> dict:
     began = time.monotonic()
     topology = machines.load(setup.machine)
     candidates = [p for _, p in sim_space(topology).configurations()] + [p for _, p in baselines(topology)]
-    _, best = best_of(candidates, topology, PRESETS[setup.noise], BOUND_S)
+    _, best = best_of(candidates, topology, PRESETS[setup.noise], BOUND_S, precision=PRECISE)
     work = [(setup, seed) for seed in range(seeds)]
     if jobs > 1:
         context = mp.get_context("spawn")

@@ -131,3 +131,39 @@ def test_a_time_limit_too_short_for_every_entrant_races_the_deciding_pair_for_an
     assert result.to_dict()["rounds"] == 3 and result.to_dict()["dropped"] == result.dropped
     unlimited = race(entrants, fake_machine({e.label: 100.0 for e in entrants})[0], min_rounds=3, max_rounds=3)
     assert unlimited.dropped == []  # without a limit every entrant races
+
+
+def test_a_round_from_disturbed_windows_alone_is_shown_but_paired_in_no_interval():
+    measure, _ = fake_machine({BEST.label: 300.0, DEFAULT.label: 100.0, HEURISTIC.label: 200.0}, seed=2)
+    rounds = {"n": 0}
+
+    def with_flags(e: Entrant):
+        rounds["n"] += 1
+        value = measure(e)
+        if e is HEURISTIC:  # a neighbour on its CPUs in every round: its figure far under the truth
+            return value / 3, False
+        if e is DEFAULT and rounds["n"] <= 3:  # disturbed in the first round only
+            return value / 3, False
+        return value, True
+
+    result = race([BEST, DEFAULT, HEURISTIC], with_flags, min_rounds=3, max_rounds=5)
+    assert result.calm[HEURISTIC.label] == [False] * len(result.throughputs[HEURISTIC.label])
+    assert result.calm[DEFAULT.label][0] is False and all(result.calm[DEFAULT.label][1:])
+    by_label = {c["label"]: c for c in result.comparisons}
+    assert by_label[HEURISTIC.label]["ci"] == [0.0, float("inf")]  # no calm round to pair: unknown
+    assert not by_label[HEURISTIC.label]["significant"]
+    low, high = by_label[DEFAULT.label]["ci"]
+    assert low < 3.0 < high  # the calm rounds alone: the disturbed first round does not pull it off
+    assert result.to_dict()["calm"] == result.calm
+
+
+def test_the_race_table_marks_a_round_from_disturbed_windows_alone():
+    from rich.console import Console
+
+    from tuner.cli.render_study import race_table
+
+    result = race([BEST, DEFAULT], lambda e: (100.0, e is BEST), min_rounds=2, max_rounds=2)
+    console = Console(width=120, record=True)
+    console.print(race_table(result))
+    text = console.export_text()
+    assert "100*" in text and "left out of the intervals" in text

@@ -53,6 +53,18 @@ def test_a_worker_short_of_calm_samples_borrows_its_kinds_and_a_kind_with_none_i
     assert replay.worker_samples({0: [a]}, kinds=[4, 1]) is None  # no one-core worker was ever calm
 
 
+def test_a_slow_spell_leaves_the_sample_and_a_lone_stall_stays():
+    rng = np.random.default_rng(9)
+    calm_part = 0.002 * np.exp(rng.normal(0.0, 0.1, 300))
+    stalled = calm_part.copy()
+    stalled[[50, 120, 121]] += 0.020  # the VM's hiccups: one request, and two in a row
+    spell = stalled.copy()
+    spell[-12:] *= 3.0  # a neighbour came back for the window's last dozen requests
+    out = replay.without_slow_spells({0: [spell], 1: [calm_part]}, kinds=[4, 4])
+    assert out[0][0].size == 300 - 12 and np.array_equal(out[0][0], stalled[:-12])
+    assert np.array_equal(out[1][0], calm_part)
+
+
 def test_the_tail_takes_the_pools_mean_excess_only_where_the_own_agrees_with_it():
     rng = np.random.default_rng(5)
     own = rng.exponential(0.020, 15)
@@ -143,3 +155,19 @@ def replace_episodes(machine, spans, n):
     machine.drawn_to = machine.neighbour_free = 1e9
     return Episodes(np.array([a for a, _ in spans]), np.array([b for _, b in spans]),
                     np.full(len(spans), VM.neighbour_share), np.zeros(len(spans), bool), np.ones((len(spans), n), bool))
+
+
+def test_a_figure_from_disturbed_windows_alone_is_marked_not_calm_for_the_race():
+    """A neighbour on every core for the whole measurement: no calm service time to replay, and
+    the figure (the windows' estimate) is marked so that a race pairs no interval on it."""
+    from tuner.bench import measure as m
+    from tuner.search.study import baselines
+
+    topology = vm16()
+    the_plan = plan(topology, dict(baselines(topology))["intel_latency"])
+    machine = SimMachine(topology, VM, 0)
+    machine.episodes = replace_episodes(machine, [(0.0, 1e6)], len(machine.cpu_ids))
+    settings = MeasureSettings(p99_bound_s=0.05, window_s=2.0, seed=0, replay=True, replay_wait_s=2.0)
+    result = m.measure(the_plan, SIM_MODEL, settings, fleet_factory=lambda p, _m, _s: SimFleet(machine, p))
+    assert result.feasible and not m.calm_figure(result)
+    assert any(n.startswith(m.TOO_FEW_CALM) for n in result.notes)

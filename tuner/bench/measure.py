@@ -165,7 +165,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         elif (feasible and _replayable(plan, settings)
               and (disturbed := sum(w.interference.disturbed for w in run_log))
               and outcome.stopped != "below incumbent" and not outcome.replay_refuted):
-            notes.append(f"too few calm service times to replay: the figure is the windows' estimate, and {disturbed} "
+            notes.append(f"{TOO_FEW_CALM}: the figure is the windows' estimate, and {disturbed} "
                          f"of {len(run_log)} windows were disturbed (other load or steal on its CPUs): on calm CPUs "
                          "it is likely higher")
         if outcome.stopped == "below incumbent":
@@ -188,6 +188,16 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         confidence=settings.confidence, interference=Interference.of_windows(windows, result_window),
         estimator=settings.estimator if settings.scenario == "server" else BOUND,
     )
+
+
+TOO_FEW_CALM = "too few calm service times to replay"  # a note's start: see ``calm_figure``
+
+
+def calm_figure(result: TrialResult) -> bool:
+    """False where the result's figure is its windows' estimate, some of them disturbed, with no
+    replay of calm service times (its note starts with ``TOO_FEW_CALM``): on calm CPUs the config
+    likely serves more, and a race pairs no interval on it (``tuner.search.race.paired_ratio``)."""
+    return not any(n.startswith(TOO_FEW_CALM) for n in result.notes)
 
 
 # 8 s at most: SqueezeNet on 2 cores serves about 250 req/s, and 5 s (the cap before 2026-12-07) left
@@ -271,6 +281,7 @@ def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings
             if values is not None and values.size:
                 calm.setdefault(i, []).append(values)
     kinds = [len(spec.cpus) for spec in plan.workers]
+    calm = replay.without_slow_spells(calm, kinds)
     samples = replay.worker_samples(calm, kinds)
     if samples is None:
         return None

@@ -79,21 +79,29 @@ def excesses(sample: np.ndarray) -> np.ndarray:
     return sample[sample > u] - u
 
 
-POOL_AGREEMENT = 2.0  # the own mean excess may differ from the pool's by this many standard errors (log scale)
-MIN_POOLED = 50  # excesses the other measurements need before the pool counts
+# the own mean excess may differ from the pool's by this many standard errors (log scale). 2.0 before
+# 2026-12-07: an own mean of 12-20 excesses fell under that limit in 4-5% of samples by chance, and a
+# one-worker replay with its own light tail then reported up to 2x its truth (simulated 16-core VM: one
+# worker with all cores, own mean 10.5 ms vs the pool's 19.6, 600 req/s against a truth near 290); at
+# 3.0 a chance disagreement is under 1%
+POOL_AGREEMENT = 3.0
+# excesses the other measurements need before the pool counts: 50 before 2026-12-07, when a study's
+# first one-worker baseline often found 35-43 there (the first baselines' few dozen stalls) and
+# replayed on its own 11-17 alone (simulated 16-core VM: 1.5-1.7x its truth)
+MIN_POOLED = 20
 
 
 def tail_mean(own: np.ndarray, pooled: tuple[float, int] = (0.0, 0)) -> float:
     """The mean excess of the fitted exponential tail: the sample's own (its maximum likelihood
     fit), or, where ``pooled`` (sum, count of the other measurements' excesses) holds
     ``MIN_POOLED`` and the own mean agrees with the pool's (their log ratio within
-    ``POOL_AGREEMENT`` / sqrt(own count): the standard error of an exponential's log mean), the
-    mean of both together."""
+    ``POOL_AGREEMENT`` standard errors: sqrt(1 / own count + 1 / pooled count), an exponential's
+    log mean having 1 / sqrt(count)), the mean of both together."""
     total, count = pooled
     mine = float(own.mean())
     if count >= MIN_POOLED and total > 0:
         theirs = total / count
-        if abs(math.log(mine / theirs)) <= POOL_AGREEMENT / math.sqrt(own.size):
+        if abs(math.log(mine / theirs)) <= POOL_AGREEMENT * math.sqrt(1 / own.size + 1 / count):
             return (float(own.sum()) + total) / (own.size + count)
     return mine
 
@@ -231,6 +239,50 @@ def _interval(rate: float, roots: Sequence[float]) -> tuple[float, float]:
         return low, high
     half = T975.get(logs.size - 1, 1.96) * float(np.std(logs, ddof=1))
     return min(low, rate * math.exp(-half)), max(high, rate * math.exp(half))
+
+
+SPELL_RATIO = 1.5  # a request over this many times its kind's median service time is slow
+SPELL_RUN = 3  # this many slow requests in a row on one worker: a slow spell, left out of the sample
+
+
+def _spells(slow: np.ndarray) -> np.ndarray:
+    """Where ``slow`` holds runs of at least ``SPELL_RUN`` True values (a boolean mask)."""
+    edges = np.diff(np.concatenate(([0], slow.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    out = np.zeros(slow.size, bool)
+    for a, b in zip(starts, ends, strict=True):
+        if b - a >= SPELL_RUN:
+            out[a:b] = True
+    return out
+
+
+def without_slow_spells(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> dict[int, list[np.ndarray]]:
+    """The calm service times less their slow spells: runs of ``SPELL_RUN`` or more consecutive
+    requests of one worker (in the order it served them), each over ``SPELL_RATIO`` times the
+    median of its kind's calm service times.
+
+    Why: a window counts as calm when the foreign load on a worker's CPUs, averaged over the
+    window, is under ``tuner.bench.interference``'s threshold (0.25 cores). A neighbour that
+    came back in the last tenth of a second of a 2-s window is far under it, and the requests the
+    worker served then at a third of its speed entered the replay's sample: in the simulated
+    16-core VM four 4-core workers ended a window with 9-14 requests each at 3x their median.
+    Their excesses over the tail's threshold (3x the median) were a fraction of a millisecond,
+    the tail pool's mean excess fell to 8 ms (the machine's stalls: 20 ms), and one-worker replays
+    that borrowed it reported up to 1.5x their truth. Every request does the same work, so
+    requests turning slow together are something else on the worker's CPUs; a stall (the VM's
+    hiccup) slows one request, and two in a row are rare (about 1 in 10,000 pairs)."""
+    pooled: dict[object, list[np.ndarray]] = {}
+    for w, parts in calm.items():
+        pooled.setdefault(kinds[w], []).extend(p for p in parts if p.size)
+    medians = {k: float(np.median(np.concatenate(parts))) for k, parts in pooled.items() if parts}
+    out: dict[int, list[np.ndarray]] = {}
+    for w, parts in calm.items():
+        if kinds[w] not in medians:
+            continue
+        limit = SPELL_RATIO * medians[kinds[w]]
+        kept = [p[~_spells(p > limit)] for p in parts if p.size]
+        out[w] = [k for k in kept if k.size]
+    return out
 
 
 def worker_samples(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> list[np.ndarray] | None:

@@ -103,11 +103,17 @@ def race_table(race: RaceResult) -> Table:
                   f"{race.seconds:.0f} s{cut})")
     for col in ("config", "baseline", "mean req/s", "CV", "runs req/s"):
         table.add_column(col)
+    uncalm = False
     for e in race.entrants:
         runs = race.throughputs[e.label]
+        calm = race.calm.get(e.label) or [True] * len(runs)
+        uncalm = uncalm or not all(calm)
         cv = stats.cv(runs)
         table.add_row(e.label, e.baseline, f"{statistics.mean(runs):.1f}", f"{cv:.1%}" if cv == cv else "-",
-                      " ".join(f"{v:.0f}" for v in runs))
+                      " ".join(f"{v:.0f}" + ("" if ok else "*") for v, ok in zip(runs, calm, strict=False)))
+    if uncalm:
+        table.caption = ("* from disturbed windows alone (too few calm service times to replay): "
+                         "shown, and left out of the intervals")
     return table
 
 

@@ -49,6 +49,16 @@ def killed_reason(pid: int, hostname: str) -> str:
     return f"its tuner (pid {pid} on {hostname}) was killed mid-trial"
 
 
+# a baseline's wait for calm CPUs when its windows left it short of calm service times
+# (MeasureSettings.replay_wait_s, 20 s for other configs): every speedup the study claims is over a
+# baseline's figure, and a figure from windows under a neighbour sits far under the truth. In the
+# simulated 16-core VM (a neighbour on 2/3 of the time, for 20 s on average) one worker with all
+# cores got its replay in about 2 of 3 studies at 20 s; a model of that neighbour
+# (python -m experiments.wait_model) gives 0.67 at 20 s, 0.82 at 40 s, 0.91 at 60 s, for 9 s more
+# per such baseline on average
+BASELINE_REPLAY_WAIT_S = 60.0
+
+
 def make_objective(cfg, study: optuna.Study, on_progress: Callable[[str], None], host_key: str = "",
                    measure_fn: MeasureFn = measure) -> Callable[[optuna.Trial], tuple[float, float]]:
     """The Optuna objective of the study ``cfg`` (a ``StudyConfig``): the trial's config (a baseline,
@@ -67,6 +77,8 @@ def make_objective(cfg, study: optuna.Study, on_progress: Callable[[str], None],
             settings = screening.settings_for(cfg.settings, fidelity)
             if "baseline" not in trial.user_attrs and fidelity != screening.SCREEN:
                 settings = replace(settings, incumbent_rate=_incumbent(study))
+            elif "baseline" in trial.user_attrs and settings.replay_wait_s > 0:
+                settings = replace(settings, replay_wait_s=max(settings.replay_wait_s, BASELINE_REPLAY_WAIT_S))
             result = _measure_or_requeue(study, trial, the_plan, lambda p: measure_fn(
                 p, cfg.model, settings, progress=on_progress))
         except BaseException as exc:  # its reason replaces the one written for a killed tuner

@@ -15,7 +15,8 @@ are written once against it; what differs lives behind it:
 - ``measure(config, settings, say)``: one config measured into a typed, frozen result
   (``tuner.results.records.TrialResult``; a deployment's ``tuner.results.mixrecords.MixResult``);
 - ``entrants(study, k)`` and ``race_value(entrant, seed)``: who races at the end and one race
-  measurement (req/s; a deployment's load factor: ``unit``).
+  measurement (req/s; a deployment's load factor: ``unit``), or (figure, calm): a figure from
+  disturbed windows alone is shown but paired in no interval (``tuner.search.race.paired_ratio``).
 
 How a study stores and reads its results is the same seam one layer down (tuner.results: the
 records, and ``tuner.app.kinds`` for the commands that read a study).
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from tuner.bench.measure import MeasureSettings, measure
+from tuner.bench.measure import MeasureSettings, calm_figure, measure
 from tuner.bench.model import ModelInfo
 from tuner.machine.placement import Params, plan
 from tuner.machine.topology import Topology
@@ -55,7 +56,7 @@ class Subject(Protocol):
 
     def entrants(self, study, k: int) -> list[Entrant]: ...
 
-    def race_value(self, entrant: Entrant, seed: int) -> float: ...
+    def race_value(self, entrant: Entrant, seed: int) -> float | tuple[float, bool]: ...
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,14 @@ class ModelSubject:
     def entrants(self, study, k: int) -> list[Entrant]:
         return study_entrants(study, k)
 
-    def race_value(self, entrant: Entrant, seed: int) -> float:
+    def race_value(self, entrant: Entrant, seed: int) -> tuple[float, bool]:
         """Three windows per run, the first near the entrant's estimate (dithered): the race's
-        evidence is its rounds (the bound rule, from its bisection: three steps and the boundary re-test)."""
+        evidence is its rounds (the bound rule, from its bisection: three steps and the boundary re-test).
+        Returns the figure and whether it is calm (``tuner.bench.measure.calm_figure``)."""
         settings = self.settings
         steps = 2 if settings.estimator == "estimate" else 3
         quick = replace(settings, seed=seed, search_steps=min(steps, settings.search_steps),
                         start_rate=dithered(entrant.rate, seed) or None, incumbent_rate=None,
                         replay_wait_s=min(settings.replay_wait_s, RACE_REPLAY_WAIT_S))
         result = self.measure_fn(plan(self.topology, entrant.params), self.model, quick)
-        return result.throughput if result.feasible else 0.0
+        return (result.throughput if result.feasible else 0.0), calm_figure(result)
