@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tuner.machine.placement import Params
 from tuner.search.race import Entrant, race
@@ -167,3 +168,15 @@ def test_the_race_table_marks_a_round_from_disturbed_windows_alone():
     console.print(race_table(result))
     text = console.export_text()
     assert "100*" in text and "left out of the intervals" in text
+
+
+def test_a_race_interval_is_never_narrower_than_the_systematic_floor():
+    import math
+
+    from tuner.search.race import SYSTEMATIC, paired_ratio
+
+    rounds = {"a": [102.0, 204.0, 153.0], "b": [100.0, 200.0, 150.0]}  # the same ratio in every round
+    ratio, low, high = paired_ratio(rounds, "a", "b")
+    assert ratio == pytest.approx(1.02)
+    assert low == pytest.approx(1.02 * math.exp(-SYSTEMATIC)) and high == pytest.approx(1.02 * math.exp(SYSTEMATIC))
+    assert low < 1.0  # a 2% advantage no round contradicts is not claimed

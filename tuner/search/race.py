@@ -73,11 +73,26 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+# a race interval is never narrower than the ratio times exp(+-SYSTEMATIC): what every round of a config
+# shares (the replay's own error, per config) the rounds' spread cannot show. In the simulated 64-core VM
+# (2026-12-07, v18) the race's figures of many-worker configs sat 0.6-4% off their ratios' truth with
+# intervals of +-0.4-1%: 4 of 40 decisive intervals missed; with this floor none did, and no claim or
+# recommendation changed (experiments/README.md, "A floor under the race's intervals")
+SYSTEMATIC = 0.03
+
+
+def _floored(ratio: float, low: float, high: float) -> tuple[float, float, float]:
+    if not (math.isfinite(high) and ratio > 0 and math.isfinite(ratio)):
+        return ratio, low, high
+    return ratio, min(low, ratio * math.exp(-SYSTEMATIC)), max(high, ratio * math.exp(SYSTEMATIC))
+
+
 def paired_ratio(throughputs: dict[str, list[float]], a: str, b: str,
                  confidence: float = stats.DEFAULT_CONFIDENCE,
                  calm: dict[str, list[bool]] | None = None) -> tuple[float, float, float]:
     """``a`` over ``b`` on the rounds both ran (an entrant dropped after the first round has one:
-    no interval), Fieller's interval (``tuner.bench.stats.ratio_ci``). With ``calm``, only the
+    no interval), Fieller's interval (``tuner.bench.stats.ratio_ci``), never narrower than
+    ``SYSTEMATIC`` either side. With ``calm``, only the
     rounds where both figures were calm are paired; fewer than two such rounds out of two or more:
     the ratio of every round's mean, and no interval (0, inf).
 
@@ -93,7 +108,8 @@ def paired_ratio(throughputs: dict[str, list[float]], a: str, b: str,
         if len(rounds) < min(2, n):
             mb = _mean(throughputs[b][:n])
             return (_mean(throughputs[a][:n]) / mb if mb > 0 else math.inf), 0.0, math.inf
-    return stats.ratio_ci([throughputs[a][i] for i in rounds], [throughputs[b][i] for i in rounds], confidence)
+    return _floored(*stats.ratio_ci([throughputs[a][i] for i in rounds], [throughputs[b][i] for i in rounds],
+                                    confidence))
 
 
 def compare(result: RaceResult) -> RaceResult:
