@@ -29,6 +29,8 @@ clock and interference run through the whole study). What is true is defined in
   with all cores (or one per NUMA node), one worker per core, Intel's 4-core instances: the
   middle), the median over seeds of the throughput the study reported for it (its full-fidelity
   trial) over its true throughput; ``race_over_true`` the same for its mean over the race's rounds;
+  ``reported_paths`` splits the first by what the figure came from (``_path``: a replay, windows
+  after a refuted replay, windows with too few calm service times, windows): [seeds, median];
 - ``median_simulated_s``: median over seeds of a study's simulated measuring time (study and race);
 - ``seconds``: wall-clock seconds of the whole run (``jobs`` processes); and per-seed details.
 
@@ -147,6 +149,18 @@ def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path, on_race=lambda: 
     return race
 
 
+def _path(result) -> str:
+    """What a measurement's figure came from, by its notes: "replay" (of calm service times),
+    "refuted" (windows, a calm check under the replay's figure having failed), "no calm" (windows,
+    some disturbed, no replay), else "windows"."""
+    from tuner.bench.measure import REPLAY_REFUTED, TOO_FEW_CALM
+
+    for start, path in (("figure from a replay", "replay"), (REPLAY_REFUTED, "refuted"), (TOO_FEW_CALM, "no calm")):
+        if any(n.startswith(start) for n in result.notes):
+            return path
+    return "windows"
+
+
 def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s: float, sim_s: float) -> dict:
     """Truth next to what the study and its race concluded."""
     noise = PRESETS[setup.noise]
@@ -168,12 +182,14 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
     false_passes = []  # (config, offered rate / true throughput, requests, extensions, disturbed) of each
     classes = _baseline_classes(topology)
     reported: dict[str, float] = {}  # class -> the study's full-fidelity figure over the truth
+    paths: dict[str, str] = {}  # class -> what that figure came from (``_path``)
     raced: dict[str, list[float]] = {}  # class -> race measurements over the truth
     for confidence, result, phase in log:
         cls = classes.get(result.params)
         if cls is not None and truth(result.params) > 0 and confidence >= 0.95:
-            if phase == "study":
-                reported.setdefault(cls, result.throughput / precise(result.params))
+            if phase == "study" and cls not in reported:
+                reported[cls] = result.throughput / precise(result.params)
+                paths[cls] = _path(result)
             else:
                 raced.setdefault(cls, []).append(result.throughput / precise(result.params))
     phase_s: dict[str, float] = {}
@@ -192,7 +208,7 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
                                          w.extensions, w.interference.disturbed))
     facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "phase_s": phase_s, "windows": windows,
              "measurements": len(log),
-             "passes": passes, "reported_over_true": reported,
+             "passes": passes, "reported_over_true": reported, "reported_path": paths,
              "race_over_true": {c: float(np.mean(v)) for c, v in raced.items()},
              "false_passes": false_passes, "race": None}
     if race is None:
@@ -249,6 +265,15 @@ def _median_by_class(facts: list[dict], key: str) -> dict[str, float]:
     return {cls: float(np.median(v)) for cls, v in sorted(by.items())}
 
 
+def _paths(facts: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per class, per path of its study figure (``_path``): [seeds, median reported / true]."""
+    by: dict[str, dict[str, list[float]]] = {}
+    for f in facts:
+        for cls, path in f.get("reported_path", {}).items():
+            by.setdefault(cls, {}).setdefault(path, []).append(f["reported_over_true"][cls])
+    return {cls: {p: [len(v), float(np.median(v))] for p, v in sorted(ps.items())} for cls, ps in sorted(by.items())}
+
+
 def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
     """The figures over seeds (see the module docstring)."""
     races = [f["race"] for f in facts if f["race"] is not None]
@@ -262,6 +287,7 @@ def score(facts: list[dict], best: float, setup: Setup, seconds: float) -> dict:
         "calm_wait_s": setup.calm_wait_s, "replay": setup.replay,
         "bound_ms": BOUND_S * 1000, "true_best": best,
         "reported_over_true": _median_by_class(facts, "reported_over_true"),
+        "reported_paths": _paths(facts),
         "race_over_true": _median_by_class(facts, "race_over_true"),
         "ci_coverage": float(np.mean([r["covered"] for r in with_interval])) if with_interval else None,
         "interval_coverage": float(np.mean(every)) if (every := [c for r in races for c in r["intervals_covered"]])

@@ -144,6 +144,22 @@ def test_a_race_measurement_starts_at_the_known_answer():
     assert tried[0] == 900.0  # not the incumbent's rate: a race compares, it does not stop early
 
 
+def test_windows_already_run_count_and_the_first_new_one_goes_under_a_failed_prior():
+    """A refuted replay's failed check (tuner.bench.measure) seeds the search: no window at the
+    incumbent's rate or 0.8 of the capacity, the first one under the failed rate, the check kept."""
+    tried: list[float] = []
+
+    def run(rate: float) -> WindowResult:
+        tried.append(rate)
+        return expected_window(rate)
+
+    failed = window(1200.0, 900, kept_up=False)
+    out = est.estimate_rate(run, capacity=1300.0, max_windows=6, incumbent=1250.0, prior=[failed])
+    assert tried and tried[0] < 1200.0 and out.stopped != "below incumbent"
+    assert out.windows[0] is failed and len(out.windows) == len(tried) + 1
+    assert out.estimate.rate == pytest.approx(ROOT, rel=0.15)
+
+
 @pytest.mark.parametrize("params", [Params(workers=16), Params(workers=4, cores_per_worker=4, intra_op_threads=4)],
                          ids=["16x1", "4x4"])
 def test_on_a_quiet_simulated_machine_the_estimates_center_on_the_true_throughput(params):

@@ -224,16 +224,23 @@ def estimate_rate(run: RunWindow, capacity: float, max_windows: int, quantile: f
                   start_rate: float | None = None,
                   incumbent: float | None = None, rel_tol: float = 0.1, min_windows: int = 2,
                   say: Callable[[str], None] = lambda _m: None, point: Callable[[object], Point] = point_of,
-                  unit: str = "req/s") -> EstimateOutcome:
+                  unit: str = "req/s", prior: Sequence = ()) -> EstimateOutcome:
     """Measure windows until the answer is within ``rel_tol`` (after ``min_windows``), at most
     ``max_windows`` (see the module's docstring). ``point`` reads a window's evidence (a deployment's
-    windows of every model at one load factor: tuner.mix.loadfactor.mix_point), ``unit`` names the rate."""
-    windows: list = []
-    points: list[Point] = []
-    compare_first = start_rate is None and incumbent is not None and 0 < incumbent < capacity * MAX_OVER_CAPACITY
+    windows of every model at one load factor: tuner.mix.loadfactor.mix_point), ``unit`` names the rate.
+    ``prior``: windows already run (a replay's failed check, ``tuner.bench.measure``): they count as
+    evidence, and the first window goes where they say (``next_rate``), not to the incumbent or 0.8
+    of the capacity."""
+    windows: list = list(prior)
+    points: list[Point] = [point(w) for w in prior]
+    compare_first = (not points and start_rate is None and incumbent is not None
+                     and 0 < incumbent < capacity * MAX_OVER_CAPACITY)
     rate = start_rate if start_rate else incumbent if compare_first else 0.8 * capacity
-    rate = max(rate, MIN_RATE_SHARE * capacity)
     current = RateEstimate(0.0, 0.0, math.inf, "none")
+    if points and not start_rate:
+        current = estimate(points, capacity, quantile)
+        rate = next_rate(points, current, capacity, quantile) or rate
+    rate = max(rate, MIN_RATE_SHARE * capacity)
     stopped = "windows"
     for step in range(max_windows):
         label = "at the incumbent's rate" if compare_first and step == 0 else f"window {step + 1}/{max_windows}"
