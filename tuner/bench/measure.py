@@ -201,7 +201,7 @@ REPLAY_REFUTED = "a calm window failed under the replay's figure"  # a note's st
 def calm_figure(result: TrialResult) -> bool:
     """False where the result's figure is its windows' estimate, some of them disturbed, with no
     replay of calm service times (its note starts with ``TOO_FEW_CALM``): on calm CPUs the config
-    likely serves more, and a race pairs no interval on it (``tuner.search.race.paired_ratio``)."""
+    may serve far more or less, and a race pairs no interval on it (``tuner.search.race.paired_ratio``)."""
     return not any(n.startswith(TOO_FEW_CALM) for n in result.notes)
 
 
