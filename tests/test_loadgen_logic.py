@@ -87,6 +87,13 @@ def test_a_settled_queue_whose_latency_is_long_against_the_window_kept_up():
     assert kept
 
 
+def test_one_stalled_request_at_the_end_does_not_fail_keeping_up():
+    """The last request waited 60 ms (a stall: 3% of the 2-s window) where every other took 5 ms:
+    the queue held, and the end of the window is not the last completion."""
+    kept, achieved = keep_up([segment(arrivals(200), np.r_[np.full(199, SERVICE_S), 0.06])], RATE, SERVICE_S)
+    assert kept and achieved == pytest.approx(RATE, rel=0.01)
+
+
 def test_a_queue_that_grows_slowly_did_not_keep_up():
     """Latency grows by 5% of each gap (served at 1/1.05 of the arrival rate): the end drains far
     later than the first half's latency says."""
