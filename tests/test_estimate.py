@@ -160,6 +160,16 @@ def test_windows_already_run_count_and_the_first_new_one_goes_under_a_failed_pri
     assert out.estimate.rate == pytest.approx(ROOT, rel=0.15)
 
 
+def test_a_prior_that_failed_at_the_floor_runs_no_window_over_it():
+    """Nothing under the floor is measured: a failed prior there ends the search, where before the
+    first window fell back to 0.8 of the capacity, over the failed rate."""
+    tried: list[float] = []
+    failed = window(est.MIN_RATE_SHARE * 1300.0, 900, kept_up=False)
+    out = est.estimate_rate(lambda r: tried.append(r) or expected_window(r), capacity=1300.0, max_windows=6,
+                            prior=[failed])
+    assert tried == [] and out.stopped == "floor" and out.windows == [failed]
+
+
 @pytest.mark.parametrize("params", [Params(workers=16), Params(workers=4, cores_per_worker=4, intra_op_threads=4)],
                          ids=["16x1", "4x4"])
 def test_on_a_quiet_simulated_machine_the_estimates_center_on_the_true_throughput(params):

@@ -239,7 +239,10 @@ def estimate_rate(run: RunWindow, capacity: float, max_windows: int, quantile: f
     current = RateEstimate(0.0, 0.0, math.inf, "none")
     if points and not start_rate:
         current = estimate(points, capacity, quantile)
-        rate = next_rate(points, current, capacity, quantile) or rate
+        following = next_rate(points, current, capacity, quantile)
+        if following is None:  # the prior already says all the search could (a failure at the floor)
+            return EstimateOutcome(current, windows, "capacity" if current.method == "capacity" else "floor")
+        rate = following
     rate = max(rate, MIN_RATE_SHARE * capacity)
     stopped = "windows"
     for step in range(max_windows):
