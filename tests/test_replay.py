@@ -171,3 +171,38 @@ def test_a_figure_from_disturbed_windows_alone_is_marked_not_calm_for_the_race()
     result = m.measure(the_plan, SIM_MODEL, settings, fleet_factory=lambda p, _m, _s: SimFleet(machine, p))
     assert result.feasible and not m.calm_figure(result)
     assert any(n.startswith(m.TOO_FEW_CALM) for n in result.notes)
+
+
+def _replayed_count(result) -> int:
+    note = next(n for n in result.notes if n.startswith("figure from a replay of "))
+    return int(note.split()[5])
+
+
+def test_a_wide_replay_gets_more_calm_closed_loop_and_a_worker_per_core_gets_none():
+    """On calm CPUs (the VM's stalls, no neighbour), one worker with all 16 cores replays its
+    probe with an interval wider than ``NARROW_WIDTH``: it runs more closed loop and its figure
+    rests on more calm service times, in a narrower interval, than without the top-up; sixteen
+    one-core workers replay within it already and measure the same either way."""
+    from tuner.bench import measure as m
+    from tuner.search.study import baselines
+
+    topology = vm16()
+    configs = dict(baselines(topology))
+    for name, narrowed in (("intel_latency", True), ("one_per_core", False)):
+        the_plan = plan(topology, configs[name])
+        out = {}
+        for top_up in (0.0, 12.0):
+            machine = SimMachine(topology, VM, 3)
+            machine.episodes = replace_episodes(machine, [], len(machine.cpu_ids))
+            settings = MeasureSettings(p99_bound_s=0.05, window_s=2.0, seed=3, replay=True, narrow_top_up_s=top_up)
+            out[top_up] = m.measure(the_plan, SIM_MODEL, settings,
+                                    fleet_factory=lambda p, _m, _s, machine=machine: SimFleet(machine, p))
+        before, after = out[0.0], out[12.0]
+        width = [math.log(r.throughput_ci[1] / r.throughput_ci[0]) for r in (before, after)]
+        if narrowed:
+            assert width[0] > m.NARROW_WIDTH
+            assert _replayed_count(after) > _replayed_count(before) and width[1] < width[0], (name, width)
+            assert len(after.windows) > len(before.windows)
+        else:
+            assert width[0] <= m.NARROW_WIDTH
+            assert (after.throughput, len(after.windows)) == (before.throughput, len(before.windows))

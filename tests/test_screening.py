@@ -62,7 +62,8 @@ def test_screen_settings_are_shorter_and_still_valid():
     assert (short.p99_bound_s, short.scenario, short.seed) == (full.p99_bound_s, full.scenario, full.seed)
     tiny = MeasureSettings(window_s=0.1, search_steps=1, confidence=0.7)
     assert screen_settings(tiny) == MeasureSettings(window_s=0.1, warmup_s=0.25, search_steps=1, confidence=0.7,
-                                                    max_extensions=1, disturbed_reruns=1, replay_wait_s=0.0)
+                                                    max_extensions=1, disturbed_reruns=1, replay_wait_s=0.0,
+                                                    narrow_top_up_s=0.0)
     assert settings_for(full, None) is full and settings_for(full, FULL) is full
     assert settings_for(full, SCREEN) == short
 

@@ -44,6 +44,7 @@ from tuner.results.records import Interference, TrialResult, WindowResult
 SCENARIOS = ("server", "offline")
 ESTIMATE, BOUND = "estimate", "bound"
 ESTIMATORS = (ESTIMATE, BOUND)
+NARROW_WINDOWS = 6  # MeasureSettings.narrow_top_up_s's default, in windows
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,20 @@ class MeasureSettings:
     # seconds in all a measurement short of calm service times waits for calm CPUs (10 s before
     # 2026-12-07; a race's measurement waits tuner.search.subject.RACE_REPLAY_WAIT_S at most)
     replay_wait_s: float = 20.0
+    # seconds of closed loop on calm CPUs a replay whose interval is wide may add to narrow it
+    # (``_narrowed``); None: ``NARROW_WINDOWS`` windows' worth (12 s at the default 2-s windows: a
+    # user who asks for short windows asks for a quick study). A screening's and a race round's take
+    # none: screening only ranks, and a race round is one of several whose spread the race's
+    # interval measures
+    narrow_top_up_s: float | None = None
     # the stalls seen by every measurement made with these settings or a replace() of them (a study's,
     # its screening's and its race's): the replay's tails count them (tuner.bench.replay.TailPool)
     tails: TailPool = field(default_factory=TailPool, compare=False, repr=False)
+
+    @property
+    def narrow_s(self) -> float:
+        """The seconds ``narrow_top_up_s`` allows."""
+        return NARROW_WINDOWS * self.window_s if self.narrow_top_up_s is None else self.narrow_top_up_s
 
     @property
     def verdicts(self) -> VerdictSettings:
@@ -148,6 +160,8 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
                 and not outcome.replay_refuted):
             replayed = _replay_with_top_up(fleet, plan, probe, run_log, settings, say, key,
                                            top_up=outcome.stopped != "below incumbent")
+            if replayed is not None and outcome.stopped != "below incumbent":
+                replayed = _narrowed(fleet, plan, probe, run_log, settings, key, replayed)
         fleet.check_alive()
         machine = fleet.machine_info()
         inside = time.monotonic() - inside_began, fleet.clock() - fleet_began  # (real, fleet clock) seconds
@@ -266,18 +280,47 @@ def _calm_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[Wi
 
 
 def _more_calm(fleet: Fleet, plan: Plan, probe: WindowResult, last: WindowResult, run_log: list[WindowResult],
-               settings: MeasureSettings, key: object):
-    """Up to ``REPLAY_TOP_UP_S`` more of closed loop in ``TOP_UP_CHUNK_S`` chunks (appended to
-    ``run_log``) while some kind of worker has fewer than ``MORE_CALM_REQUESTS`` calm service times
+               settings: MeasureSettings, key: object, target: int = MORE_CALM_REQUESTS,
+               seconds: float = REPLAY_TOP_UP_S):
+    """Up to ``seconds`` more of closed loop in ``TOP_UP_CHUNK_S`` chunks (appended to
+    ``run_log``) while some kind of worker has fewer than ``target`` calm service times
     and each chunk, and ``last`` before them, found a calm worker of each size; then the replay of
     every window so far (None where it has too few)."""
-    left, calm = REPLAY_TOP_UP_S, _calm_of_each_size(plan, last)
-    while left > 1e-9 and calm and min(_calm_counts(plan, [probe, *run_log]).values(), default=0) < MORE_CALM_REQUESTS:
+    left, calm = seconds, _calm_of_each_size(plan, last)
+    while left > 1e-9 and calm and min(_calm_counts(plan, [probe, *run_log]).values(), default=0) < target:
         chunk = run_offline_window(fleet, min(left, TOP_UP_CHUNK_S), settings.p99_bound_s, settings.verdicts)
         run_log.append(chunk)
         left -= chunk.duration_s if chunk.duration_s > 0 else TOP_UP_CHUNK_S
         calm = _calm_of_each_size(plan, chunk)
     return _replayed(plan, [probe, *run_log], settings, key)
+
+
+# the width a replay's interval aims for: log(high / low), about +-35% (``_narrowed``)
+NARROW_WIDTH = 0.6
+
+
+def _narrowed(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
+              settings: MeasureSettings, key: object, replayed):
+    """``replayed``, or where its interval is wider than ``NARROW_WIDTH`` (log high / low) and the
+    CPUs were calm in the last window, the replay after more calm closed loop (``_more_calm``, up to
+    ``MeasureSettings.narrow_s``): until each kind of worker has the calm service times that width
+    asks for (the interval narrows as one over the square root of the count).
+
+    Why (2026-12-07): one worker with every CPU waits for its rare stalls; from 2,250 calm service
+    times its replay's interval was 0.5x-2.2x its figure and the figure itself 0.73-1.39x the truth
+    (10%-90%, simulated 64-core VM, ``experiments/replay_tail.py``), 0.85-1.20x from 12,000: a
+    study's ORT default, the figure every speedup is claimed over, moved by a third from study to
+    study. A worker per core is at +-5% from 2,000 and gets none."""
+    if settings.narrow_s <= 0 or replayed.rate <= 0:
+        return replayed
+    width = math.log(replayed.high / replayed.low) if replayed.low > 0 else math.inf
+    if width <= NARROW_WIDTH:
+        return replayed
+    have = min(_calm_counts(plan, [probe, *run_log]).values(), default=0)
+    target = math.inf if not math.isfinite(width) else math.ceil(have * (width / NARROW_WIDTH) ** 2)
+    again = _more_calm(fleet, plan, probe, run_log[-1] if run_log else probe, run_log, settings, key,
+                       target=target, seconds=settings.narrow_s)
+    return again if again is not None and again.rate > 0 else replayed
 
 
 def _calm_counts(plan: Plan, windows: list[WindowResult]) -> dict[int, int]:
@@ -368,6 +411,7 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
             early = _calm_top_up(fleet, fleet.plan, probe, run_log, settings, say, key, [0.0], calm=True,
                                  first_s=min(TOP_UP_CHUNK_S, max(settings.window_s / 4, need_s)))
         if early is not None and early.rate > 0:
+            early = _narrowed(fleet, fleet.plan, probe, run_log, settings, key, early)
             # the probe's calm service times already say where the answer is: one window checks it,
             # a little under it
             say(f"replay of the probe's service times: {early.rate:.1f} req/s; checking {REPLAY_CHECK:g} of it")

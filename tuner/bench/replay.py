@@ -64,7 +64,13 @@ def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool,
 
 
 TAIL_FROM_MEDIAN = 3.0  # the tail's threshold is at least this multiple of the median service time
-TAIL_SHARE = 0.01  # the slowest share of a sample whose excess over its threshold is fitted (0: none)
+# the slowest share of a sample whose excess over its threshold is fitted (0: none). 0.01 before
+# 2026-12-07: one worker with every CPU of the simulated 64-core VM stalls in 1.8% of its requests,
+# and a threshold at the sample's 99th percentile (inside the stalls) rests on the ~half of them
+# above it; at 0.03 the threshold is 3x the median, under every stall, and all of them count:
+# replays of 2,250 calm service times spread 0.79-1.32 of the truth (10%-90%), not 0.73-1.39, and
+# their intervals held it in 94% of replays, not 91% (``experiments/replay_tail.py``'s draws)
+TAIL_SHARE = 0.03
 
 
 def _threshold(sample: np.ndarray) -> float:

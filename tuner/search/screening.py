@@ -47,13 +47,13 @@ SCREEN_SEARCH_STEPS = 2
 def screen_settings(full: MeasureSettings) -> MeasureSettings:
     """The short measurement of a screening trial: a quarter of each window (at least 0.25 s), half
     the warm-up, two rate-search steps, a verdict at 80% confidence, one window extension and one
-    re-run of a disturbed window at most, no wait for calm service times to replay. Never longer
-    than ``full`` in any of these."""
+    re-run of a disturbed window at most, no wait for calm service times to replay and no closed
+    loop to narrow a replay's interval. Never longer than ``full`` in any of these."""
     return replace(full, window_s=min(full.window_s, max(0.25, full.window_s / 4)), warmup_s=full.warmup_s / 2,
                    search_steps=min(full.search_steps, SCREEN_SEARCH_STEPS),
                    confidence=min(full.confidence, SCREEN_CONFIDENCE),
                    max_extensions=min(full.max_extensions, 1), disturbed_reruns=min(full.disturbed_reruns, 1),
-                   replay_wait_s=0.0)
+                   replay_wait_s=0.0, narrow_top_up_s=0.0)
 
 
 def settings_for(full: MeasureSettings, fidelity: str | None) -> MeasureSettings:

@@ -97,6 +97,6 @@ class ModelSubject:
         steps = 2 if settings.estimator == "estimate" else 3
         quick = replace(settings, seed=seed, search_steps=min(steps, settings.search_steps),
                         start_rate=dithered(entrant.rate, seed) or None, incumbent_rate=None,
-                        replay_wait_s=min(settings.replay_wait_s, RACE_REPLAY_WAIT_S))
+                        replay_wait_s=min(settings.replay_wait_s, RACE_REPLAY_WAIT_S), narrow_top_up_s=0.0)
         result = self.measure_fn(plan(self.topology, entrant.params), self.model, quick)
         return (result.throughput if result.feasible else 0.0), calm_figure(result)
