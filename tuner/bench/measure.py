@@ -160,8 +160,6 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
                 and not outcome.replay_refuted):
             replayed = _replay_with_top_up(fleet, plan, probe, run_log, settings, say, key,
                                            top_up=outcome.stopped != "below incumbent")
-            if replayed is not None and outcome.stopped != "below incumbent":
-                replayed = _narrowed(fleet, plan, probe, run_log, settings, key, replayed)
         fleet.check_alive()
         machine = fleet.machine_info()
         inside = time.monotonic() - inside_began, fleet.clock() - fleet_began  # (real, fleet clock) seconds
@@ -236,11 +234,15 @@ def _replay_with_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: 
                         settings: MeasureSettings, say: ProgressFn, key: object, top_up: bool = True):
     """The replay's estimate from every window so far; where some kind of worker was never calm
     long enough (and ``top_up``: not for a config already shown under the incumbent), first a
-    top-up (``_calm_top_up``) that waits ``replay_wait_s`` in all at most for calm CPUs."""
+    top-up (``_calm_top_up``) that waits ``replay_wait_s`` in all at most for calm CPUs; with
+    ``top_up``, a wide replay then narrows (``_narrowed``)."""
     replayed = _replayed(plan, [probe, *run_log], settings, key)
-    if replayed is not None or settings.replay_wait_s <= 0 or not top_up:
+    if not top_up:
         return replayed
-    return _calm_top_up(fleet, plan, probe, run_log, settings, say, key, [settings.replay_wait_s], calm=False)
+    if replayed is None and settings.replay_wait_s > 0:
+        replayed = _calm_top_up(fleet, plan, probe, run_log, settings, say, key, [settings.replay_wait_s],
+                                calm=False)
+    return None if replayed is None else _narrowed(fleet, plan, probe, run_log, settings, key, replayed)
 
 
 def _calm_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
@@ -280,7 +282,7 @@ def _calm_top_up(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[Wi
 
 
 def _more_calm(fleet: Fleet, plan: Plan, probe: WindowResult, last: WindowResult, run_log: list[WindowResult],
-               settings: MeasureSettings, key: object, target: int = MORE_CALM_REQUESTS,
+               settings: MeasureSettings, key: object, target: float = MORE_CALM_REQUESTS,
                seconds: float = REPLAY_TOP_UP_S):
     """Up to ``seconds`` more of closed loop in ``TOP_UP_CHUNK_S`` chunks (appended to
     ``run_log``) while some kind of worker has fewer than ``target`` calm service times
