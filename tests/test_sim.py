@@ -170,3 +170,27 @@ def test_the_settling_lead_grows_with_the_load_and_is_the_longest_at_and_over_th
     leads = [settle_s(rate, 1000.0, 2.0) for rate in (100.0, 500.0, 800.0, 950.0, 1000.0, 1500.0)]
     assert leads == sorted(leads) and leads[0] < 0.01 and leads[-2] == leads[-1] == 2.0
     assert settle_s(0.0, 1000.0, 2.0) == 0.0 and settle_s(10.0, 0.0, 2.0) == 0.0
+
+
+def test_one_workers_precise_truth_is_the_shared_fifo_carried_from_chunk_to_chunk():
+    """The precise truth of one worker (``experiments.sim.truth``): Lindley's recursion with the
+    wait carried from chunk to chunk counts the same late requests as one run over all the draws
+    and as the simulator's own queue, which holds the bound at the root and not 10% over it."""
+    from experiments.sim import truth
+    from experiments.sim.model import ServiceModel, WorkerModel
+    from experiments.sim.queue import Speeds, serve_server
+
+    model, quiet, service = WorkerModel(0.0014, 1, 1.75, ()), VM.without_episodes(), ServiceModel()
+    chunks = truth.one_worker_draws(model, quiet, service, 60_000, chunk=7_000)
+    gaps, served = (np.concatenate(part) for part in zip(*chunks, strict=True))
+    for rate in (100.0, 250.0, 400.0):
+        assert truth.one_worker_over(chunks, rate, BOUND_S) == truth.one_worker_over([(gaps, served)], rate, BOUND_S)
+    root = truth._one_worker_truth(model, quiet, BOUND_S, service, requests=60_000, chunk=7_000)
+    for rate in (root, root * 1.1):
+        arrivals = np.cumsum(gaps) / rate
+        done = serve_server(arrivals, [served.tolist()], [[0.0] * served.size], [0], 0.0, Speeds([0.0], [[1.0]]))
+        late = int(np.count_nonzero(done.completed - arrivals > BOUND_S))
+        assert late == truth.one_worker_over(chunks, rate, BOUND_S)
+        assert (late <= 0.01 * served.size) is (rate == root)
+    assert truth.truth_requests(1, truth.PRECISE) == truth.ONE_WORKER_PRECISE_REQUESTS
+    assert truth.truth_requests(1) == truth.MAX_TRUTH_REQUESTS
