@@ -40,7 +40,7 @@ TRUTH_SEED = 20261203
 # 2025 and 2050 at 4x (16 one-core workers: 2039, 2043; 2070, 2068), so the true ratio of the two
 # moved 0.967-0.991 while the race's interval for it was about +-2% wide
 PRECISE = 4
-# one worker's truth at ``PRECISE`` (2026-12-08): ``MAX_TRUTH_REQUESTS`` capped it at 1.92 million
+# one worker's truth at ``PRECISE`` (2026-12-07): ``MAX_TRUTH_REQUESTS`` capped it at 1.92 million
 # requests whatever the precision, and its root from 1.92 million requests moves by 1.8-2.0% with
 # the draw (ORT default, simulated VM: 64 cores 168-177 req/s, 16 cores 273-289): the fixed truth
 # seed gave 168.55 at 64 cores and 283.97 at 16, where six 7.68-million-request runs averaged 170.8
@@ -143,7 +143,9 @@ def one_worker_draws(model: WorkerModel, quiet: Noise, service: ServiceModel, re
 def one_worker_over(chunks: list[tuple[np.ndarray, np.ndarray]], rate: float, bound_s: float) -> int:
     """Requests whose latency (wait + service, from the scheduled arrival) exceeds ``bound_s`` at
     ``rate``: Lindley's recursion (wait_n = max(0, wait_(n-1) + service_(n-1) - gap_n / rate)),
-    vectorised per chunk with the last wait and service carried into the next."""
+    vectorised per chunk with the last wait and service carried into the next. (The replay's
+    ``tuner.bench.replay._share_one`` is the same recursion; the truth keeps its own, apart from
+    the code under test.)"""
     count, wait, last = 0, 0.0, 0.0
     for gaps, served in chunks:
         x = wait + np.cumsum(np.concatenate(([last], served[:-1])) - gaps / rate)
