@@ -53,6 +53,23 @@ def test_a_worker_short_of_calm_samples_borrows_its_kinds_and_a_kind_with_none_i
     assert replay.worker_samples({0: [a]}, kinds=[4, 1]) is None  # no one-core worker was ever calm
 
 
+def test_the_bootstrap_draws_whole_windows_so_a_replicate_may_miss_the_slow_one():
+    """A measurement of two 2-s windows, one while the VM ran fast (2 ms per request) and one
+    while it ran slow (3 ms): a replicate's share of slow requests is 0, a half or all, not
+    always the sample's half (what blocks of 50 from the joined sample gave)."""
+    fast, slow = np.full(500, 0.002), np.full(500, 0.003)
+    sample = np.concatenate([fast, slow])
+    rng = np.random.default_rng(5)
+    by_windows = {round(float(np.mean(replay._draw(rng, sample, 1000, True, windows=[fast, slow]) > 0.0025)), 2)
+                  for _ in range(60)}
+    by_blocks = {round(float(np.mean(replay._draw(rng, sample, 1000, True) > 0.0025)), 1) for _ in range(60)}
+    assert by_windows == {0.0, 0.5, 1.0}
+    assert 0.0 not in by_blocks and 1.0 not in by_blocks
+    many = [np.full(replay.MIN_CALM_REQUESTS // 2, 0.002), np.full(replay.MIN_CALM_REQUESTS // 2, 0.003)]
+    chosen = replay.worker_windows({0: many}, kinds=[1])
+    assert chosen is not None and [p.size for p in chosen[0]] == [p.size for p in many]
+
+
 def test_a_slow_spell_leaves_the_sample_and_a_lone_stall_stays():
     rng = np.random.default_rng(9)
     calm_part = 0.002 * np.exp(rng.normal(0.0, 0.1, 300))

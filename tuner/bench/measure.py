@@ -361,11 +361,13 @@ def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings
                 calm.setdefault(i, []).append(values)
     kinds = [len(spec.cpus) for spec in plan.workers]
     calm = replay.without_slow_spells(calm, kinds)
-    samples = replay.worker_samples(calm, kinds)
-    if samples is None:
+    windows = replay.worker_windows(calm, kinds)
+    if windows is None:
         return None
+    joined: dict[int, np.ndarray] = {}  # workers of a kind that share its pooled sample share one array
+    samples = [joined.setdefault(id(parts), np.concatenate(parts)) for parts in windows]
     answer = replay.estimate(samples, settings.p99_bound_s, stats.DEFAULT_QUANTILE, seed=settings.seed,
-                             pool=settings.tails, key=key)
+                             pool=settings.tails, key=key, windows=windows)
     return replace(answer, requests=sum(v.size for parts in calm.values() for v in parts))
 
 

@@ -49,15 +49,35 @@ class ReplayEstimate:
     requests: int = 0  # calm service times it rests on (the caller's count: workers may share a sample)
 
 
+def _blocks(rng: np.random.Generator, sample: np.ndarray) -> np.ndarray:
+    """As many service times as ``sample`` holds, in blocks of ``BLOCK`` consecutive ones drawn
+    from it with replacement."""
+    block = min(BLOCK, sample.size)
+    starts = rng.integers(0, sample.size - block + 1, size=math.ceil(sample.size / block))
+    return sample[(starts[:, None] + np.arange(block)[None, :]).ravel()[: sample.size]]
+
+
 def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool,
-          pooled: tuple[float, int] = (0.0, 0)) -> np.ndarray:
+          pooled: tuple[float, int] = (0.0, 0), windows: Sequence[np.ndarray] = ()) -> np.ndarray:
     """n service times: the sample cycled from a random start (its own order), or, bootstrapping,
-    blocks of ``BLOCK`` consecutive ones drawn with replacement; then the tail smoothed (``pooled``:
-    the other measurements' excesses, see ``TailPool``)."""
+    its windows (``windows``: the parts it was joined from, one per measuring window) drawn with
+    replacement and blocks of ``BLOCK`` consecutive ones drawn within each (``_blocks``); then the
+    tail smoothed (``pooled``: the other measurements' excesses, see ``TailPool``).
+
+    Why windows first (2026-12-07): on a cloud VM the speed of the CPUs changes in steps that last
+    seconds (the 2-core VM's SqueezeNet: 3.6-3.9, 5.4-5.7 and 6.2-6.6 ms per request, each for
+    about 10 s). Blocks of 50 requests drawn from the whole sample keep each replicate's share of
+    slow and fast moments at the sample's, so the interval said nothing of how few such moments
+    the sample held; drawing whole windows lets a replicate hold more or fewer of them. Over
+    sub-samples of a 5-minute recorded trace, the interval held the whole trace's figure in 77% of
+    16-s samples (63% by blocks alone) and 87% of 64-s ones (63%): ``experiments/README.md``,
+    "The VM's speed steps"."""
     if bootstrap:
-        block = min(BLOCK, sample.size)
-        starts = rng.integers(0, sample.size - block + 1, size=math.ceil(sample.size / block))
-        sample = sample[(starts[:, None] + np.arange(block)[None, :]).ravel()[: sample.size]]
+        parts = [w for w in windows if w.size] if len(windows) > 1 else []
+        if parts:
+            sample = np.concatenate([_blocks(rng, parts[i]) for i in rng.integers(0, len(parts), len(parts))])
+        else:
+            sample = _blocks(rng, sample)
     start = int(rng.integers(sample.size))
     out = np.resize(np.roll(sample, -start), n)
     return _smooth_tail(rng, sample, out, pooled) if TAIL_SHARE > 0 else out
@@ -182,15 +202,18 @@ def _share_many(gaps: np.ndarray, services: list[list[float]], rate: float, boun
 
 
 def _root(samples: Sequence[np.ndarray], bound_s: float, target: float, rng: np.random.Generator,
-          bootstrap: bool, near: float | None = None, pooled: tuple[float, int] = (0.0, 0)) -> float:
+          bootstrap: bool, near: float | None = None, pooled: tuple[float, int] = (0.0, 0),
+          windows: Sequence[Sequence[np.ndarray]] = ()) -> float:
     """The rate whose replayed over-bound share is ``target`` (bisection in log rate; ``near``: a
-    rate it lies within [0.6, 1.6] times of, found by fewer steps)."""
+    rate it lies within [0.6, 1.6] times of, found by fewer steps; ``windows``: per sample, the
+    parts it was joined from, for the bootstrap's draws)."""
     capacity = sum(1.0 / float(np.mean(s)) for s in samples)
     one = len(samples) == 1
     n = ONE_WORKER_REQUESTS if one else MANY_WORKER_REQUESTS
     gaps = rng.exponential(1.0, n)
     per = n if one else math.ceil(n / len(samples) * 2) + 16
-    draws = [_draw(rng, s, per, bootstrap, pooled) for s in samples]
+    parts = list(windows) if len(windows) == len(samples) else [()] * len(samples)
+    draws = [_draw(rng, s, per, bootstrap, pooled, w) for s, w in zip(samples, parts, strict=True)]
     if one:
         def share(r: float) -> float:
             return _share_one(gaps, draws[0], r, bound_s)
@@ -216,11 +239,13 @@ def _root(samples: Sequence[np.ndarray], bound_s: float, target: float, rng: np.
 
 
 def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, seed: int = 0,
-             replicates: int = REPLICATES, pool: TailPool | None = None, key: object = None) -> ReplayEstimate:
+             replicates: int = REPLICATES, pool: TailPool | None = None, key: object = None,
+             windows: Sequence[Sequence[np.ndarray]] = ()) -> ReplayEstimate:
     """The highest rate whose replayed long-run over-bound share is ``1 - quantile``, with the
-    range of ``replicates`` bootstrap replays as its interval; one sample per worker. With a
-    ``pool``, the tails' mean excess counts the other measurements' stalls, and this one's
-    (``key``) are added to it."""
+    range of ``replicates`` bootstrap replays as its interval; one sample per worker (``windows``:
+    per worker, the parts its sample was joined from, one per measuring window: the bootstrap
+    draws whole windows, see ``_draw``). With a ``pool``, the tails' mean excess counts the other
+    measurements' stalls, and this one's (``key``) are added to it."""
     rng = np.random.default_rng(seed)
     target = 1 - quantile
     pooled = (0.0, 0)
@@ -229,8 +254,8 @@ def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, see
         distinct = {id(s): s for s in samples}.values()  # workers of a kind share their pooled sample
         pool.put(key, np.concatenate([excesses(s) for s in distinct]))
     rate = _root(samples, bound_s, target, rng, bootstrap=False, pooled=pooled)
-    roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None, pooled=pooled)
-             for _ in range(replicates)]
+    roots = [_root(samples, bound_s, target, rng, bootstrap=True, near=rate or None, pooled=pooled,
+                   windows=windows) for _ in range(replicates)]
     low, high = _interval(rate, roots)
     return ReplayEstimate(rate, low, high)
 
@@ -295,17 +320,26 @@ def worker_samples(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]
     """One service-time sample per worker: its own calm service times when it has
     ``MIN_CALM_REQUESTS``, else those of every worker of its kind (``kinds[w]``: workers of one
     kind serve alike: the same CPUs and threads per worker); None when some kind has too few."""
+    chosen = worker_windows(calm, kinds)
+    if chosen is None:
+        return None
+    joined: dict[int, np.ndarray] = {}  # workers of a kind that share its pooled parts share one array
+    return [joined.setdefault(id(parts), np.concatenate(parts)) for parts in chosen]
+
+
+def worker_windows(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> list[list[np.ndarray]] | None:
+    """``worker_samples``'s choice, as the windows' parts each sample is joined from (workers of a
+    kind that borrow its pooled sample get one list object)."""
     by_kind: dict = {}
     for w, parts in calm.items():
-        by_kind.setdefault(kinds[w], []).extend(parts)
-    pooled = {k: np.concatenate(parts) for k, parts in by_kind.items() if parts}
+        by_kind.setdefault(kinds[w], []).extend(p for p in parts if p.size)
     out = []
     for w, kind in enumerate(kinds):
-        own = np.concatenate(calm[w]) if calm.get(w) else np.zeros(0)
-        if own.size >= MIN_CALM_REQUESTS:
+        own = [p for p in calm.get(w, []) if p.size]
+        if sum(p.size for p in own) >= MIN_CALM_REQUESTS:
             out.append(own)
             continue
-        if kind not in pooled or pooled[kind].size < MIN_CALM_REQUESTS:
+        if sum(p.size for p in by_kind.get(kind, [])) < MIN_CALM_REQUESTS:
             return None
-        out.append(pooled[kind])
+        out.append(by_kind[kind])
     return out
