@@ -114,6 +114,12 @@ def test_an_unknown_estimator_is_a_one_line_usage_error(files):
     assert_one_line(done, 2, "--estimator 'fitted' is not one of estimate, replay, bound")
 
 
+@pytest.mark.parametrize("value", ["0s", "60"])
+def test_a_sample_that_is_not_a_positive_duration_is_a_one_line_usage_error(files, value):
+    done = run(["measure", "--model", str(files["conv"]), "--p99", "20ms", "--sample", value], files["dir"])
+    assert_one_line(done, 2, "--sample")
+
+
 @pytest.mark.parametrize("args", [
     ["export", "--out", "/nonexistent/x"], ["export", "--out", "/proc/version"],
     ["report", "--html", "/nonexistent/x"],

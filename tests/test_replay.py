@@ -223,3 +223,21 @@ def test_a_wide_replay_gets_more_calm_closed_loop_and_a_worker_per_core_gets_non
         else:
             assert width[0] <= m.NARROW_WIDTH
             assert (after.throughput, len(after.windows)) == (before.throughput, len(before.windows))
+
+
+def test_a_measurement_asked_for_a_longer_sample_runs_that_much_closed_loop():
+    """``--sample 20s`` (``MeasureSettings.min_sample_s``): the replay's figure rests on at least
+    about 20 s of closed loop, where by default a quiet machine's 1,500 service times take a few."""
+    topology, params = vm16(), Params(workers=4, cores_per_worker=4, intra_op_threads=4)
+    the_plan = plan(topology, params)
+
+    def closed_s(settings):
+        machine = SimMachine(topology, QUIET, 0)
+        result = measure(the_plan, SIM_MODEL, settings,
+                         fleet_factory=lambda p, _m, s: SimFleet(machine, p, s.hang_grace_s))
+        assert any("replay" in n for n in result.notes)
+        return sum(w.duration_s for w in result.windows if w.scenario == "offline")
+
+    settings = MeasureSettings(p99_bound_s=0.05, window_s=2.0, seed=0, replay=True)
+    assert closed_s(settings) < 10
+    assert closed_s(dataclasses.replace(settings, min_sample_s=20.0)) >= 20 - 1e-6

@@ -93,6 +93,9 @@ class MeasureSettings:
     # the stalls seen by every measurement made with these settings or a replace() of them (a study's,
     # its screening's and its race's): the replay's tails count them (tuner.bench.replay.TailPool)
     tails: TailPool = field(default_factory=TailPool, compare=False, repr=False)
+    # seconds of closed loop, at least, that a replay's figure rests on (``_spanned``; ``placetune
+    # measure --sample``): 0, as many as its calm service times need
+    min_sample_s: float = 0.0
 
     @property
     def narrow_s(self) -> float:
@@ -325,6 +328,24 @@ def _narrowed(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[Windo
     return again if again is not None and again.rate > 0 else replayed
 
 
+def _spanned(fleet: Fleet, plan: Plan, probe: WindowResult, run_log: list[WindowResult],
+             settings: MeasureSettings, key: object, replayed):
+    """``replayed``, or where its closed loop so far is shorter than ``min_sample_s``, the replay
+    after more of it (``_more_calm``: while the CPUs stay calm).
+
+    Why (2026-12-07): a cloud VM's CPU speed steps for seconds at a time (the 2-core VM: 3.6-3.9,
+    5.4-5.7 and 6.2-6.6 ms per SqueezeNet request, about 10 s each), and a measurement's 8-10 s of
+    closed loop may fall in one step: 254 req/s from a sample all at 3.6 ms, where the reference
+    harness held 178 over the next two minutes and two measurements around it read 163 and 175
+    (``experiments/README.md``, "The VM's speed steps")."""
+    closed = sum(w.duration_s for w in [probe, *run_log] if w.scenario == "offline")
+    if settings.min_sample_s <= closed or replayed.rate <= 0:
+        return replayed
+    again = _more_calm(fleet, plan, probe, run_log[-1] if run_log else probe, run_log, settings, key,
+                       target=math.inf, seconds=settings.min_sample_s - closed)
+    return again if again is not None and again.rate > 0 else replayed
+
+
 def _calm_counts(plan: Plan, windows: list[WindowResult]) -> dict[int, int]:
     """Calm service times in ``windows`` per kind of worker (its CPUs' count), every kind listed."""
     counts = {len(spec.cpus): 0 for spec in plan.workers}
@@ -416,6 +437,7 @@ def _server_search(fleet: Fleet, settings: MeasureSettings, probe: WindowResult,
                                  first_s=min(TOP_UP_CHUNK_S, max(settings.window_s / 4, need_s)))
         if early is not None and early.rate > 0:
             early = _narrowed(fleet, fleet.plan, probe, run_log, settings, key, early)
+            early = _spanned(fleet, fleet.plan, probe, run_log, settings, key, early)
             # the probe's calm service times already say where the answer is: one window checks it,
             # a little under it
             say(f"replay of the probe's service times: {early.rate:.1f} req/s; checking {REPLAY_CHECK:g} of it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,7 @@ from tuner.cli.render import plan_table, topology_tree
 from tuner.errors import UsageError
 from tuner.machine.placement import Params, plan
 from tuner.machine.topology import Topology
+from tuner.units import parse_duration
 
 
 def topology(
@@ -104,6 +106,11 @@ def measure(  # over 60 lines: typer reads its 26 options from the signature
     hang_timeout: HangOpt = "30s",
     confidence: ConfidenceOpt = 0.95,
     estimator: EstimatorOpt = "replay",
+    sample: Annotated[str | None, typer.Option("--sample", help="Closed loop, at least, that the replay's "
+                                               "figure rests on, e.g. 60s (default: as much as 1,500 calm "
+                                               "service times need, about 10 s). A cloud VM's CPU speed steps "
+                                               "for seconds: a longer sample covers more of them "
+                                               "(docs/measurement.md).")] = None,
     shape: ShapeOpt = None,
     batch: BatchOpt = None,
     inputs: InputsOpt = None,
@@ -129,6 +136,8 @@ def measure(  # over 60 lines: typer reads its 26 options from the signature
 
     settings = measure_settings(scenario, resolve_bound(p99), window, worker_memory_limit, hang_timeout,
                                 confidence=confidence, estimator=estimator)
+    if sample is not None:
+        settings = replace(settings, min_sample_s=parse_duration(sample, "--sample"))
     wait_s = lock_wait_s(lock_wait)
     if config is not None:
         params = config_params(load_config(config), f"--config {config}")
