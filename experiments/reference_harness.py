@@ -32,8 +32,11 @@ into the next one) and the harness waits until every request it sent is accounte
 
 Per rate it records: offered rate, measured requests, completed, unfinished, P50 and P99 (nearest
 rank, ``ceil(0.99 n)``-th smallest latency, unfinished ones infinite; ``null`` in JSON when
-infinite), whether P99 <= bound ("held"), the completion throughput, the mean service time and the
-generator's send lag.
+infinite), whether P99 <= bound ("held"), the completion throughput, the mean service time, the
+generator's send lag, and the backlog gap: the median time a worker served nothing between two
+requests while the next had already arrived (the result's ``put`` and the next ``get``; 0.36-0.38
+ms on the 2-core AMD EPYC VM of 2026-12-07, 6-7% of SqueezeNet's service time: the harness's own
+cost per request, which a gapless queue such as placetune's replay does not have).
 
 Search (per config). Closed-loop capacity probe first: 2 x workers requests kept outstanding for
 ``capacity_s`` (after a 1 s closed-loop warm-up), capacity C = completions / time. Then open-loop
@@ -339,10 +342,28 @@ def _ms(seconds: float) -> float | None:
     return None if not math.isfinite(seconds) else round(seconds * 1e3, 3)
 
 
+def backlog_gaps(scheduled: np.ndarray, done: np.ndarray, service: np.ndarray, worker: np.ndarray) -> np.ndarray:
+    """Per worker, the seconds from the end of one request to the start of its next where that next
+    one had arrived before the end (a backlog): time the worker served nothing although a request
+    waited (the result's ``put``, the next ``get``); the harness's own cost per request."""
+    ok = np.isfinite(done) & np.isfinite(service) & (worker >= 0)
+    out = []
+    for w in np.unique(worker[ok]):
+        idx = np.flatnonzero(ok & (worker == w))
+        start = done[idx] - service[idx]
+        order = np.argsort(start)
+        idx, start = idx[order], start[order]
+        waiting = scheduled[idx[1:]] < done[idx[:-1]]
+        out.append((start[1:] - done[idx[:-1]])[waiting])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def summarize_run(rate: float, scheduled: np.ndarray, sent: np.ndarray, done: np.ndarray, service: np.ndarray,
-                  measured: np.ndarray, deadline: float, bound_s: float, run_s: float) -> tuple[dict, np.ndarray]:
+                  measured: np.ndarray, deadline: float, bound_s: float, run_s: float,
+                  worker: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """One rate's record and its measured latencies (completion - scheduled; inf when not completed by
-    ``deadline``). ``measured`` selects the requests outside the warm-up."""
+    ``deadline``). ``measured`` selects the requests outside the warm-up; ``worker`` (who served
+    each request, -1 none) gives the backlog gaps (``backlog_gaps``)."""
     finished = np.isfinite(done) & (done <= deadline)
     latency = np.where(finished, done - scheduled, np.inf)[measured]
     lag = (sent - scheduled)[measured]
@@ -364,6 +385,10 @@ def summarize_run(rate: float, scheduled: np.ndarray, sent: np.ndarray, done: np
         "send_lag_p99_ms": _ms(percentile_nearest_rank(lag, 0.99)) if len(lag) else None,
         "send_lag_max_ms": _ms(float(lag.max())) if len(lag) else None,
     }
+    if worker is not None:
+        gaps = backlog_gaps(scheduled, done, service, worker)
+        record["backlog_gaps"] = int(gaps.size)
+        record["backlog_gap_p50_ms"] = _ms(float(np.median(gaps))) if gaps.size else None
     return record, latency
 
 
@@ -385,14 +410,15 @@ def run_rate(pool: WorkerPool, rate: float, *, run_s: float, warmup_s: float, dr
     sent = np.full(n, np.nan)
     done = np.full(n, np.nan)
     service = np.full(n, np.nan)
+    served_by = np.full(n, -1)
     deadline = t0 + total + drain_s
     outstanding = int(measured.sum())
 
     def take(msg) -> None:
         nonlocal outstanding
         if msg is not None and msg[0] == "done" and msg[1] == ep:
-            _, _, rid, _, start, end = msg
-            done[rid], service[rid] = end, end - start
+            _, _, rid, wid, start, end = msg
+            done[rid], service[rid], served_by[rid] = end, end - start, wid
             if measured[rid] and end <= deadline:
                 outstanding -= 1
 
@@ -429,7 +455,8 @@ def run_rate(pool: WorkerPool, rate: float, *, run_s: float, warmup_s: float, dr
         elif msg[0] == "done":
             take(msg)
             accounted += 1
-    record, latency = summarize_run(rate, scheduled, sent, done, service, measured, deadline, bound_s, run_s)
+    record, latency = summarize_run(rate, scheduled, sent, done, service, measured, deadline, bound_s, run_s,
+                                    worker=served_by)
     record["dropped_after_run"] = dropped
     record["elapsed_s"] = round(time.monotonic() - began, 2)
     return record, latency
@@ -526,7 +553,8 @@ def search(pool: WorkerPool, *, bound_s: float, run_s: float, warmup_s: float, d
         history.append(record)
         p99 = "inf" if record["p99_ms"] is None else f"{record['p99_ms']:.1f} ms"
         log(f"    {rate:8.2f}/s  requests {record['requests']:6d}  completed {record['completed']:6d}  "
-            f"P50 {record['p50_ms']} ms  P99 {p99:>10}  {'held' if record['held'] else 'FAILED'}")
+            f"P50 {record['p50_ms']} ms  P99 {p99:>10}  {'held' if record['held'] else 'FAILED'}"
+            + (f"  (gap {record['backlog_gap_p50_ms']} ms)" if record.get("backlog_gap_p50_ms") is not None else ""))
     return {"capacity_probe": probe, "rates": history, "estimate": estimate(history, bound_s),
             "_latencies": latencies}
 

@@ -69,6 +69,22 @@ def test_summarize_counts_unfinished_as_infinitely_late():
     assert record["p50_ms"] == pytest.approx(10.0)
 
 
+def test_the_backlog_gap_is_the_idle_time_before_a_request_that_had_already_arrived():
+    """Worker 0 serves requests 0, 1, 2 (2 ms each); request 1 arrived before 0 ended and starts
+    0.5 ms after that end (a gap); request 2 arrived after 1 ended (no backlog: not a gap). Worker
+    1 serves 3 and 4 back to back with 0.2 ms between them."""
+    scheduled = np.array([0.000, 0.001, 0.010, 0.000, 0.000])
+    start = np.array([0.000, 0.0025, 0.010, 0.000, 0.0022])
+    service = np.full(5, 0.002)
+    done = start + service
+    worker = np.array([0, 0, 0, 1, 1])
+    gaps = rh.backlog_gaps(scheduled, done, service, worker)
+    assert sorted(gaps.round(6)) == [0.0002, 0.0005]
+    record, _ = rh.summarize_run(5.0, scheduled, scheduled.copy(), done, service, np.ones(5, bool),
+                                 deadline=1.0, bound_s=0.1, run_s=1.0, worker=worker)
+    assert record["backlog_gaps"] == 2 and record["backlog_gap_p50_ms"] == pytest.approx(0.35)
+
+
 def test_percentile_is_nearest_rank():
     values = np.arange(1, 101, dtype=float)
     assert rh.percentile_nearest_rank(values, 0.99) == 99.0
