@@ -1,6 +1,11 @@
 """Speed-adjusted comparison: each tool's figure times the mean service time of its own minutes."""
-import json, sys, glob, os
+import glob
+import json
+import os
+import sys
+
 import numpy as np
+
 
 def pt_speed(path):
     d = json.load(open(path)); d = d.get("json", d)

@@ -1,14 +1,17 @@
 """placetune's own worker (ORT default or a given plan): closed-loop and open-loop (at RATE) windows
 alternating, their calm service times compared, and each replayed."""
-import sys, time
+import sys
+
 import numpy as np
-from tuner.bench.loadgen import run_server_window, run_offline_window
+
+from tuner.bench import replay
+from tuner.bench.loadgen import run_offline_window, run_server_window
 from tuner.bench.measure import MeasureSettings, launch
 from tuner.bench.model import inspect_model
-from tuner.bench import replay
 from tuner.machine.placement import plan
 from tuner.machine.sysfs import read_topology
 from tuner.search.study import baselines
+
 
 def main():
     name, rate, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])

@@ -1,7 +1,13 @@
 """Service time of one SqueezeNet worker back to back vs with idle gaps, alternating 2-s blocks."""
-import sys, time, os
-import numpy as np, onnxruntime as ort
+import os
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
 from experiments.reference_harness import resolve_model
+
 intra = int(sys.argv[1]); spin = sys.argv[2] == "1"
 so = ort.SessionOptions()
 so.intra_op_num_threads = intra

@@ -1,7 +1,13 @@
 """Service time per second of a sustained closed loop after idle (SqueezeNet, ORT default threads)."""
-import sys, time
-import numpy as np, onnxruntime as ort
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
 from experiments.reference_harness import resolve_model
+
+
 def main():
     s = ort.InferenceSession(str(resolve_model("onnx:squeezenet")), providers=["CPUExecutionProvider"])
     inp = s.get_inputs()[0]
