@@ -385,9 +385,7 @@ def _replayed(plan: Plan, windows: list[WindowResult], settings: MeasureSettings
     windows = replay.worker_windows(calm, kinds)
     if windows is None:
         return None
-    joined: dict[int, np.ndarray] = {}  # workers of a kind that share its pooled sample share one array
-    samples = [joined.setdefault(id(parts), np.concatenate(parts)) for parts in windows]
-    answer = replay.estimate(samples, settings.p99_bound_s, stats.DEFAULT_QUANTILE, seed=settings.seed,
+    answer = replay.estimate(replay.joined(windows), settings.p99_bound_s, stats.DEFAULT_QUANTILE, seed=settings.seed,
                              pool=settings.tails, key=key, windows=windows)
     return replace(answer, requests=sum(v.size for parts in calm.values() for v in parts))
 

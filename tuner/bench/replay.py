@@ -69,9 +69,9 @@ def _draw(rng: np.random.Generator, sample: np.ndarray, n: int, bootstrap: bool,
     about 10 s). Blocks of 50 requests drawn from the whole sample keep each replicate's share of
     slow and fast moments at the sample's, so the interval said nothing of how few such moments
     the sample held; drawing whole windows lets a replicate hold more or fewer of them. Over
-    sub-samples of a 5-minute recorded trace, the interval held the whole trace's figure in 77% of
-    16-s samples (63% by blocks alone) and 87% of 64-s ones (63%): ``experiments/README.md``,
-    "The VM's speed steps"."""
+    pieces of a 5-minute recorded trace, the interval held the whole trace's figure in 68% of 8-s
+    pieces (45% by blocks alone) and 78% of 32-s ones (68%): ``experiments/README.md``, "The VM's
+    speed steps"."""
     if bootstrap:
         parts = [w for w in windows if w.size] if len(windows) > 1 else []
         if parts:
@@ -321,10 +321,14 @@ def worker_samples(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]
     ``MIN_CALM_REQUESTS``, else those of every worker of its kind (``kinds[w]``: workers of one
     kind serve alike: the same CPUs and threads per worker); None when some kind has too few."""
     chosen = worker_windows(calm, kinds)
-    if chosen is None:
-        return None
-    joined: dict[int, np.ndarray] = {}  # workers of a kind that share its pooled parts share one array
-    return [joined.setdefault(id(parts), np.concatenate(parts)) for parts in chosen]
+    return None if chosen is None else joined(chosen)
+
+
+def joined(windows: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each worker's sample, its windows' parts joined (``worker_windows``); workers of a kind that
+    share its pooled parts share one array (``estimate`` pools their excesses once)."""
+    seen: dict[int, np.ndarray] = {}
+    return [seen.setdefault(id(parts), np.concatenate(parts)) for parts in windows]
 
 
 def worker_windows(calm: Mapping[int, list[np.ndarray]], kinds: Sequence[object]) -> list[list[np.ndarray]] | None:
