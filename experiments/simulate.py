@@ -117,14 +117,26 @@ def run_seed(setup: Setup, seed: int, topology: Topology | None = None) -> dict:
             cfg = StudyConfig(model=SIM_MODEL, topology=topology, space=sim_space(topology),
                               settings=settings, storage="memory", study_name=f"sim-{seed}", seed=seed,
                               n_trials=setup.n_trials, lock_wait_s=0.0)
+            studies: list = []
             race = optimize_in_memory(cfg, measure_fn, setup.race_k, Path(tmp) / "best_config.json",
-                                      on_race=lambda: phase.__setitem__(0, "race"))
+                                      on_race=lambda: phase.__setitem__(0, "race"), on_study=studies.append)
         finally:
             tempfile.tempdir = saved
-    return _facts(race, log, topology, setup, seed, time.monotonic() - began, machine.now)
+    return _facts(race, log, topology, setup, seed, time.monotonic() - began, machine.now,
+                  _end_figures(studies[0]) if studies else {})
 
 
-def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path, on_race=lambda: None):
+def _end_figures(study) -> dict[str, float]:
+    """Each refigured measurement's end-of-study figure, by its ``replay_id``
+    (``tuner.search.study.refigure``)."""
+    from tuner.results.trials import refigured
+
+    figures = refigured(study)
+    return {t.user_attrs["result"]["replay_id"]: figures[t.number]["throughput"]
+            for t in study.get_trials(deepcopy=False) if t.number in figures}
+
+
+def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path, on_race=lambda: None, on_study=lambda _s: None):
     """``tuner.app.optimize.run_optimize`` without MLflow and on an in-memory Optuna study (a SQLite
     file made each trial 5x slower): the study's own loop (``run_study``: baselines, strategy,
     screening, objective), then its final race (``race_study``) and the config it writes
@@ -141,6 +153,7 @@ def optimize_in_memory(cfg, measure_fn, race_k: int, out: Path, on_race=lambda: 
         study = optuna.create_study(study_name=cfg.study_name, directions=["maximize", "minimize"],
                                     sampler=make_sampler(cfg.sampler, cfg.seed, cfg.space))
     study = run_study(cfg, lambda _t, _s: None, lambda _m: None, measure_fn=measure_fn, study=study)
+    on_study(study)
     if best_trial(study) is None or race_k <= 0:
         return None
     on_race()
@@ -161,8 +174,11 @@ def _path(result) -> str:
     return "windows"
 
 
-def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s: float, sim_s: float) -> dict:
-    """Truth next to what the study and its race concluded."""
+def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s: float, sim_s: float,
+           end_figures: dict[str, float] | None = None) -> dict:
+    """Truth next to what the study and its race concluded (``end_figures``: the study's
+    end-of-study figures by ``replay_id``, which its tables show instead of the figure at the time)."""
+    end_figures = end_figures or {}
     noise = PRESETS[setup.noise]
 
     def truth(params: Params, precision: int = 1) -> float:
@@ -188,7 +204,8 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
         cls = classes.get(result.params)
         if cls is not None and truth(result.params) > 0 and confidence >= 0.95:
             if phase == "study" and cls not in reported:
-                reported[cls] = result.throughput / precise(result.params)
+                shown = end_figures.get(result.replay_id, result.throughput) if result.replay_id else result.throughput
+                reported[cls] = shown / precise(result.params)
                 paths[cls] = _path(result)
             else:
                 raced.setdefault(cls, []).append(result.throughput / precise(result.params))
@@ -208,7 +225,7 @@ def _facts(race, log: list, topology: Topology, setup: Setup, seed: int, wall_s:
                                          w.extensions, w.interference.disturbed))
     facts = {"seed": seed, "wall_s": wall_s, "simulated_s": sim_s, "phase_s": phase_s, "windows": windows,
              "measurements": len(log),
-             "passes": passes, "reported_over_true": reported, "reported_path": paths,
+             "passes": passes, "reported_over_true": reported, "reported_path": paths, "refigured": len(end_figures),
              "race_over_true": {c: float(np.mean(v)) for c, v in raced.items()},
              "false_passes": false_passes, "race": None}
     if race is None:

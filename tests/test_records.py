@@ -54,7 +54,7 @@ def test_a_result_survives_its_json_and_says_its_format():
 def test_the_stored_keys_are_those_of_the_previous_format_plus_format():
     sample = stored("format2")
     out = TrialResult.from_dict(sample).to_dict()
-    assert set(out) == set(sample) | {"format", "estimator"}  # estimator: format 4
+    assert set(out) == set(sample) | {"format", "estimator", "replay_id"}  # estimator: format 4; replay_id: 5
     assert set(out["interference"]) == set(sample["interference"])
     assert {"steal_pct", "foreign_cpu", "involuntary_ctx_switches", "migrations", "service_cv",
             "disturbed_windows"} <= set(out["interference"])

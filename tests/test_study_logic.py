@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import optuna
 import pytest
 
@@ -23,7 +24,15 @@ from tuner.machine.placement import Params, Plan, plan
 from tuner.machine.sysfs import read_topology
 from tuner.machine.topology import Topology
 from tuner.results.records import MachineInfo, TrialResult
-from tuner.results.trials import baseline_results, best_trial, measured_trials, pareto_front, summarize_trial
+from tuner.results.trials import (
+    baseline_results,
+    best_trial,
+    measured_trials,
+    pareto_front,
+    refigured,
+    result_of,
+    summarize_trial,
+)
 from tuner.search import study as study_module
 from tuner.search.objective import (
     CONSTRAINT,
@@ -360,3 +369,43 @@ def test_a_host_lock_held_elsewhere_is_refused_after_its_wait_and_taken_once_fre
     assert said == [] or "waiting for it" in said[0]
     with HostLock(two_cores, wait_s=0.0):
         pass
+
+
+@dataclass
+class ReplayingMachine(FakeMachine):
+    """The fake machine whose figure is a replay (``tuner.bench.replay.estimate``) of one worker's
+    service times (5 ms, and 3% of requests stalled by an exponential 20 ms), in the study's tail pool."""
+
+    def __call__(self, the_plan: Plan, model: ModelInfo, settings: MeasureSettings, progress=None) -> TrialResult:
+        from tuner.bench import replay
+
+        result = super().__call__(the_plan, model, settings, progress)
+        rng = np.random.default_rng(settings.seed)
+        sample = 0.005 + np.where(rng.random(2000) < 0.03, rng.exponential(0.02, 2000), 0.0)
+        key = f"m{len(self.measured)}"
+        answer = replay.estimate([sample], BOUND_MS / 1000, 0.99, seed=1, replicates=2, pool=settings.tails, key=key)
+        return dataclasses.replace(result, throughput=answer.rate, throughput_ci=(answer.low, answer.high),
+                                   replay_id=key)
+
+
+def test_the_first_replays_are_done_again_at_the_studys_end_with_its_whole_tail_pool(config):
+    cfg = config(n_trials=3)
+    study, _ = run(cfg, ReplayingMachine())
+    measured = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                      key=lambda t: t.number)
+    first, last = measured[0], measured[-1]
+    figures = refigured(study)
+    # the first borrowed from no one's stalls; the last from all the others', as it would now
+    assert first.number in figures and last.number not in figures
+    figure = figures[first.number]
+    assert figure["was"] == first.user_attrs["result"]["throughput"]
+    again = cfg.settings.tails.again(first.user_attrs["result"]["replay_id"])
+    assert math.isclose(figure["throughput"], again.rate) and figure["throughput_ci"] == [again.low, again.high]
+    # every view reads the end-of-study figure; the trial keeps the one of its time
+    shown = next(t for t in measured_trials(study) if t.number == first.number)
+    assert math.isclose(result_of(shown).throughput, again.rate) and math.isclose(shown.values[0], again.rate)
+    assert "replayed again at the study's end" in result_of(shown).notes[-1]
+    assert summarize_trial(shown).throughput == result_of(shown).throughput
+    if "baseline" in first.user_attrs:
+        assert math.isclose(baseline_results(study)[first.user_attrs["baseline"]].throughput, again.rate)
+    assert first.values[0] == figure["was"]

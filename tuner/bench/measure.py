@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -142,7 +143,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     bound = settings.p99_bound_s
     windows: list[WindowResult] = []
     notes: list[str] = []
-    key = object()  # this measurement's share of the replay's tail pool
+    key = uuid.uuid4().hex  # this measurement's share of the replay's tail pool (its ``replay_id``)
     with (fleet_factory or launch)(plan, model, settings) as fleet:
         inside_began, fleet_began = time.monotonic(), fleet.clock()
         seen = fleet.placement_seen()
@@ -169,12 +170,14 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
     result_window, feasible, verdict, reason, throughput_ci = _conclude(settings, probe, outcome)
     windows.extend(run_log)
     notes += noise_notes(result_window)
+    replay_id = ""
     if probe.requests < 1000:
         notes.append(f"capacity probe had only {probe.requests} requests: its P99 rests on few samples")
     if isinstance(outcome, EstimateOutcome):
         throughput = outcome.estimate.rate if feasible else 0.0
         if feasible and replayed is not None:
             throughput, throughput_ci = replayed.rate, (replayed.low, replayed.high)
+            replay_id = key
             notes.append(f"figure from a replay of {replayed.requests} calm service times "
                          f"(the windows' own estimate: {outcome.estimate.rate:.1f} req/s)")
         elif (feasible and _replayable(plan, settings)
@@ -205,7 +208,7 @@ def measure(plan: Plan, model: ModelInfo, settings: MeasureSettings,
         duration_s=time.monotonic() - began - inside[0] + inside[1], notes=tuple(notes), verdict=verdict,
         throughput_ci=(float(throughput_ci[0]), float(throughput_ci[1])), p99_ci_ms=result_window.p99_ci_ms,
         confidence=settings.confidence, interference=Interference.of_windows(windows, result_window),
-        estimator=settings.estimator if settings.scenario == "server" else BOUND,
+        estimator=settings.estimator if settings.scenario == "server" else BOUND, replay_id=replay_id,
     )
 
 

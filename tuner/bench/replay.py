@@ -159,6 +159,7 @@ class TailPool:
 
     def __init__(self) -> None:
         self._parts: dict[object, tuple[float, int]] = {}
+        self._inputs: dict[object, tuple] = {}  # key -> ``estimate``'s arguments, for ``again``
 
     def put(self, key: object, values: np.ndarray) -> None:
         """A measurement's excesses (its last call wins: a measurement replays more than once)."""
@@ -166,8 +167,35 @@ class TailPool:
 
     def others(self, key: object) -> tuple[float, int]:
         """Sum and count of the excesses of every measurement but ``key``."""
-        parts = [v for k, v in self._parts.items() if k is not key]
+        parts = [v for k, v in self._parts.items() if k != key]
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def count(self) -> int:
+        """Excesses of every measurement."""
+        return sum(p[1] for p in self._parts.values())
+
+    def grown(self, key: object, factor: float) -> bool:
+        """Whether the others' excesses now number at least ``factor`` times those the last replay
+        of ``key`` borrowed from (and at least ``MIN_POOLED``); False when it never replayed ``key``."""
+        if key not in self._inputs:
+            return False
+        now = self.others(key)[1]
+        return now >= MIN_POOLED and now >= factor * self._inputs[key][-1]
+
+    def again(self, key: object) -> ReplayEstimate | None:
+        """The last replay of measurement ``key`` done again (same service times, same seed) with
+        the pool as it is now; None when this pool never replayed ``key`` (another process's).
+
+        Why (2026-12-08): a study measures its baselines first, and a one-worker baseline's
+        replay then borrows its stalls' mean excess from the two many-worker baselines' 100-200
+        excesses, where the study's later replays borrow from 1,000-1,800. On the simulator, the
+        same replays done again at the study's end put the ORT default at 0.995 of its truth
+        (64 cores) and 1.033 (16), not 1.043 and 1.064 (``experiments/final_pool.py``)."""
+        if key not in self._inputs:
+            return None
+        samples, bound_s, quantile, seed, replicates, windows, _borrowed = self._inputs[key]
+        return estimate(samples, bound_s, quantile, seed=seed, replicates=replicates, pool=self, key=key,
+                        windows=windows)
 
 
 def _share_one(gaps: np.ndarray, service: np.ndarray, rate: float, bound_s: float) -> float:
@@ -251,6 +279,7 @@ def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, see
     pooled = (0.0, 0)
     if pool is not None:
         pooled = pool.others(key)
+        pool._inputs[key] = (samples, bound_s, quantile, seed, replicates, windows, pooled[1])
         distinct = {id(s): s for s in samples}.values()  # workers of a kind share their pooled sample
         pool.put(key, np.concatenate([excesses(s) for s in distinct]))
     rate = _root(samples, bound_s, target, rng, bootstrap=False, pooled=pooled)

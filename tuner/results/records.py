@@ -16,9 +16,12 @@ Stored formats of a trial result (``trial.user_attrs["result"]``, ``placetune me
   result and of each window) is ``{}`` in the first of them (c508556, before 88ee81d).
 - 3: ``format: 3`` (14a8e9b to the estimator, 2026-12-05): no ``estimator``; its windows lack
   ``inflation`` and ``stopped_early``. Its ``throughput`` is the highest rate proven to pass.
-- 4 (``FORMAT``): ``format: 4``, every key present; ``estimator`` says what ``throughput`` is
-  (``estimate``: the fitted highest rate, ``throughput_ci`` its interval; ``bound``: the highest
-  rate proven to pass, as in format 3).
+- 4: ``format: 4`` (2026-12-05 to 2026-12-08): no ``replay_id``; ``estimator`` says what
+  ``throughput`` is (``estimate``: the fitted highest rate, ``throughput_ci`` its interval;
+  ``bound``: the highest rate proven to pass, as in format 3).
+- 5 (``FORMAT``): ``format: 5``, every key present; ``replay_id`` names the measurement's replay
+  in its study's tail pool when its figure is a replay ("" otherwise), so that the study can
+  replay it again at its end (``tuner.search.study.refigure``).
 
 In every format the study stores ``_trial`` (the trial's number) beside the result
 (``tuner.search.study``): it is accepted and dropped. ``numa_local`` / ``numa_remote`` of an
@@ -38,7 +41,7 @@ from tuner.machine.cpulist import format_cpulist, parse_cpulist
 from tuner.machine.placement import Params, Plan
 from tuner.results.modelinfo import ModelInfo
 
-FORMAT = 4
+FORMAT = 5
 STORED_BESIDE = ("_trial",)  # keys the study stores beside a result (every format)
 _NAN_PAIR = (math.nan, math.nan)
 
@@ -83,7 +86,7 @@ class _InterferenceForm:
 
     @classmethod
     def from_dict(cls, data: Mapping, version: int = FORMAT):
-        optional = _known(cls) if version < FORMAT else ("numa_local", "numa_remote")
+        optional = _known(cls) if version < 4 else ("numa_local", "numa_remote")
         return cls(**_strict(data, cls, cls._what, optional))
 
 
@@ -272,6 +275,9 @@ class TrialResult:
     confidence: float = math.nan
     interference: Interference = field(default_factory=Interference)
     estimator: str = "bound"  # what ``throughput`` is: "estimate" (fitted) or "bound" (proven; format <= 3)
+    # the measurement's key in its study's tail pool when its figure is a replay (``TailPool.again``
+    # does it again at the study's end, in the process that measured it); "" otherwise
+    replay_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.verdict:
@@ -297,7 +303,8 @@ class TrialResult:
         """A result of any stored format (see the module's docstring); anything else is refused."""
         version = format_version(data)
         d = _strict({k: v for k, v in data.items() if k != "format"}, cls, f"a format-{version} result",
-                    optional=(*_LATER_THAN_1, "estimator") if version < 2 else ("estimator",) if version < 4 else (),
+                    optional=(*_LATER_THAN_1, "estimator", "replay_id") if version < 2
+                    else ("estimator", "replay_id") if version < 4 else ("replay_id",) if version < 5 else (),
                     beside=STORED_BESIDE)
         return cls(**{
             **d, "params": Params.from_dict(d["params"]), "plan": _plan_from_dict(d["plan"]),

@@ -10,6 +10,7 @@ for the rest of the run, and ``placetune log`` fills MLflow afterwards from the 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import tempfile
@@ -272,6 +273,7 @@ class Tracker:
         self._load_runs(study)
         for trial in study.get_trials(deepcopy=False):  # what a dead host of the fleet could not log
             self._log_trial(study, trial)
+        self._log_refigured(study)
         front = {t.number for t in pareto_front(study)}
         for number, run_id in self._children.items():
             self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
@@ -290,6 +292,24 @@ class Tracker:
             self.client.log_artifacts(self._parent, tmp)
         self._describe(study, s["best"])
         self.client.set_terminated(self._parent, status=status)
+
+    def _log_refigured(self, study: optuna.Study) -> None:
+        """A trial's end-of-study figure (``tuner.results.trials.REFIGURED``) on its run, at step 1
+        of its throughput metrics (MLflow shows a metric's latest step), and a ``refigured`` tag."""
+        from mlflow.entities import Metric, RunTag
+
+        from tuner.results.trials import refigured
+
+        now = int(time.time() * 1000)
+        for number, figure in refigured(study).items():
+            run_id = self._children.get(number)
+            if run_id is None:
+                continue
+            low, high = figure["throughput_ci"]
+            values = {"throughput": figure["throughput"], "throughput_ci_lo": low, "throughput_ci_hi": high}
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 1) for k, v in values.items()
+                                                   if math.isfinite(v)],
+                                  tags=[RunTag("refigured", "true")])
 
     def sync(self, study: optuna.Study) -> int:
         """Log every finished trial not yet in MLflow, then finish the parent; returns how many

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -18,16 +19,53 @@ def result_of(t: optuna.trial.FrozenTrial) -> TrialResult | None:
     return TrialResult.from_dict(stored) if stored is not None else None
 
 
+# a study user attr per trial whose replayed figure was done again at the study's end, with the
+# whole study's tail pool (``tuner.search.study.refigure``): "refigured:<trial number>" -> {"throughput",
+# "throughput_ci", "was", "was_ci", "stalls"}. Optuna's finished trials cannot change, so the
+# queries here (and every view built on them) read a trial through it (``trials_of``)
+REFIGURED = "refigured:"
+
+
+def refigured(study: optuna.Study) -> dict[int, dict]:
+    """The study's end-of-study figures, by trial number (``REFIGURED``)."""
+    return {int(k[len(REFIGURED):]): v for k, v in study.user_attrs.items() if k.startswith(REFIGURED)}
+
+
+def _as_refigured(t: optuna.trial.FrozenTrial, figure: dict | None) -> optuna.trial.FrozenTrial:
+    """A copy of ``t`` whose result and first value carry its end-of-study figure (``t`` itself
+    when it has none)."""
+    stored = t.user_attrs.get("result")
+    if figure is None or stored is None or not t.values:
+        return t
+    low, high = figure["was_ci"]
+    note = (f"figure replayed again at the study's end with its whole tail pool ({figure['stalls']} stalls); "
+            f"at the time: {figure['was']:.1f} req/s [{low:.1f}, {high:.1f}]")
+    copied = copy.copy(t)
+    copied.user_attrs = {**t.user_attrs, "result": {**stored, "throughput": figure["throughput"],
+                                                    "throughput_ci": list(figure["throughput_ci"]),
+                                                    "notes": [*stored.get("notes", []), note]}}
+    copied.values = [float(figure["throughput"]), *t.values[1:]]
+    return copied
+
+
+def trials_of(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...] | None = None
+              ) -> list[optuna.trial.FrozenTrial]:
+    """``study.get_trials`` with each trial's end-of-study figure where it has one (``REFIGURED``)."""
+    trials = study.get_trials(deepcopy=False, states=states)
+    figures = refigured(study)
+    return [_as_refigured(t, figures.get(t.number)) for t in trials] if figures else trials
+
+
 def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that cost a measurement: complete, with a result, and not a repeat (``reused_from``:
     studies made before repeats were dropped). ``--n-trials`` counts these."""
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in trials_of(study, states=(optuna.trial.TrialState.COMPLETE,))
             if "result" in t.user_attrs and "reused_from" not in t.user_attrs]
 
 
 def shown_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Every trial but repeats (a fleet race, or a reuse in an older study): what views show."""
-    return [t for t in study.get_trials(deepcopy=False)
+    return [t for t in trials_of(study)
             if "repeat_of" not in t.user_attrs and "reused_from" not in t.user_attrs]
 
 
@@ -78,7 +116,7 @@ def summarize_trial(t: optuna.trial.FrozenTrial) -> TrialSummary:
 def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Complete trials whose result is feasible and whose constraints all hold."""
     out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    for t in trials_of(study, states=(optuna.trial.TrialState.COMPLETE,)):
         result = result_of(t)
         constraints = t.constraints or {}
         values = constraints.values() if isinstance(constraints, dict) else constraints
@@ -87,10 +125,17 @@ def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return out
 
 
+def _dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+    return (a.values[0] >= b.values[0] and a.values[1] <= b.values[1]
+            and (a.values[0] > b.values[0] or a.values[1] < b.values[1]))
+
+
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials that no other feasible trial beats on both throughput and P99 (Optuna's
-    constraint-aware ``Study.best_trials``), one per config, by throughput."""
-    front = [t for t in study.best_trials if (t.user_attrs.get("result") or {}).get("feasible")]
+    """Feasible trials that no other feasible trial beats on both throughput and P99 (what Optuna's
+    constraint-aware ``Study.best_trials`` gives, on the end-of-study figures: ``trials_of``), one
+    per config, by throughput."""
+    feasible = feasible_trials(study)
+    front = [t for t in feasible if not any(_dominates(o, t) for o in feasible)]
     unique: dict[str, optuna.trial.FrozenTrial] = {}
     for t in sorted(front, key=lambda t: (-t.values[0], t.number)):
         unique.setdefault(t.user_attrs.get("label", str(t.number)), t)
@@ -130,7 +175,7 @@ class BaselineRow:
 def baseline_results(study: optuna.Study) -> dict[str, BaselineRow]:
     """Each baseline's row; a baseline that only failed gets an infeasible row with the reason."""
     out: dict[str, BaselineRow] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    for t in trials_of(study, states=(optuna.trial.TrialState.COMPLETE,)):
         result = result_of(t)
         if "baseline" in t.user_attrs and result is not None:
             out[t.user_attrs["baseline"]] = BaselineRow(result)
