@@ -4,7 +4,7 @@
         [--cases squeezenet:100ms,resnet50:1s | --model FILE_OR_onnx:NAME --p99 100ms]
         [--configs ort_default,both_cores,one_per_core] [--run-s 20] [--warmup-s 2] [--max-rates 6]
         [--capacity-s 5] [--drain-s S] [--rel-tol 0.05] [--seed 0] [--placetune-args '--window 2s']
-        [--also-placetune-args '--estimator replay']
+        [--also-placetune-args '--estimator replay'] [--bracket]
         [--dry-run]
 
 It shares no code with placetune: it imports nothing from ``tuner``. It is plain ``multiprocessing``
@@ -56,7 +56,11 @@ What it reports (``estimate``):
 ``--compare`` also runs ``placetune measure`` for every config (a subprocess: the CLI, ``--json``),
 alternating the order per config (placetune first for the 1st, 3rd, ... config of a case, the
 harness first for the 2nd, ...) so drift hits both, and reads only ``throughput`` and
-``throughput_ci`` from its JSON. The ORT-default config goes to placetune as ``--config FILE``
+``throughput_ci`` from its JSON. With ``--bracket`` placetune runs before and after each config's
+harness runs, and the row's ``ratio`` is the geometric mean of the two ratios (``ratio_before``,
+``ratio_after``): on a VM whose speed steps for minutes (experiments/README.md, "The VM's speed
+steps") one placetune run beside a 5-minute harness search compares different machines.
+The ORT-default config goes to placetune as ``--config FILE``
 (workers 1, pin false, intra_op_threads 0, as tuner/search/study.py ``baselines()`` defines it);
 the others as flags.
 
@@ -651,9 +655,18 @@ def estimated_seconds(args, n_cases: int, n_configs: int, drain_of, bounds: list
         typical += n_configs * (per + args.max_rates * (args.warmup_s + args.run_s + 1.0))
         most += n_configs * (per + args.max_rates * (args.warmup_s + args.run_s + drain_of(bound) + 1.0))
     if args.compare:
-        typical += n_cases * n_configs * args.placetune_guess_s
-        most += n_cases * n_configs * args.placetune_guess_s
+        runs = 2 if getattr(args, "bracket", False) else 1
+        typical += n_cases * n_configs * args.placetune_guess_s * runs
+        most += n_cases * n_configs * args.placetune_guess_s * runs
     return typical, most
+
+
+def _bracketed(before, after) -> float | None:
+    """The geometric mean of the ratios of placetune's figure before and after the harness's runs."""
+    try:
+        return round(math.sqrt(float(before) * float(after)), 4) if before and after else before or after
+    except (TypeError, ValueError):
+        return None
 
 
 def _ratio(a, b) -> float | None:
@@ -699,6 +712,12 @@ def print_table(rows: list[dict]) -> None:
         ratio = f"{r['ratio']:.3f}" if isinstance(r.get("ratio"), float) else "-"
         print(f"{r['case']:<12} {r['config']:<14} {_num(h['rate'] if h else None, 10)} {bracket:>20} "
               f"{_num(p.get('throughput'), 12)} {ci_text:>22} {ratio:>7}")
+        after = r.get("placetune_after")
+        if after:
+            ci = after.get("throughput_ci")
+            ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if isinstance(ci, list | tuple) and len(ci) == 2 else "-"
+            print(f"{'':<12} {'  (after)':<14} {'':>10} {'':>20} {_num(after.get('throughput'), 12)} {ci_text:>22} "
+                  f"{'':>7}")
         also = r.get("placetune_also")
         if also:
             ci = also.get("throughput_ci")
@@ -733,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also-placetune-args", default="",
                     help="a second placetune run per config right after the first, with these arguments added "
                          "(e.g. '--estimator replay'): two estimators side by side in one run")
+    ap.add_argument("--bracket", action="store_true",
+                    help="with --compare: placetune before and after each config's harness runs, the ratio "
+                         "of their geometric mean (the machine's drift hits both sides alike)")
     ap.add_argument("--placetune-guess-s", type=float, default=60.0,
                     help="assumed seconds per placetune measure, for the time estimate only (default 60)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default experiments/results/harness-DATE)")
@@ -797,9 +819,10 @@ def main(argv: list[str] | None = None) -> int:
                 row["harness"] = result["estimate"]
                 row["order"].append("harness")
 
-            def placetune_run(tag=tag, model_spec=model_spec, config=config, bound_s=bound_s, row=row):
-                variants = [("placetune", "", args.placetune_args)]
-                if args.also_placetune_args:  # the second variant, right after the first
+            def placetune_run(tag=tag, model_spec=model_spec, config=config, bound_s=bound_s, row=row, after=False):
+                variants = [("placetune_after", "-after", args.placetune_args) if after
+                            else ("placetune", "", args.placetune_args)]
+                if args.also_placetune_args and not after:  # the second variant, right after the first
                     variants.append(("placetune_also", "-also", f"{args.placetune_args} {args.also_placetune_args}"))
                 for key, suffix, options in variants:
                     print(f"  {key}: {options}", flush=True)
@@ -817,13 +840,19 @@ def main(argv: list[str] | None = None) -> int:
                                                        "wall_s")}
                     row["order"].append(key)
 
-            steps = [harness] if not args.compare else ([placetune_run, harness] if k % 2 == 0
-                                                         else [harness, placetune_run])
+            steps = ([harness] if not args.compare
+                     else [placetune_run, harness, lambda: placetune_run(after=True)] if args.bracket
+                     else [placetune_run, harness] if k % 2 == 0 else [harness, placetune_run])
             for step in steps:
                 step()
             if row["placetune"] and row["harness"]:
                 row["ratio"] = _ratio(row["placetune"]["throughput"], row["harness"]["rate"])
                 row["ratio_vs_highest_held"] = _ratio(row["placetune"]["throughput"], row["harness"]["highest_held"])
+            if row.get("placetune_after") and row["placetune"] and row["harness"]:
+                # placetune's figure at the harness's time: the geometric mean of the one before and after
+                row["ratio_before"], row["ratio_after"] = row["ratio"], _ratio(
+                    row["placetune_after"]["throughput"], row["harness"]["rate"])
+                row["ratio"] = _bracketed(row["ratio_before"], row["ratio_after"])
             if row.get("placetune_also") and row["harness"]:
                 row["ratio_also"] = _ratio(row["placetune_also"]["throughput"], row["harness"]["rate"])
             rows.append(row)

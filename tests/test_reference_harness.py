@@ -196,3 +196,8 @@ def test_sigterm_stops_the_workers(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_bracketed_ratio_is_the_geometric_mean_of_placetune_before_and_after():
+    assert rh._bracketed(0.8, 1.25) == 1.0
+    assert rh._bracketed(0.9, None) == 0.9 and rh._bracketed(None, None) is None
