@@ -409,3 +409,25 @@ def test_the_first_replays_are_done_again_at_the_studys_end_with_its_whole_tail_
     if "baseline" in first.user_attrs:
         assert math.isclose(baseline_results(study)[first.user_attrs["baseline"]].throughput, again.rate)
     assert first.values[0] == figure["was"]
+
+
+def test_mlflow_shows_a_trials_end_of_study_figure_as_its_latest_throughput(tmp_path, two_cores):
+    from mlflow.tracking import MlflowClient
+
+    from tuner.results.tracking import Tracker
+    from tuner.search.storage import ensure_study_uuid
+
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=f"sqlite:///{tmp_path}/s.db")
+    ensure_study_uuid(study)
+    study.add_trial(optuna.create_trial(values=[100.0, 10.0], constraints={CONSTRAINT: 0.0},
+                                        user_attrs={"label": "c0", "result": _stored(two_cores, True, 100.0, 10.0)}))
+    study.set_user_attr("refigured:0", {"throughput": 90.0, "throughput_ci": [80.0, 99.0], "was": 100.0,
+                                        "was_ci": [85.0, 120.0], "stalls": 1234})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert Tracker(uri).sync(study) == 1
+    client = MlflowClient(uri)
+    child = next(r for r in client.search_runs([client.get_experiment_by_name("placetune").experiment_id])
+                 if "mlflow.parentRunId" in r.data.tags)
+    assert child.data.metrics["throughput"] == 90.0 and child.data.tags["refigured"] == "true"
+    assert sorted(m.value for m in client.get_metric_history(child.info.run_id, "throughput")) == [90.0, 100.0]
+    assert best_trial(study).values[0] == 90.0
