@@ -22,9 +22,10 @@ keeps the last word on feasibility (``tuner.bench.measure``).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,7 +160,8 @@ class TailPool:
 
     def __init__(self) -> None:
         self._parts: dict[object, tuple[float, int]] = {}
-        self._inputs: dict[object, tuple] = {}  # key -> ``estimate``'s arguments, for ``again``
+        # key -> (its last replay, ready to run again; the others' excesses it borrowed from)
+        self._replays: dict[object, tuple[Callable[[], ReplayEstimate], int]] = {}
 
     def put(self, key: object, values: np.ndarray) -> None:
         """A measurement's excesses (its last call wins: a measurement replays more than once)."""
@@ -174,13 +176,18 @@ class TailPool:
         """Excesses of every measurement."""
         return sum(p[1] for p in self._parts.values())
 
+    def remember(self, key: object, replay: Callable[[], ReplayEstimate], borrowed: int) -> None:
+        """Measurement ``key``'s last replay (``estimate`` with its arguments), which borrowed from
+        ``borrowed`` excesses of the others: ``again`` runs it with the pool as it is then."""
+        self._replays[key] = (replay, borrowed)
+
     def grown(self, key: object, factor: float) -> bool:
         """Whether the others' excesses now number at least ``factor`` times those the last replay
         of ``key`` borrowed from (and at least ``MIN_POOLED``); False when it never replayed ``key``."""
-        if key not in self._inputs:
+        if key not in self._replays:
             return False
         now = self.others(key)[1]
-        return now >= MIN_POOLED and now >= factor * self._inputs[key][-1]
+        return now >= MIN_POOLED and now >= factor * self._replays[key][1]
 
     def again(self, key: object) -> ReplayEstimate | None:
         """The last replay of measurement ``key`` done again (same service times, same seed) with
@@ -191,11 +198,7 @@ class TailPool:
         excesses, where the study's later replays borrow from 1,000-1,800. On the simulator, the
         same replays done again at the study's end put the ORT default at 0.995 of its truth
         (64 cores) and 1.033 (16), not 1.043 and 1.064 (``experiments/final_pool.py``)."""
-        if key not in self._inputs:
-            return None
-        samples, bound_s, quantile, seed, replicates, windows, _borrowed = self._inputs[key]
-        return estimate(samples, bound_s, quantile, seed=seed, replicates=replicates, pool=self, key=key,
-                        windows=windows)
+        return self._replays[key][0]() if key in self._replays else None
 
 
 def _share_one(gaps: np.ndarray, service: np.ndarray, rate: float, bound_s: float) -> float:
@@ -279,7 +282,8 @@ def estimate(samples: Sequence[np.ndarray], bound_s: float, quantile: float, see
     pooled = (0.0, 0)
     if pool is not None:
         pooled = pool.others(key)
-        pool._inputs[key] = (samples, bound_s, quantile, seed, replicates, windows, pooled[1])
+        pool.remember(key, functools.partial(estimate, samples, bound_s, quantile, seed=seed, replicates=replicates,
+                                             pool=pool, key=key, windows=windows), pooled[1])
         distinct = {id(s): s for s in samples}.values()  # workers of a kind share their pooled sample
         pool.put(key, np.concatenate([excesses(s) for s in distinct]))
     rate = _root(samples, bound_s, target, rng, bootstrap=False, pooled=pooled)

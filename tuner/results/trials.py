@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -125,17 +126,26 @@ def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return out
 
 
-def _dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
-    return (a.values[0] >= b.values[0] and a.values[1] <= b.values[1]
-            and (a.values[0] > b.values[0] or a.values[1] < b.values[1]))
+def _non_dominated(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials no other beats on both values (throughput up, P99 down): one sweep by throughput,
+    each group of equal throughput keeping its lowest P99 where it is under every higher group's."""
+    out: list[optuna.trial.FrozenTrial] = []
+    best = math.inf  # the lowest P99 of every trial of a higher throughput
+    ordered = sorted(trials, key=lambda t: (-t.values[0], t.values[1]))
+    for _throughput, group in itertools.groupby(ordered, key=lambda t: t.values[0]):
+        group = list(group)
+        low = group[0].values[1]
+        if low < best:
+            out += [t for t in group if t.values[1] == low]
+        best = min(best, low)
+    return out
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Feasible trials that no other feasible trial beats on both throughput and P99 (what Optuna's
     constraint-aware ``Study.best_trials`` gives, on the end-of-study figures: ``trials_of``), one
     per config, by throughput."""
-    feasible = feasible_trials(study)
-    front = [t for t in feasible if not any(_dominates(o, t) for o in feasible)]
+    front = _non_dominated(feasible_trials(study))
     unique: dict[str, optuna.trial.FrozenTrial] = {}
     for t in sorted(front, key=lambda t: (-t.values[0], t.number)):
         unique.setdefault(t.user_attrs.get("label", str(t.number)), t)
